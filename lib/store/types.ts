@@ -1,0 +1,133 @@
+/* The blob-store interface: the bottom layer of blobdisk. lib/store/azure.ts implements it
+ * with @azure/storage-blob; test/support/memory-store.ts implements it in memory for unit
+ * tests. Every method rejects only with BlobdiskError:
+ *   ENOENT    container or blob does not exist
+ *   EACCES    the credentials were refused (403)
+ *   EBUSY     the blob is leased by someone else, or our lease is missing/lost
+ *   ESTALE    an If-Match / If-None-Match condition failed (the blob changed)
+ *   EEXIST    create-only and the blob exists
+ *   EINVAL    a request Azure (or the limits below) rejects as malformed
+ *   EIO       anything else, including "unreachable after the bounded retries"
+ * Offsets and lengths are bytes; ranges are half-open [start, end). */
+
+export type BlobKind = 'page' | 'block' | 'append';
+
+export interface BlobRef {
+  readonly container: string;
+  readonly name: string;
+}
+
+export interface BlobInfo {
+  /** Full blob name within its container. */
+  readonly name: string;
+  readonly kind: BlobKind;
+  /** Physical content length (for page blobs a multiple of 512). */
+  readonly size: number;
+  readonly etag: string;
+  readonly lastModified: Date;
+  /** Metadata with lower-cased keys. */
+  readonly metadata: Readonly<Record<string, string>>;
+}
+
+export interface Listing {
+  /** Blobs directly under the prefix (names are full blob names). */
+  readonly blobs: BlobInfo[];
+  /** Virtual sub-directories directly under the prefix, as full prefixes ending in '/'. */
+  readonly prefixes: string[];
+}
+
+export interface ByteRange {
+  readonly start: number;
+  readonly end: number;
+}
+
+export interface BlockInfo {
+  /** Base64 block id as Azure returns it. */
+  readonly id: string;
+  readonly size: number;
+}
+
+export interface WriteConditions {
+  /** Lease id to send; required by Azure when the blob is leased. */
+  readonly leaseId?: string;
+  /** If-Match on this ETag (ESTALE when it differs). */
+  readonly ifMatch?: string;
+}
+
+export interface ReadOptions {
+  /** If-Match on this ETag: ESTALE when the blob changed since. */
+  readonly etag?: string;
+  readonly signal?: AbortSignal;
+}
+
+/** Requests and bytes exchanged with the store since it was created. */
+export interface StoreCounters {
+  requests: number;
+  bytesDown: number;
+  bytesUp: number;
+}
+
+/** Azure limits the store enforces itself, because Azurite does not. */
+export const PAGE_SIZE = 512;
+export const MAX_PUT_PAGE_BYTES = 4 * 1024 * 1024;
+export const MAX_PAGE_BLOB_BYTES = 8 * 1024 ** 4;
+export const MAX_COMMITTED_BLOCKS = 50_000;
+
+export interface BlobStore {
+  /** Live counters; a request is counted when it is sent, bytes when they arrive/leave. */
+  readonly counters: StoreCounters;
+
+  /** Names of all containers in the account (all pages). */
+  listContainers(): Promise<string[]>;
+  /** Resolves when the container exists; ENOENT when not. */
+  checkContainer(container: string): Promise<void>;
+  createContainer(container: string): Promise<void>;
+
+  /** One directory level: blobs and sub-prefixes directly under `prefix` ('' or ending in '/'), all pages. */
+  listDirectory(container: string, prefix: string): Promise<Listing>;
+  /** Properties of one blob; ENOENT when absent. */
+  getInfo(ref: BlobRef): Promise<BlobInfo>;
+
+  /** Ranged GET of [offset, offset + length), clipped by the caller to the blob size.
+   *  The returned iterable yields the bytes in order as they arrive; its total is `length`.
+   *  With `etag`, ESTALE when the blob no longer has it (before or while streaming). */
+  read(ref: BlobRef, offset: number, length: number, options?: ReadOptions): Promise<AsyncIterable<Buffer>>;
+  /** Allocated page ranges of a page blob intersecting [start, end), clipped to it,
+   *  sorted and with adjacent ranges merged. With `etag`, ESTALE when it changed. */
+  pageRanges(ref: BlobRef, start: number, end: number, options?: ReadOptions): Promise<ByteRange[]>;
+  /** Committed blocks of a block blob in order (empty for a blob uploaded in one Put Blob). */
+  blockList(ref: BlobRef): Promise<BlockInfo[]>;
+
+  /** Creates (or with `overwrite` replaces) an empty page blob of `size` (multiple of 512, ≤ 8 TiB). Returns the ETag.
+   *  Without `overwrite`, EEXIST when the blob exists. */
+  createPageBlob(ref: BlobRef, size: number, options?: { metadata?: Record<string, string>; overwrite?: boolean }): Promise<string>;
+  /** Creates (or with `overwrite` replaces) an empty block blob. Returns the ETag. EEXIST as above. */
+  createBlockBlob(ref: BlobRef, options?: { metadata?: Record<string, string>; overwrite?: boolean }): Promise<string>;
+  /** Sets a page blob's size (multiple of 512). Returns the ETag. */
+  resizePageBlob(ref: BlobRef, size: number, conditions?: WriteConditions): Promise<string>;
+  /** Put Page: `offset` and `data.length` multiples of 512, data at most 4 MiB (EINVAL otherwise). Returns the ETag. */
+  putPages(ref: BlobRef, offset: number, data: Buffer, conditions?: WriteConditions): Promise<string>;
+  /** Clear Pages of [offset, offset + length): 512-aligned, at most 4 MiB per call is the caller's
+   *  business only for Put Page; this method splits larger clears itself. Returns the ETag. */
+  clearPages(ref: BlobRef, offset: number, length: number, conditions?: WriteConditions): Promise<string>;
+  /** Stages one uncommitted block (`blockId` base64, equal length for all ids of a blob). */
+  stageBlock(ref: BlobRef, blockId: string, data: Buffer, conditions?: WriteConditions): Promise<void>;
+  /** Commits the block list (in order), replacing metadata when given. Returns the ETag. */
+  commitBlockList(ref: BlobRef, blockIds: string[], options?: WriteConditions & { metadata?: Record<string, string> }): Promise<string>;
+  /** Replaces the blob's metadata. Returns the ETag. */
+  setMetadata(ref: BlobRef, metadata: Record<string, string>, conditions?: WriteConditions): Promise<string>;
+  /** Deletes the blob (and its snapshots). ENOENT when absent. */
+  deleteBlob(ref: BlobRef, conditions?: WriteConditions): Promise<void>;
+  /** Server-side copy within the account; resolves when the copy has completed. Returns the new ETag. */
+  copyBlob(source: BlobRef, target: BlobRef): Promise<string>;
+
+  /** Acquires a lease (15–60 s, or -1 for infinite). EBUSY when someone else holds one. Returns the lease id. */
+  acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string): Promise<string>;
+  renewLease(ref: BlobRef, leaseId: string): Promise<void>;
+  releaseLease(ref: BlobRef, leaseId: string): Promise<void>;
+  /** Breaks any lease at once (for tests and `blobdisk` recovery commands). */
+  breakLease(ref: BlobRef): Promise<void>;
+
+  /** Frees sockets and timers; nothing may be called afterwards. */
+  close(): Promise<void>;
+}
