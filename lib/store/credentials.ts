@@ -18,3 +18,20 @@ export interface StoreOptions {
 export function defaultEndpoint(account: string): string {
   return `https://${account}.blob.core.windows.net`;
 }
+
+/** The account's name, used to tell apart blobs of different accounts sharing one cache directory. */
+export function accountOf(credentials: Credentials): string {
+  if (credentials.kind !== 'connectionString') return credentials.account;
+  const name = /(?:^|;)\s*AccountName=([^;]+)/i.exec(credentials.connectionString)?.[1];
+  if (name) return name.trim();
+  const endpoint = /(?:^|;)\s*BlobEndpoint=([^;]+)/i.exec(credentials.connectionString)?.[1];
+  if (endpoint) {
+    try {
+      const url = new URL(endpoint.trim());
+      return url.host + url.pathname.replace(/\/+$/, '');
+    } catch {
+      // Malformed; the store reports it when it parses the connection string.
+    }
+  }
+  return 'unknown';
+}

@@ -1,0 +1,70 @@
+/* blobdisk's command line: yargs parses, lib/options.ts validates, each command returns
+ * an exit code. Failures print one line, "blobdisk: <what went wrong; what to do>", with
+ * secrets masked; only bin/blobdisk turns the code into the process's exit. */
+
+import yargs from 'yargs';
+import { UsageError, errorMessage, isBlobdiskError, isUsageError } from '../errors';
+import { Io, say } from './io';
+import { mountCommand } from './mount';
+import { statusCommand } from './status';
+import { unmountCommand } from './unmount';
+
+export async function main(argv: string[], io: Io = { stdout: process.stdout, stderr: process.stderr, env: process.env }): Promise<number> {
+  let exitCode = 0;
+  const run = (command: Promise<number>): Promise<void> => command.then((code) => void (exitCode = code));
+  const parser = yargs(argv)
+    .scriptName('blobdisk')
+    .usage('$0 <command> [options]\n\nMounts Azure Storage page and block blobs as local disk-image files.')
+    .command(
+      'mount <mountpoint>',
+      'mount blobs at <mountpoint> (runs in the foreground; Ctrl-C unmounts)',
+      (y) =>
+        y
+          .positional('mountpoint', { type: 'string', demandOption: true, describe: 'an existing, empty directory' })
+          .option('connection-string', { type: 'string', describe: 'storage connection string (or env AZURE_STORAGE_CONNECTION_STRING)' })
+          .option('account', { type: 'string', describe: 'storage account name (with --account-key or --sas)' })
+          .option('account-key', { type: 'string', describe: 'account key' })
+          .option('sas', { type: 'string', describe: 'SAS token (account or container)' })
+          .option('endpoint', { type: 'string', describe: 'blob endpoint URL for --account (default https://NAME.blob.core.windows.net)' })
+          .option('container', { type: 'string', describe: 'mount this container as the root (default: one directory per container)' })
+          .option('data-dir', { type: 'string', describe: 'where blobdisk keeps its state (default ~/.local/share/blobdisk or $BLOBDISK_HOME)' })
+          .option('cache-dir', { type: 'string', describe: 'local grain cache (default DATA_DIR/cache)' })
+          .option('cache-size', { type: 'string', describe: 'cache bound, e.g. 10G (default 10G)' })
+          .option('grain-size', { type: 'string', describe: 'caching unit, a power of two, e.g. 1M (default 1M)' })
+          .option('read-ahead', { type: 'string', describe: 'how far to read ahead of a sequential reader, e.g. 16M (default 16 grains)' })
+          .option('read-only', { type: 'boolean', describe: 'refuse every change with EROFS' })
+          .option('log-level', { type: 'string', choices: ['debug', 'info', 'warn', 'error', 'silent'], describe: 'default info' }),
+      (args) => run(mountCommand(args, io)),
+    )
+    .command(
+      'unmount <mountpoint>',
+      'unmount a running blobdisk mount cleanly',
+      (y) => y.positional('mountpoint', { type: 'string', demandOption: true }),
+      (args) => run(unmountCommand(args.mountpoint, io)),
+    )
+    .command(
+      'status <mountpoint>',
+      'show per-image size, cached bytes and traffic of a running mount',
+      (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).option('json', { type: 'boolean', describe: 'print JSON for scripts' }),
+      (args) => run(statusCommand(args.mountpoint, args.json === true, io)),
+    )
+    .demandCommand(1, 'give a command: mount, unmount or status')
+    .strict()
+    .help()
+    .version()
+    .exitProcess(false)
+    .fail((message, error) => {
+      throw error ?? new UsageError(`${message}; see blobdisk --help`, 2);
+    });
+  try {
+    await parser.parseAsync();
+    return exitCode;
+  } catch (e) {
+    if (isUsageError(e)) {
+      say(io, e.message);
+      return e.exitCode;
+    }
+    say(io, isBlobdiskError(e) ? e.message : `unexpected failure: ${errorMessage(e)}`);
+    return 1;
+  }
+}

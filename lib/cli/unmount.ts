@@ -1,0 +1,44 @@
+/* `blobdisk unmount <mountpoint>`: asks the mount through its control socket to unmount
+ * and waits until it has. A mount whose process is gone (kill -9) is cleared with
+ * fusermount -u. */
+
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { controlRequest } from '../control';
+import { UsageError, errorMessage } from '../errors';
+import { mountPoints } from '../preflight';
+import { Io, say } from './io';
+
+const WAIT_MS = 60_000;
+
+async function waitUntilUnmounted(mountpoint: string, ms: number): Promise<boolean> {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    if (!(await mountPoints()).has(mountpoint)) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return false;
+}
+
+export async function unmountCommand(target: string, io: Io): Promise<number> {
+  const mountpoint = path.resolve(target);
+  try {
+    await controlRequest(mountpoint, { op: 'unmount' });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw new UsageError(`unmounting ${mountpoint} failed: ${errorMessage(e)}`);
+    const type = (await mountPoints()).get(mountpoint);
+    if (type === undefined) throw new UsageError(`nothing is mounted at ${mountpoint}`);
+    if (!type.startsWith('fuse')) throw new UsageError(`${mountpoint} is a ${type} mount, not blobdisk; use umount`);
+    // The blobdisk process is gone: clear the dead mount; its cache keeps whatever was dirty.
+    await promisify(execFile)('fusermount', ['-u', mountpoint]).catch(() => promisify(execFile)('fusermount', ['-uz', mountpoint]));
+    say(io, `cleared ${mountpoint}: its blobdisk process was gone`);
+    return 0;
+  }
+  if (!(await waitUntilUnmounted(mountpoint, WAIT_MS))) {
+    throw new UsageError(`${mountpoint} is still mounted after ${WAIT_MS / 1000} s; see the mount's own output`);
+  }
+  say(io, `unmounted ${mountpoint}`);
+  return 0;
+}

@@ -1,0 +1,220 @@
+/* The grain map: which grains of which image are in the cache directory, and in what
+ * state (see schema.ts). SQLite in WAL mode, through better-sqlite3, which is
+ * synchronous: every method here is one short statement or one small transaction, and
+ * hot paths batch (touches are written every few seconds, not per read). */
+
+import Database from 'better-sqlite3';
+import fs from 'node:fs';
+import path from 'node:path';
+import { BlobdiskError } from '../errors';
+import { BlobKind } from '../store/types';
+import { SCHEMA, SCHEMA_VERSION } from './schema';
+
+export interface ImageRow {
+  readonly id: number;
+  readonly account: string;
+  readonly container: string;
+  readonly name: string;
+  readonly kind: BlobKind;
+  readonly size: number;
+  readonly etag: string | null;
+  readonly allocated: number | null;
+  readonly allocatedEtag: string | null;
+}
+
+export interface GrainRow {
+  readonly imageId: number;
+  readonly idx: number;
+  readonly length: number;
+  readonly checksum: number | null;
+  readonly valid: Buffer | null;
+  readonly dirty: Buffer | null;
+  readonly lastAccess: number;
+}
+
+interface RawImage {
+  id: number; account: string; container: string; name: string; kind: BlobKind; size: number;
+  etag: string | null; allocated: number | null; allocated_etag: string | null;
+}
+interface RawGrain {
+  image_id: number; idx: number; length: number; checksum: number | null;
+  valid: Buffer | null; dirty: Buffer | null; last_access: number;
+}
+
+const toImage = (r: RawImage): ImageRow => ({
+  id: r.id, account: r.account, container: r.container, name: r.name, kind: r.kind, size: r.size,
+  etag: r.etag, allocated: r.allocated, allocatedEtag: r.allocated_etag,
+});
+const toGrain = (r: RawGrain): GrainRow => ({
+  imageId: r.image_id, idx: r.idx, length: r.length, checksum: r.checksum,
+  valid: r.valid, dirty: r.dirty, lastAccess: r.last_access,
+});
+
+export class GrainMap {
+  private readonly db: Database.Database;
+
+  private constructor(db: Database.Database) {
+    this.db = db;
+  }
+
+  /** Opens (creating when new) the grain map at `file`. A map written for another grain
+   *  size is reset when it holds no dirty grains, refused (EINVAL) when it does. */
+  static open(file: string, grainSize: number): GrainMap {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    const db = new Database(file);
+    try {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = NORMAL');
+      db.pragma('foreign_keys = ON');
+      db.pragma('busy_timeout = 5000');
+      const map = new GrainMap(db);
+      map.prepare(grainSize);
+      return map;
+    } catch (e) {
+      db.close();
+      throw e;
+    }
+  }
+
+  private prepare(grainSize: number): void {
+    const hasMeta = this.db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").get();
+    if (!hasMeta) {
+      this.db.transaction(() => {
+        this.db.exec(SCHEMA);
+        this.setMeta('schema_version', String(SCHEMA_VERSION));
+        this.setMeta('grain_size', String(grainSize));
+      })();
+      return;
+    }
+    const version = Number(this.getMeta('schema_version'));
+    if (version !== SCHEMA_VERSION) {
+      throw new BlobdiskError(
+        'EINVAL',
+        `the cache was written by another blobdisk version (grain map schema ${version}, this one reads ${SCHEMA_VERSION}); ` +
+          'unmount with that version to drain it, or give another --cache-dir',
+      );
+    }
+    const stored = Number(this.getMeta('grain_size'));
+    if (stored !== grainSize) {
+      if (this.dirtyGrainCount() > 0) {
+        throw new BlobdiskError(
+          'EINVAL',
+          `the cache holds data not yet uploaded with grain size ${stored} bytes; mount once with --grain-size ${stored} to upload it, or give another --cache-dir`,
+        );
+      }
+      this.db.transaction(() => {
+        this.db.exec('DELETE FROM grains');
+        this.setMeta('grain_size', String(grainSize));
+      })();
+    }
+  }
+
+  /** The grain size the cache directory is laid out for (before open() reset it, the old one). */
+  get grainSize(): number {
+    return Number(this.getMeta('grain_size'));
+  }
+
+  private getMeta(key: string): string | undefined {
+    const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined;
+    return row?.value;
+  }
+
+  private setMeta(key: string, value: string): void {
+    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, value);
+  }
+
+  /** The schema SQLite reports, for the test that pins it. */
+  schemaSql(): string[] {
+    const rows = this.db.prepare("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name").all() as { sql: string }[];
+    return rows.map((r) => r.sql);
+  }
+
+  image(account: string, container: string, name: string): ImageRow | undefined {
+    const r = this.db
+      .prepare('SELECT * FROM images WHERE account = ? AND container = ? AND name = ?')
+      .get(account, container, name) as RawImage | undefined;
+    return r && toImage(r);
+  }
+
+  imageById(id: number): ImageRow | undefined {
+    const r = this.db.prepare('SELECT * FROM images WHERE id = ?').get(id) as RawImage | undefined;
+    return r && toImage(r);
+  }
+
+  /** Returns the image's row, inserting it (with no ETag: nothing cached yet) when new. */
+  ensureImage(account: string, container: string, name: string, kind: BlobKind, size: number): ImageRow {
+    this.db
+      .prepare('INSERT INTO images (account, container, name, kind, size) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING')
+      .run(account, container, name, kind, size);
+    const row = this.image(account, container, name);
+    if (!row) throw new BlobdiskError('EIO', `grain map lost the row of ${container}/${name}`);
+    return row;
+  }
+
+  updateImage(id: number, fields: { kind?: BlobKind; size?: number; etag?: string | null; allocated?: number | null; allocatedEtag?: string | null }): void {
+    const sets: string[] = [];
+    const values: unknown[] = [];
+    const columns: Record<string, string> = { kind: 'kind', size: 'size', etag: 'etag', allocated: 'allocated', allocatedEtag: 'allocated_etag' };
+    for (const [key, column] of Object.entries(columns)) {
+      const value = (fields as Record<string, unknown>)[key];
+      if (value !== undefined) {
+        sets.push(`${column} = ?`);
+        values.push(value);
+      }
+    }
+    if (sets.length === 0) return;
+    this.db.prepare(`UPDATE images SET ${sets.join(', ')} WHERE id = ?`).run(...values, id);
+  }
+
+  /** Every grain row, least recently used first (to rebuild the cache index at mount). */
+  allGrains(): GrainRow[] {
+    return (this.db.prepare('SELECT * FROM grains ORDER BY last_access, image_id, idx').all() as RawGrain[]).map(toGrain);
+  }
+
+  grainsOf(imageId: number): GrainRow[] {
+    return (this.db.prepare('SELECT * FROM grains WHERE image_id = ? ORDER BY idx').all(imageId) as RawGrain[]).map(toGrain);
+  }
+
+  grain(imageId: number, idx: number): GrainRow | undefined {
+    const r = this.db.prepare('SELECT * FROM grains WHERE image_id = ? AND idx = ?').get(imageId, idx) as RawGrain | undefined;
+    return r && toGrain(r);
+  }
+
+  /** Records a complete, clean grain in the cache. */
+  putClean(imageId: number, idx: number, length: number, checksum: number, now: number): void {
+    this.db
+      .prepare(
+        `INSERT INTO grains (image_id, idx, length, checksum, valid, dirty, last_access) VALUES (?, ?, ?, ?, NULL, NULL, ?)
+         ON CONFLICT (image_id, idx) DO UPDATE SET length = excluded.length, checksum = excluded.checksum,
+           valid = NULL, dirty = NULL, last_access = excluded.last_access`,
+      )
+      .run(imageId, idx, length, checksum, now);
+  }
+
+  /** Forgets grains (their files are gone or about to go). */
+  deleteGrains(keys: ReadonlyArray<{ imageId: number; idx: number }>): void {
+    if (keys.length === 0) return;
+    const del = this.db.prepare('DELETE FROM grains WHERE image_id = ? AND idx = ?');
+    this.db.transaction(() => {
+      for (const k of keys) del.run(k.imageId, k.idx);
+    })();
+  }
+
+  /** Writes the access times gathered since the last call, in one transaction. */
+  touch(entries: ReadonlyArray<{ imageId: number; idx: number; at: number }>): void {
+    if (entries.length === 0) return;
+    const upd = this.db.prepare('UPDATE grains SET last_access = ? WHERE image_id = ? AND idx = ?');
+    this.db.transaction(() => {
+      for (const e of entries) upd.run(e.at, e.imageId, e.idx);
+    })();
+  }
+
+  dirtyGrainCount(): number {
+    const row = this.db.prepare('SELECT count(*) AS n FROM grains WHERE dirty IS NOT NULL').get() as { n: number };
+    return row.n;
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}

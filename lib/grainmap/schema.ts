@@ -1,0 +1,45 @@
+/* The grain map's on-disk format. SCHEMA_VERSION changes whenever SCHEMA does; a test
+ * (test/unit/grainmap.test.ts) pins both, so a change without a version bump fails.
+ * Opening a cache written by another version refuses with a clear message (there is only
+ * version 1 so far, so there is nothing to migrate from yet).
+ *
+ * images  one row per blob ever opened: identity (account, container, name), the kind and
+ *         logical size last seen, the ETag that the cached grains belong to, and the bytes
+ *         in allocated page ranges for `allocated_etag` (st_blocks without a listing).
+ * grains  one row per grain that has bytes in the cache directory:
+ *           checksum  CRC-32 of the whole grain file when the grain is clean and complete
+ *           valid     NULL = every 512-byte sector of the grain is present; else a bitmap
+ *           dirty     NULL = clean; else a bitmap of sectors not yet uploaded
+ *           last_access  for least-recently-used eviction of clean grains */
+
+export const SCHEMA_VERSION = 1;
+
+export const SCHEMA = `
+CREATE TABLE meta (
+  key   TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE images (
+  id             INTEGER PRIMARY KEY,
+  account        TEXT NOT NULL,
+  container      TEXT NOT NULL,
+  name           TEXT NOT NULL,
+  kind           TEXT NOT NULL CHECK (kind IN ('page', 'block', 'append')),
+  size           INTEGER NOT NULL,
+  etag           TEXT,
+  allocated      INTEGER,
+  allocated_etag TEXT,
+  UNIQUE (account, container, name)
+);
+CREATE TABLE grains (
+  image_id    INTEGER NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+  idx         INTEGER NOT NULL,
+  length      INTEGER NOT NULL,
+  checksum    INTEGER,
+  valid       BLOB,
+  dirty       BLOB,
+  last_access INTEGER NOT NULL,
+  PRIMARY KEY (image_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX grains_dirty ON grains (image_id) WHERE dirty IS NOT NULL;
+`;

@@ -1,0 +1,88 @@
+/* Which bytes of a page blob hold pages, learnt lazily by window: a miss asks Azure for
+ * the page ranges of its window only, because listing every range of a big, fragmented
+ * blob is slow (Azurite never merges ranges). Ranges known empty read as zeros with no
+ * request. A full listing (for st_blocks) fills every window at once. */
+
+import { BlobRef, BlobStore, ByteRange } from '../store/types';
+
+export class PageMap {
+  private readonly windows = new Map<number, ByteRange[]>();
+  private readonly loading = new Map<number, Promise<ByteRange[]>>();
+
+  constructor(
+    private readonly store: BlobStore,
+    private readonly ref: BlobRef,
+    private readonly windowBytes: number,
+    private etag: string,
+    private size: number,
+  ) {}
+
+  /** Forgets everything (the blob changed). */
+  reset(etag: string, size: number): void {
+    this.windows.clear();
+    this.loading.clear();
+    this.etag = etag;
+    this.size = size;
+  }
+
+  /** Allocated ranges intersecting [start, end), clipped to it; undefined when not known without a request. */
+  known(start: number, end: number): ByteRange[] | undefined {
+    const out: ByteRange[] = [];
+    for (let w = Math.floor(start / this.windowBytes); w * this.windowBytes < end; w++) {
+      const ranges = this.windows.get(w);
+      if (!ranges) return undefined;
+      for (const r of ranges) if (r.end > start && r.start < end) out.push({ start: Math.max(r.start, start), end: Math.min(r.end, end) });
+    }
+    return out;
+  }
+
+  /** Allocated ranges intersecting [start, end), listing the windows not yet known. */
+  async ranges(start: number, end: number): Promise<ByteRange[]> {
+    const known = this.known(start, end);
+    if (known) return known;
+    const loads: Promise<ByteRange[]>[] = [];
+    for (let w = Math.floor(start / this.windowBytes); w * this.windowBytes < end; w++) loads.push(this.load(w));
+    await Promise.all(loads);
+    return this.known(start, end) ?? [];
+  }
+
+  private load(w: number): Promise<ByteRange[]> {
+    const have = this.windows.get(w);
+    if (have) return Promise.resolve(have);
+    let loading = this.loading.get(w);
+    if (!loading) {
+      const start = w * this.windowBytes;
+      const end = Math.min(this.size, start + this.windowBytes);
+      const etag = this.etag;
+      loading = this.store.pageRanges(this.ref, start, end, { etag }).then(
+        (ranges) => {
+          if (this.etag === etag) this.windows.set(w, ranges);
+          this.loading.delete(w);
+          return ranges;
+        },
+        (e: unknown) => {
+          this.loading.delete(w);
+          throw e;
+        },
+      );
+      this.loading.set(w, loading);
+    }
+    return loading;
+  }
+
+  /** Lists the whole blob once and returns the allocated byte count. */
+  async allocatedBytes(): Promise<number> {
+    const etag = this.etag;
+    const all = await this.store.pageRanges(this.ref, 0, this.size, { etag });
+    if (this.etag === etag) {
+      for (let w = 0; w * this.windowBytes < this.size; w++) this.windows.set(w, []);
+      for (const r of all) {
+        for (let w = Math.floor(r.start / this.windowBytes); w * this.windowBytes < r.end; w++) {
+          const start = w * this.windowBytes;
+          this.windows.get(w)?.push({ start: Math.max(r.start, start), end: Math.min(r.end, start + this.windowBytes) });
+        }
+      }
+    }
+    return all.reduce((sum, r) => sum + (r.end - r.start), 0);
+  }
+}

@@ -1,0 +1,215 @@
+/* The one place that builds blobdisk's layers and stacks them:
+ *   store (Azure, or the embedded Azurite) → grain map → cache → images → namespace → FUSE
+ * plus the control socket for `blobdisk unmount|status`. Everything is checked before the
+ * kernel sees a mount, and whatever was started is stopped again when a later step fails,
+ * so a refused mount leaves nothing behind. */
+
+import Fuse from 'fuse-native';
+import path from 'node:path';
+import { CacheLock } from './cache/lock';
+import { GrainCache } from './cache/cache';
+import { ControlServer, controlSocketPath } from './control';
+import { BlobdiskError, UsageError, isBlobdiskError } from './errors';
+import { createOperations } from './fuse/ops';
+import { Handles } from './fuse/handles';
+import { GrainMap } from './grainmap/grainmap';
+import { FetchBudget } from './image/image';
+import { Images } from './image/registry';
+import { Logger } from './log';
+import { ImageCounters } from './metrics';
+import { Namespace } from './namespace/namespace';
+import { MountOptions } from './options';
+import { checkCacheDir, checkMountpoint, mountPoints } from './preflight';
+import { RunningAzurite, startAzurite } from './azurite';
+import { AzureStore } from './store/azure';
+import { Credentials, accountOf } from './store/credentials';
+import { BlobStore } from './store/types';
+
+/** How often the mount looks whether someone unmounted it from outside (fusermount -u). */
+const MOUNT_WATCH_MS = 2_000;
+
+export interface ImageStatus {
+  readonly path: string;
+  readonly kind: string;
+  readonly size: number;
+  readonly cachedBytes: number;
+  readonly counters: ImageCounters;
+}
+
+export interface MountStatus {
+  readonly mountpoint: string;
+  readonly pid: number;
+  readonly cacheDir: string;
+  readonly cacheUsedBytes: number;
+  readonly cacheSizeBytes: number;
+  readonly grainSize: number;
+  readonly requests: number;
+  readonly bytesDown: number;
+  readonly totals: ImageCounters;
+  readonly images: ImageStatus[];
+}
+
+export interface Mounted {
+  readonly options: MountOptions;
+  /** Resolves when the mount has ended, by unmount() or because it was unmounted outside. */
+  readonly ended: Promise<void>;
+  status(): Promise<MountStatus>;
+  /** Unmounts and releases everything. Idempotent. */
+  unmount(): Promise<void>;
+}
+
+/** Turns a failure of the first request to Azure into one line that says what to do. */
+function accessError(e: unknown, options: MountOptions, where: string): Error {
+  if (!isBlobdiskError(e)) return e instanceof Error ? e : new Error(String(e));
+  switch (e.code) {
+    case 'ENOENT':
+      return new UsageError(`container ${options.container ?? '?'} does not exist in ${where}; create it, or leave out --container to see all containers`);
+    case 'EACCES':
+      return new UsageError(`Azure refused the credentials for ${where} (403); check the account key, SAS or connection string`);
+    case 'EINVAL':
+      return new UsageError(`${e.message}`);
+    default:
+      return new UsageError(`cannot reach Azure Storage for ${where}: ${e.message}`);
+  }
+}
+
+/** Mounts according to `options`; resolves once the kernel serves the mount. */
+export async function mount(options: MountOptions, log: Logger): Promise<Mounted> {
+  const cleanup: (() => Promise<void> | void)[] = [];
+  const undo = async (): Promise<void> => {
+    for (const step of cleanup.reverse()) {
+      try {
+        await step();
+      } catch (e) {
+        log.warn(`cleanup step failed: ${(e as Error).message}`);
+      }
+    }
+  };
+  try {
+    await checkMountpoint(options.mountpoint);
+    await checkCacheDir(options.cache.dir, 4 * options.cache.grainSize);
+    const lock = CacheLock.acquire(options.cache.dir, options.mountpoint);
+    cleanup.push(() => lock.release());
+
+    let credentials: Credentials | undefined = options.credentials;
+    let where: string;
+    if (credentials === undefined) {
+      const location = path.join(options.dataDir, 'azurite');
+      const azurite: RunningAzurite = await startAzurite({ location });
+      cleanup.push(() => azurite.stop());
+      credentials = { kind: 'connectionString', connectionString: azurite.connectionString };
+      where = 'the embedded Azurite';
+      log.info(`no Azure credentials given: using the embedded Azurite at ${azurite.endpoint} (data in ${location})`);
+    } else {
+      where = `account ${accountOf(credentials)}`;
+    }
+    const account = accountOf(credentials);
+    let store: BlobStore;
+    try {
+      store = new AzureStore({ credentials, maxTries: options.maxTries, tryTimeoutMs: options.tryTimeoutMs });
+    } catch (e) {
+      throw accessError(e, options, where);
+    }
+    cleanup.push(() => store.close());
+    try {
+      if (options.container !== undefined) await store.checkContainer(options.container);
+      else await store.listContainers();
+    } catch (e) {
+      throw accessError(e, options, where);
+    }
+
+    let map: GrainMap;
+    try {
+      map = GrainMap.open(path.join(options.cache.dir, 'grainmap.db'), options.cache.grainSize);
+    } catch (e) {
+      throw isBlobdiskError(e) ? new UsageError(e.message) : e;
+    }
+    cleanup.push(() => map.close());
+    const cache = new GrainCache(options.cache, map, log);
+    cleanup.push(() => cache.close());
+    const images = new Images(
+      { store, cache, map, log, grainSize: options.cache.grainSize, read: options.read, budget: new FetchBudget(options.read.fetchConcurrency) },
+      account,
+    );
+    const ns = new Namespace(store, images, { container: options.container, attrTtlMs: options.attrTtlMs, readOnly: options.readOnly }, log);
+    const handles = new Handles();
+    const ops = createOperations(ns, handles, { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, grainSize: options.cache.grainSize }, log);
+    const fuse = new Fuse(options.mountpoint, ops, {
+      // libfuse reads -o options from the joined string: this is how big_writes gets through.
+      fsname: 'blobdisk,big_writes',
+      subtype: 'blobdisk',
+      maxRead: 1024 * 1024,
+      // Our own retries are bounded; fuse-native's 15 s default would cut a slow fetch short.
+      timeout: false,
+    });
+    await new Promise<void>((resolve, reject) =>
+      fuse.mount((err) => (err ? reject(new UsageError(`cannot mount at ${options.mountpoint}: ${err.message}`)) : resolve())),
+    );
+    cleanup.push(
+      () =>
+        new Promise<void>((resolve) =>
+          fuse.unmount((err) => {
+            if (err) log.warn(`unmounting ${options.mountpoint}: ${err.message}`);
+            resolve();
+          }),
+        ),
+    );
+
+    const status = async (): Promise<MountStatus> => {
+      const all = await images.all();
+      return {
+        mountpoint: options.mountpoint,
+        pid: process.pid,
+        cacheDir: options.cache.dir,
+        cacheUsedBytes: cache.stats.usedBytes,
+        cacheSizeBytes: options.cache.sizeBytes,
+        grainSize: options.cache.grainSize,
+        requests: store.counters.requests,
+        bytesDown: store.counters.bytesDown,
+        totals: await images.totals(),
+        images: all.map((image) => ({
+          path: options.container === undefined ? `${image.ref.container}/${image.ref.name}` : image.ref.name,
+          kind: image.kind,
+          size: image.size,
+          cachedBytes: image.cachedBytes(),
+          counters: { ...image.counters },
+        })),
+      };
+    };
+
+    let endedResolve: () => void = () => undefined;
+    const ended = new Promise<void>((resolve) => (endedResolve = resolve));
+    let unmounting: Promise<void> | undefined;
+    const unmount = (): Promise<void> => {
+      unmounting ??= (async () => {
+        clearInterval(watch);
+        await undo();
+        endedResolve();
+      })();
+      return unmounting;
+    };
+    const control = await ControlServer.listen(controlSocketPath(options.mountpoint), async (request) => {
+      if (request.op === 'status') return status();
+      if (request.op === 'unmount') {
+        // Answer first, then go: the requester waits for the socket to close.
+        setImmediate(() => void unmount());
+        return { unmounting: options.mountpoint };
+      }
+      throw new BlobdiskError('EINVAL', `unknown request ${request.op}`);
+    });
+    cleanup.splice(cleanup.length - 1, 0, () => control.close());
+    const watch = setInterval(() => {
+      void mountPoints().then((mounts) => {
+        if (!mounts.has(options.mountpoint) && !unmounting) {
+          log.info(`${options.mountpoint} was unmounted from outside; shutting down`);
+          void unmount();
+        }
+      });
+    }, MOUNT_WATCH_MS);
+    watch.unref();
+    return { options, ended, status, unmount };
+  } catch (e) {
+    await undo();
+    throw e;
+  }
+}

@@ -1,0 +1,27 @@
+/* Paths in the mount ↔ containers and blob names. With --container the root is that
+ * container; without it the root holds one directory per container. Blob names split on
+ * '/' into directories. Names that cannot be shown as a path component (empty, '.', '..',
+ * over 255 bytes) are left out of listings by the namespace. */
+
+export interface Location {
+  /** undefined: the account root (only without --container). */
+  readonly container: string | undefined;
+  /** Blob name or directory prefix without a trailing '/'; '' is the container root. */
+  readonly name: string;
+}
+
+export function locate(path: string, fixedContainer: string | undefined): Location {
+  const parts = path.split('/').filter((p) => p !== '');
+  if (fixedContainer !== undefined) return { container: fixedContainer, name: parts.join('/') };
+  const [container, ...rest] = parts;
+  return { container, name: rest.join('/') };
+}
+
+export function isShowableComponent(name: string): boolean {
+  return name !== '' && name !== '.' && name !== '..' && Buffer.byteLength(name) <= 255;
+}
+
+export function parentAndBase(name: string): { parent: string; base: string } {
+  const i = name.lastIndexOf('/');
+  return i < 0 ? { parent: '', base: name } : { parent: name.slice(0, i), base: name.slice(i + 1) };
+}

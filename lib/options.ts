@@ -1,0 +1,178 @@
+/* Command-line flags become one frozen MountOptions here and nowhere else. Each layer
+ * receives its own slice of it through its constructor; the defaults are exported
+ * constants pinned by test/unit/options.test.ts. */
+
+import os from 'node:os';
+import path from 'node:path';
+import { UsageError } from './errors';
+import { Credentials, defaultEndpoint } from './store/credentials';
+import { formatSize, isPowerOfTwo, parseSize } from './units';
+
+export const DEFAULTS = Object.freeze({
+  grainSize: 1024 * 1024,
+  cacheSize: 10 * 1024 ** 3,
+  /** Grains fetched ahead of a sequential reader, at most. */
+  readAheadGrains: 16,
+  /** Ranged GETs in flight per mount (demand reads may exceed it by their own count). */
+  fetchConcurrency: 8,
+  /** Largest single ranged GET: adjacent missing grains are fetched together up to this. */
+  maxFetchBytes: 4 * 1024 * 1024,
+  maxTries: 4,
+  tryTimeoutMs: 30_000,
+  /** How long directory listings and attributes are trusted before Azure is asked again. */
+  attrTtlMs: 5_000,
+  logLevel: 'info' as LogLevel,
+  /** The cache must hold at least this many grains. */
+  minCacheGrains: 4,
+  minGrainSize: 64 * 1024,
+  maxGrainSize: 64 * 1024 * 1024,
+});
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
+export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error', 'silent'];
+
+export interface CacheOptions {
+  readonly dir: string;
+  readonly sizeBytes: number;
+  readonly grainSize: number;
+}
+
+export interface ReadOptions {
+  readonly readAheadGrains: number;
+  readonly fetchConcurrency: number;
+  readonly maxFetchBytes: number;
+}
+
+export interface MountOptions {
+  readonly mountpoint: string;
+  /** Undefined: start the embedded Azurite. */
+  readonly credentials: Credentials | undefined;
+  /** Root is this container; undefined: root lists one directory per container. */
+  readonly container: string | undefined;
+  readonly dataDir: string;
+  readonly cache: CacheOptions;
+  readonly read: ReadOptions;
+  readonly readOnly: boolean;
+  readonly logLevel: LogLevel;
+  readonly maxTries: number;
+  readonly tryTimeoutMs: number;
+  readonly attrTtlMs: number;
+}
+
+/** Flags as yargs hands them over (strings where the user typed sizes). */
+export interface MountArgs {
+  mountpoint: string;
+  connectionString?: string | undefined;
+  account?: string | undefined;
+  accountKey?: string | undefined;
+  sas?: string | undefined;
+  endpoint?: string | undefined;
+  container?: string | undefined;
+  dataDir?: string | undefined;
+  cacheDir?: string | undefined;
+  cacheSize?: string | undefined;
+  grainSize?: string | undefined;
+  readAhead?: string | undefined;
+  readOnly?: boolean | undefined;
+  logLevel?: string | undefined;
+}
+
+/** Where blobdisk keeps its cache and the embedded Azurite's data by default. */
+export function defaultDataDir(env: NodeJS.ProcessEnv): string {
+  if (env.BLOBDISK_HOME) return path.resolve(env.BLOBDISK_HOME);
+  const base = env.XDG_DATA_HOME || path.join(os.homedir(), '.local', 'share');
+  return path.join(base, 'blobdisk');
+}
+
+const CONTAINER_NAME = /^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$/;
+
+export function isValidContainerName(name: string): boolean {
+  return CONTAINER_NAME.test(name);
+}
+
+function size(flag: string, text: string | undefined, fallback: number): number {
+  if (text === undefined) return fallback;
+  const bytes = parseSize(text);
+  if (bytes === undefined || bytes <= 0) {
+    throw new UsageError(`--${flag} ${JSON.stringify(text)} is not a size; write it like 10G, 512M or 1048576`);
+  }
+  return bytes;
+}
+
+function credentials(args: MountArgs, env: NodeJS.ProcessEnv): Credentials | undefined {
+  const connectionString = args.connectionString ?? env.AZURE_STORAGE_CONNECTION_STRING;
+  if (args.account !== undefined) {
+    if (args.connectionString !== undefined) {
+      throw new UsageError('give either --connection-string or --account with --account-key/--sas, not both');
+    }
+    if ((args.accountKey === undefined) === (args.sas === undefined)) {
+      throw new UsageError('--account needs exactly one of --account-key or --sas');
+    }
+    if (!/^[a-z0-9]{3,24}$/.test(args.account) && args.endpoint === undefined) {
+      throw new UsageError(`--account ${JSON.stringify(args.account)} is not a storage account name (3-24 lowercase letters and digits)`);
+    }
+    const endpoint = args.endpoint ?? defaultEndpoint(args.account);
+    if (args.accountKey !== undefined) {
+      return { kind: 'accountKey', account: args.account, accountKey: args.accountKey, endpoint };
+    }
+    return { kind: 'sas', account: args.account, sas: (args.sas ?? '').replace(/^\?/, ''), endpoint };
+  }
+  if (args.accountKey !== undefined || args.sas !== undefined) {
+    throw new UsageError('--account-key and --sas need --account NAME');
+  }
+  if (connectionString !== undefined && connectionString !== '') {
+    return { kind: 'connectionString', connectionString };
+  }
+  return undefined;
+}
+
+/** Validates flags into frozen MountOptions; throws UsageError with one line saying what to do. */
+export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = process.env): MountOptions {
+  if (!args.mountpoint) throw new UsageError('give the mountpoint: blobdisk mount <mountpoint>');
+  const grainSize = size('grain-size', args.grainSize, DEFAULTS.grainSize);
+  if (!isPowerOfTwo(grainSize) || grainSize < DEFAULTS.minGrainSize || grainSize > DEFAULTS.maxGrainSize) {
+    throw new UsageError(
+      `--grain-size ${args.grainSize ?? grainSize} must be a power of two from ${formatSize(DEFAULTS.minGrainSize)} to ${formatSize(DEFAULTS.maxGrainSize)}, e.g. 1M`,
+    );
+  }
+  const cacheSize = size('cache-size', args.cacheSize, DEFAULTS.cacheSize);
+  const minCache = DEFAULTS.minCacheGrains * grainSize;
+  if (cacheSize < minCache) {
+    throw new UsageError(
+      `--cache-size ${args.cacheSize} is smaller than ${DEFAULTS.minCacheGrains} grains (${formatSize(minCache)}); give at least ${formatSize(minCache)}`,
+    );
+  }
+  const readAheadBytes = size('read-ahead', args.readAhead, DEFAULTS.readAheadGrains * grainSize);
+  if (args.container !== undefined && !isValidContainerName(args.container)) {
+    throw new UsageError(
+      `--container ${JSON.stringify(args.container)} is not a container name (3-63 lowercase letters, digits and single hyphens)`,
+    );
+  }
+  const logLevel = (args.logLevel ?? DEFAULTS.logLevel) as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) {
+    throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(', ')}`);
+  }
+  const dataDir = args.dataDir !== undefined ? path.resolve(args.dataDir) : defaultDataDir(env);
+  const options: MountOptions = {
+    mountpoint: path.resolve(args.mountpoint),
+    credentials: credentials(args, env),
+    container: args.container,
+    dataDir,
+    cache: Object.freeze({
+      dir: args.cacheDir !== undefined ? path.resolve(args.cacheDir) : path.join(dataDir, 'cache'),
+      sizeBytes: cacheSize,
+      grainSize,
+    }),
+    read: Object.freeze({
+      readAheadGrains: Math.max(0, Math.floor(readAheadBytes / grainSize)),
+      fetchConcurrency: DEFAULTS.fetchConcurrency,
+      maxFetchBytes: Math.max(grainSize, DEFAULTS.maxFetchBytes),
+    }),
+    readOnly: args.readOnly ?? false,
+    logLevel,
+    maxTries: DEFAULTS.maxTries,
+    tryTimeoutMs: DEFAULTS.tryTimeoutMs,
+    attrTtlMs: DEFAULTS.attrTtlMs,
+  };
+  return Object.freeze(options);
+}

@@ -1,0 +1,63 @@
+/* Checks before anything is mounted, each failing with one line that says what to do:
+ * the mountpoint must be an existing, empty-of-mounts directory; the cache directory must
+ * be writable and have room for a few grains. */
+
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { UsageError } from './errors';
+import { formatSize } from './units';
+
+/** Mount points of this machine, from /proc/self/mountinfo (octal escapes decoded). */
+export async function mountPoints(): Promise<Map<string, string>> {
+  const text = await fsp.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+  const out = new Map<string, string>();
+  for (const line of text.split('\n')) {
+    const fields = line.split(' ');
+    const sep = fields.indexOf('-');
+    const mnt = fields[4];
+    const type = fields[sep + 1];
+    if (mnt === undefined || sep < 0 || type === undefined) continue;
+    out.set(mnt.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))), type);
+  }
+  return out;
+}
+
+export async function checkMountpoint(mountpoint: string): Promise<void> {
+  let stat: fs.Stats;
+  try {
+    stat = await fsp.stat(mountpoint);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new UsageError(`mountpoint ${mountpoint} does not exist; create it first: mkdir -p ${mountpoint}`);
+    if (code === 'ENOTCONN') {
+      throw new UsageError(`mountpoint ${mountpoint} is a dead FUSE mount (transport endpoint not connected); clear it with: fusermount -u ${mountpoint}`);
+    }
+    throw new UsageError(`cannot use mountpoint ${mountpoint} (${code}); check that it exists and is readable`);
+  }
+  if (!stat.isDirectory()) throw new UsageError(`mountpoint ${mountpoint} is not a directory; give an empty directory`);
+  const mounted = (await mountPoints()).get(mountpoint);
+  if (mounted !== undefined) {
+    throw new UsageError(`${mountpoint} is already mounted (${mounted}); unmount it first (blobdisk unmount ${mountpoint}) or pick another directory`);
+  }
+  if ((await fsp.readdir(mountpoint)).length > 0) {
+    throw new UsageError(`mountpoint ${mountpoint} is not empty; give an empty directory so nothing in it gets hidden`);
+  }
+}
+
+export async function checkCacheDir(dir: string, minBytes: number): Promise<void> {
+  try {
+    await fsp.mkdir(dir, { recursive: true });
+    const probe = path.join(dir, `.probe-${process.pid}`);
+    await fsp.writeFile(probe, 'blobdisk');
+    await fsp.rm(probe);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? 'error';
+    throw new UsageError(`cache directory ${dir} is not writable (${code}); give --cache-dir a directory you can write to`);
+  }
+  const st = await fsp.statfs(dir);
+  const free = st.bavail * st.bsize;
+  if (free < minBytes) {
+    throw new UsageError(`cache directory ${dir} has only ${formatSize(free)} free; blobdisk needs at least ${formatSize(minBytes)} there (free space, or give another --cache-dir)`);
+  }
+}
