@@ -80,7 +80,7 @@ export interface MountArgs {
 /** Where blobdisk keeps its cache and the embedded Azurite's data by default. */
 export function defaultDataDir(env: NodeJS.ProcessEnv): string {
   if (env.BLOBDISK_HOME) return path.resolve(env.BLOBDISK_HOME);
-  const base = env.XDG_DATA_HOME || path.join(os.homedir(), '.local', 'share');
+  const base = env.XDG_DATA_HOME || path.join(env.HOME || os.homedir(), '.local', 'share');
   return path.join(base, 'blobdisk');
 }
 

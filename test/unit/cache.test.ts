@@ -1,0 +1,87 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { GrainCache } from '../../lib/cache/cache';
+import { GrainMap } from '../../lib/grainmap/grainmap';
+import { silentLogger } from '../../lib/log';
+
+const G = 64 * 1024;
+
+function setup(sizeGrains: number, dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blobdisk-cache-'))) {
+  const map = GrainMap.open(path.join(dir, 'grainmap.db'), G);
+  const cache = new GrainCache({ dir, sizeBytes: sizeGrains * G, grainSize: G }, map, silentLogger);
+  const image = map.ensureImage('acct', 'c', 'disk.img', 'page', 100 * G).id;
+  return { dir, map, cache, image };
+}
+
+const grain = (fill: number): Buffer => Buffer.alloc(G, fill);
+
+async function readBack(cache: GrainCache, image: number, idx: number): Promise<Buffer | undefined> {
+  const out = Buffer.alloc(G);
+  return (await cache.read(image, idx, 0, G, out, 0)) ? out : undefined;
+}
+
+describe('GrainCache', () => {
+  it('stores grains and reads any part of them back', async () => {
+    const { cache, image, map } = setup(8);
+    await cache.storeClean(image, 2, grain(7));
+    const part = Buffer.alloc(10);
+    expect(await cache.read(image, 2, 100, 10, part, 0)).toBe(true);
+    expect(part).toEqual(Buffer.alloc(10, 7));
+    expect(await cache.read(image, 3, 0, 10, part, 0)).toBe(false);
+    expect(cache.stats).toMatchObject({ usedBytes: G, grains: 1 });
+    await cache.close();
+    map.close();
+  });
+
+  it('evicts the least recently used clean grains to stay within its size', async () => {
+    const { cache, image, map } = setup(4);
+    for (let i = 0; i < 4; i++) await cache.storeClean(image, i, grain(i));
+    await readBack(cache, image, 0); // 0 becomes the most recently used
+    await cache.storeClean(image, 4, grain(4));
+    expect(cache.has(image, 1)).toBe(false);
+    expect([0, 2, 3, 4].every((i) => cache.has(image, i))).toBe(true);
+    expect(cache.stats.usedBytes).toBe(4 * G);
+    expect(cache.stats.evictions).toBe(1);
+    expect(map.grainsOf(image).map((g) => g.idx)).toEqual([0, 2, 3, 4]);
+    await cache.close();
+    map.close();
+  });
+
+  it('serves grains cached by an earlier process and checks them first', async () => {
+    const first = setup(8);
+    await first.cache.storeClean(first.image, 0, grain(1));
+    await first.cache.storeClean(first.image, 1, grain(2));
+    await first.cache.close();
+    first.map.close();
+
+    // Damage grain 1 on disk, as a crash or a bad disk might.
+    const file = path.join(first.dir, 'grains', String(first.image), '1');
+    const fd = fs.openSync(file, 'r+');
+    fs.writeSync(fd, Buffer.from('torn'), 0, 4, 1000);
+    fs.closeSync(fd);
+
+    const again = setup(8, first.dir);
+    expect(again.image).toBe(first.image);
+    expect(await readBack(again.cache, again.image, 0)).toEqual(grain(1));
+    expect(await readBack(again.cache, again.image, 1)).toBeUndefined();
+    expect(again.cache.has(again.image, 1)).toBe(false);
+    expect(again.cache.stats.corruptions).toBe(1);
+    expect(fs.existsSync(file)).toBe(false);
+    await again.cache.close();
+    again.map.close();
+  });
+
+  it('drops the clean grains of one image only', async () => {
+    const { cache, image, map } = setup(8);
+    const other = map.ensureImage('acct', 'c', 'other.img', 'page', 10 * G).id;
+    await cache.storeClean(image, 0, grain(1));
+    await cache.storeClean(other, 0, grain(2));
+    expect(await cache.dropClean(image)).toBe(1);
+    expect(cache.has(image, 0)).toBe(false);
+    expect(cache.has(other, 0)).toBe(true);
+    expect(cache.cachedBytes(other)).toBe(G);
+    await cache.close();
+    map.close();
+  });
+});

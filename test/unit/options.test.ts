@@ -1,0 +1,90 @@
+import { DEFAULTS, parseMountOptions } from '../../lib/options';
+import { formatSize, isPowerOfTwo, parseSize } from '../../lib/units';
+
+describe('defaults', () => {
+  it('are pinned: changing one is a decision, not an accident', () => {
+    expect(DEFAULTS).toEqual({
+      grainSize: 1024 * 1024,
+      cacheSize: 10 * 1024 ** 3,
+      readAheadGrains: 16,
+      fetchConcurrency: 8,
+      maxFetchBytes: 4 * 1024 * 1024,
+      maxTries: 4,
+      tryTimeoutMs: 30_000,
+      attrTtlMs: 5_000,
+      logLevel: 'info',
+      minCacheGrains: 4,
+      minGrainSize: 64 * 1024,
+      maxGrainSize: 64 * 1024 * 1024,
+    });
+    expect(Object.isFrozen(DEFAULTS)).toBe(true);
+  });
+});
+
+describe('sizes', () => {
+  it('parses binary suffixes', () => {
+    expect(parseSize('10G')).toBe(10 * 2 ** 30);
+    expect(parseSize('1M')).toBe(2 ** 20);
+    expect(parseSize('512k')).toBe(512 * 1024);
+    expect(parseSize('4096')).toBe(4096);
+    expect(parseSize('1.5GiB')).toBe(1.5 * 2 ** 30);
+    expect(parseSize('ten')).toBeUndefined();
+    expect(parseSize('-1M')).toBeUndefined();
+  });
+  it('formats', () => {
+    expect(formatSize(1024 * 1024)).toBe('1 MiB');
+    expect(formatSize(1536)).toBe('1.5 KiB');
+  });
+  it('knows powers of two beyond 32 bits', () => {
+    expect(isPowerOfTwo(2 ** 33)).toBe(true);
+    expect(isPowerOfTwo(3 * 2 ** 20)).toBe(false);
+    expect(isPowerOfTwo(0)).toBe(false);
+  });
+});
+
+describe('parseMountOptions', () => {
+  const env = { HOME: '/home/u' };
+  it('fills defaults and freezes the result', () => {
+    const o = parseMountOptions({ mountpoint: 'mnt' }, env);
+    expect(o.credentials).toBeUndefined();
+    expect(o.dataDir).toBe('/home/u/.local/share/blobdisk');
+    expect(o.cache).toEqual({ dir: '/home/u/.local/share/blobdisk/cache', sizeBytes: DEFAULTS.cacheSize, grainSize: DEFAULTS.grainSize });
+    expect(o.read.readAheadGrains).toBe(16);
+    expect(Object.isFrozen(o)).toBe(true);
+    expect(Object.isFrozen(o.cache)).toBe(true);
+  });
+  it('takes credentials from flags or the environment', () => {
+    expect(parseMountOptions({ mountpoint: 'm' }, { AZURE_STORAGE_CONNECTION_STRING: 'AccountName=a;AccountKey=k' }).credentials).toEqual({
+      kind: 'connectionString',
+      connectionString: 'AccountName=a;AccountKey=k',
+    });
+    expect(parseMountOptions({ mountpoint: 'm', account: 'acct1', sas: '?sv=1&sig=x' }, env).credentials).toEqual({
+      kind: 'sas',
+      account: 'acct1',
+      sas: 'sv=1&sig=x',
+      endpoint: 'https://acct1.blob.core.windows.net',
+    });
+  });
+  it.each([
+    [{ grainSize: '3M' }, /--grain-size 3M must be a power of two/],
+    [{ grainSize: '1K' }, /must be a power of two from 64 KiB to 64 MiB/],
+    [{ cacheSize: '2M' }, /--cache-size 2M is smaller than 4 grains \(4 MiB\)/],
+    [{ cacheSize: 'lots' }, /--cache-size "lots" is not a size/],
+    [{ container: 'Bad_Name' }, /is not a container name/],
+    [{ account: 'acct1' }, /--account needs exactly one of --account-key or --sas/],
+    [{ accountKey: 'k' }, /--account-key and --sas need --account NAME/],
+    [{ account: 'acct1', accountKey: 'k', connectionString: 'x' }, /not both/],
+    [{ logLevel: 'loud' }, /--log-level must be one of/],
+  ])('rejects %p with one clear line', (args, message) => {
+    expect(() => parseMountOptions({ mountpoint: 'm', ...args }, env)).toThrow(message);
+  });
+  it('never echoes an account key in its errors', () => {
+    const key = 'S3cretKeyS3cretKey==';
+    try {
+      parseMountOptions({ mountpoint: 'm', accountKey: key }, env);
+      throw new Error('expected a failure');
+    } catch (e) {
+      expect((e as Error).message).not.toContain(key);
+    }
+  });
+});
