@@ -5,10 +5,11 @@
 const PATTERNS: ReadonlyArray<[RegExp, string]> = [
   [/(AccountKey=)[^;\s"']+/gi, '$1***'],
   [/(SharedAccessSignature=)[^;\s"']+/gi, '$1***'],
-  [/([?&]sig=)[^&\s"']+/gi, '$1***'],
+  [/((?:^|[?&\s;])sig=)[^&\s"';]+/gi, '$1***'],
   [/(SharedKey\s+[^:\s]+:)[^\s"']+/gi, '$1***'],
-  // A bare account key: 64 random bytes in base64 (88 characters).
-  [/[A-Za-z0-9+/]{64,}={0,2}/g, '***'],
+  // A bare account key: 64 random bytes in base64 (86 characters and "==" padding, which
+  // may be missing); longer or shorter runs (digests, names) are left alone.
+  [/(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{86}(?:==)?(?![A-Za-z0-9+/=])/g, '***'],
 ];
 
 export function redact(text: string): string {

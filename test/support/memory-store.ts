@@ -1,0 +1,389 @@
+/* An in-memory BlobStore with Azure's semantics as blobdisk relies on them: ETags change
+ * on every write, page blobs track allocated 512-byte pages, block blobs keep committed and
+ * staged blocks, leases and If-Match are enforced. Tests inject latency, slow chunked reads
+ * and faults (failNext) to exercise retries and partial reads without a network. */
+
+import { randomUUID } from 'node:crypto';
+import { BlobdiskError } from '../../lib/errors';
+import {
+  MAX_COMMITTED_BLOCKS, MAX_PAGE_BLOB_BYTES, MAX_PUT_PAGE_BYTES, PAGE_SIZE,
+  type BlobInfo, type BlobKind, type BlobRef, type BlobStore, type BlockInfo, type ByteRange,
+  type Listing, type ReadOptions, type StoreCounters, type WriteConditions,
+} from '../../lib/store/types';
+
+/** Tests may change these at any time through `store.settings`. */
+export interface MemoryStoreOptions {
+  /** Delay before every request is answered. */
+  latencyMs?: number;
+  /** read() yields the data in pieces of this size (default: one piece)... */
+  chunkSize?: number;
+  /** ...waiting this long before each piece after the first. */
+  chunkDelayMs?: number;
+  /** Containers that exist from the start. */
+  containers?: readonly string[];
+}
+
+interface Lease { id: string; expiresAt: number }
+
+interface MemBlob {
+  kind: BlobKind;
+  size: number;
+  pages: Map<number, Buffer>; // page blobs: page index → 512 bytes
+  blocks: { id: string; data: Buffer }[]; // block blobs: committed blocks
+  etag: string;
+  lastModified: Date;
+  metadata: Record<string, string>;
+  lease?: Lease;
+}
+
+type Fault = { error: BlobdiskError; times: number };
+
+const sleep = (ms: number): Promise<void> => new Promise((done) => setTimeout(done, ms));
+
+export class MemoryStore implements BlobStore {
+  readonly counters: StoreCounters = { requests: 0, bytesDown: 0, bytesUp: 0 };
+  private readonly containers = new Map<string, Map<string, MemBlob>>();
+  private readonly staged = new Map<string, Map<string, Buffer>>();
+  private readonly faults = new Map<string, Fault>();
+  private seq = 0;
+  private closed = false;
+
+  constructor(readonly settings: MemoryStoreOptions = {}) {
+    for (const c of settings.containers ?? []) this.containers.set(c, new Map());
+  }
+
+  /** The next `times` calls of `method` (e.g. 'read', 'putPages') reject with `error`;
+   *  `times` may be Infinity ("Azure is down") until clearFaults(). */
+  failNext(method: keyof BlobStore, error: BlobdiskError, times = 1): void {
+    this.faults.set(method, { error, times });
+  }
+
+  clearFaults(): void {
+    this.faults.clear();
+  }
+
+  /** Whole content of a blob, for assertions. */
+  contentOf(ref: BlobRef): Buffer {
+    const b = this.containers.get(ref.container)?.get(ref.name);
+    if (b === undefined) throw new BlobdiskError('ENOENT', `${ref.container}/${ref.name} does not exist`);
+    return this.bytes(b, 0, b.size);
+  }
+
+  // --- plumbing -------------------------------------------------------------------------
+
+  private async enter(method: keyof BlobStore): Promise<void> {
+    if (this.closed) throw new BlobdiskError('EIO', `${method} failed: the store is closed`);
+    this.counters.requests++;
+    if ((this.settings.latencyMs ?? 0) > 0) await sleep(this.settings.latencyMs ?? 0);
+    const fault = this.faults.get(method);
+    if (fault !== undefined) {
+      if (--fault.times <= 0) this.faults.delete(method);
+      throw fault.error;
+    }
+  }
+
+  private fail(code: BlobdiskError['code'], op: string, ref: BlobRef | string, why: string): BlobdiskError {
+    const where = typeof ref === 'string' ? ref : `${ref.container}/${ref.name}`;
+    return new BlobdiskError(code, `${op} ${where} failed: ${why}`);
+  }
+
+  private container(op: string, name: string): Map<string, MemBlob> {
+    const c = this.containers.get(name);
+    if (c === undefined) throw this.fail('ENOENT', op, name, `container ${name} does not exist`);
+    return c;
+  }
+
+  private find = (op: string, ref: BlobRef): MemBlob | undefined => this.container(op, ref.container).get(ref.name);
+
+  private get(op: string, ref: BlobRef, kind?: BlobKind): MemBlob {
+    const b = this.find(op, ref);
+    if (b === undefined) throw this.fail('ENOENT', op, ref, 'blob does not exist');
+    if (kind !== undefined && b.kind !== kind) throw this.fail('EINVAL', op, ref, `not a ${kind} blob`);
+    return b;
+  }
+
+  private activeLease = (b: MemBlob): Lease | undefined => (b.lease !== undefined && b.lease.expiresAt > Date.now() ? b.lease : undefined);
+
+  /** Azure's rules for a write: the lease id must match an active lease, If-Match the ETag. */
+  private checkWrite(op: string, ref: BlobRef, b: MemBlob, c: WriteConditions | undefined): void {
+    const lease = this.activeLease(b);
+    if (lease !== undefined && c?.leaseId === undefined) throw this.fail('EBUSY', op, ref, 'the blob is leased and no lease id was given');
+    if (lease !== undefined && c?.leaseId !== lease.id) throw this.fail('EBUSY', op, ref, 'the lease id does not match');
+    if (lease === undefined && c?.leaseId !== undefined) throw this.fail('EBUSY', op, ref, 'a lease id was given but the blob has no active lease');
+    if (c?.ifMatch !== undefined && c.ifMatch !== b.etag) throw this.fail('ESTALE', op, ref, 'the blob changed (ETag mismatch)');
+  }
+
+  private touch(b: MemBlob): string {
+    b.etag = `"0x${(++this.seq).toString(16).toUpperCase().padStart(15, '0')}"`;
+    b.lastModified = new Date();
+    return b.etag;
+  }
+
+  private newBlob(kind: BlobKind, size: number, metadata: Record<string, string> | undefined): MemBlob {
+    const b: MemBlob = { kind, size, pages: new Map(), blocks: [], etag: '', lastModified: new Date(), metadata: lower(metadata) };
+    this.touch(b);
+    return b;
+  }
+
+  private bytes(b: MemBlob, start: number, end: number): Buffer {
+    if (b.kind !== 'page') return Buffer.concat(b.blocks.map((x) => x.data)).subarray(start, end);
+    const out = Buffer.alloc(end - start);
+    for (let p = Math.floor(start / PAGE_SIZE); p * PAGE_SIZE < end; p++) {
+      const from = Math.max(0, start - p * PAGE_SIZE);
+      b.pages.get(p)?.copy(out, p * PAGE_SIZE + from - start, from, Math.min(PAGE_SIZE, end - p * PAGE_SIZE));
+    }
+    return out;
+  }
+
+  private info = (name: string, b: MemBlob): BlobInfo => ({ name, kind: b.kind, size: b.size, etag: b.etag, lastModified: b.lastModified, metadata: { ...b.metadata } });
+
+  private create(op: string, ref: BlobRef, blob: MemBlob, overwrite: boolean | undefined): string {
+    const c = this.container(op, ref.container);
+    const old = c.get(ref.name);
+    if (old !== undefined && overwrite !== true) throw this.fail('EEXIST', op, ref, 'blob already exists');
+    if (old !== undefined && this.activeLease(old) !== undefined) throw this.fail('EBUSY', op, ref, 'the blob is leased');
+    c.set(ref.name, blob);
+    this.staged.delete(key(ref));
+    return blob.etag;
+  }
+
+  // --- BlobStore ------------------------------------------------------------------------
+
+  async listContainers(): Promise<string[]> {
+    await this.enter('listContainers');
+    return [...this.containers.keys()].sort();
+  }
+
+  async checkContainer(container: string): Promise<void> {
+    await this.enter('checkContainer');
+    this.container('checkContainer', container);
+  }
+
+  async createContainer(container: string): Promise<void> {
+    await this.enter('createContainer');
+    if (this.containers.has(container)) throw this.fail('EEXIST', 'createContainer', container, 'container already exists');
+    this.containers.set(container, new Map());
+  }
+
+  async listDirectory(container: string, prefix: string): Promise<Listing> {
+    await this.enter('listDirectory');
+    const blobs: BlobInfo[] = [];
+    const prefixes = new Set<string>();
+    for (const [name, b] of [...this.container('listDirectory', container)].sort(([a], [z]) => (a < z ? -1 : 1))) {
+      if (!name.startsWith(prefix)) continue;
+      const slash = name.indexOf('/', prefix.length);
+      if (slash >= 0) prefixes.add(name.slice(0, slash + 1));
+      else blobs.push(this.info(name, b));
+    }
+    return { blobs, prefixes: [...prefixes] };
+  }
+
+  async getInfo(ref: BlobRef): Promise<BlobInfo> {
+    await this.enter('getInfo');
+    return this.info(ref.name, this.get('getInfo', ref));
+  }
+
+  async read(ref: BlobRef, offset: number, length: number, options: ReadOptions = {}): Promise<AsyncIterable<Buffer>> {
+    await this.enter('read');
+    if (length === 0) return (async function* empty() {})();
+    const b = this.get('read', ref);
+    if (options.etag !== undefined && options.etag !== b.etag) throw this.fail('ESTALE', 'read', ref, 'the blob changed (ETag mismatch)');
+    if (offset < 0 || length < 0 || offset >= b.size) throw this.fail('EINVAL', 'read', ref, `range ${offset}+${length} is outside the blob`);
+    const data = this.bytes(b, offset, Math.min(b.size, offset + length));
+    const chunk = this.settings.chunkSize ?? Math.max(1, data.length);
+    const delay = this.settings.chunkDelayMs ?? 0;
+    const { counters } = this;
+    return (async function* stream(): AsyncGenerator<Buffer> {
+      for (let at = 0; at < data.length; at += chunk) {
+        if (at > 0 && delay > 0) await sleep(delay);
+        if (options.signal?.aborted === true) throw new BlobdiskError('EIO', `read ${ref.container}/${ref.name} failed: aborted`);
+        const piece = data.subarray(at, at + chunk);
+        counters.bytesDown += piece.length;
+        yield piece;
+      }
+    })();
+  }
+
+  async pageRanges(ref: BlobRef, start: number, end: number, options: ReadOptions = {}): Promise<ByteRange[]> {
+    await this.enter('pageRanges');
+    const b = this.get('pageRanges', ref, 'page');
+    if (options.etag !== undefined && options.etag !== b.etag) throw this.fail('ESTALE', 'pageRanges', ref, 'the blob changed (ETag mismatch)');
+    if (end <= start) return [];
+    const pages = [...b.pages.keys()].filter((p) => (p + 1) * PAGE_SIZE > start && p * PAGE_SIZE < end).sort((x, y) => x - y);
+    const out: { start: number; end: number }[] = [];
+    for (const p of pages) {
+      const s = Math.max(start, p * PAGE_SIZE);
+      const e = Math.min(end, (p + 1) * PAGE_SIZE);
+      const last = out[out.length - 1];
+      if (last !== undefined && last.end === s) last.end = e;
+      else out.push({ start: s, end: e });
+    }
+    return out;
+  }
+
+  async blockList(ref: BlobRef): Promise<BlockInfo[]> {
+    await this.enter('blockList');
+    const b = this.get('blockList', ref, 'block');
+    return b.blocks.filter((x) => x.id !== '').map((x) => ({ id: x.id, size: x.data.length }));
+  }
+
+  async createPageBlob(ref: BlobRef, size: number, options: { metadata?: Record<string, string>; overwrite?: boolean } = {}): Promise<string> {
+    await this.enter('createPageBlob');
+    checkSize('createPageBlob', ref, size);
+    return this.create('createPageBlob', ref, this.newBlob('page', size, options.metadata), options.overwrite);
+  }
+
+  async createBlockBlob(ref: BlobRef, options: { metadata?: Record<string, string>; overwrite?: boolean } = {}): Promise<string> {
+    await this.enter('createBlockBlob');
+    return this.create('createBlockBlob', ref, this.newBlob('block', 0, options.metadata), options.overwrite);
+  }
+
+  async resizePageBlob(ref: BlobRef, size: number, conditions?: WriteConditions): Promise<string> {
+    await this.enter('resizePageBlob');
+    checkSize('resizePageBlob', ref, size);
+    const b = this.get('resizePageBlob', ref, 'page');
+    this.checkWrite('resizePageBlob', ref, b, conditions);
+    for (const p of [...b.pages.keys()]) if (p * PAGE_SIZE >= size) b.pages.delete(p);
+    b.size = size;
+    return this.touch(b);
+  }
+
+  async putPages(ref: BlobRef, offset: number, data: Buffer, conditions?: WriteConditions): Promise<string> {
+    await this.enter('putPages');
+    checkAligned('putPages', ref, offset, data.length, MAX_PUT_PAGE_BYTES);
+    const b = this.get('putPages', ref, 'page');
+    if (offset + data.length > b.size) throw this.fail('EINVAL', 'putPages', ref, 'the range is beyond the end of the blob');
+    this.checkWrite('putPages', ref, b, conditions);
+    this.counters.bytesUp += data.length;
+    for (let at = 0; at < data.length; at += PAGE_SIZE) b.pages.set((offset + at) / PAGE_SIZE, Buffer.from(data.subarray(at, at + PAGE_SIZE)));
+    return this.touch(b);
+  }
+
+  async clearPages(ref: BlobRef, offset: number, length: number, conditions?: WriteConditions): Promise<string> {
+    await this.enter('clearPages');
+    checkAligned('clearPages', ref, offset, length, Number.MAX_SAFE_INTEGER);
+    this.counters.requests += Math.ceil(length / MAX_PUT_PAGE_BYTES) - 1; // AzureStore sends ≤ 4 MiB per call
+    const b = this.get('clearPages', ref, 'page');
+    if (offset + length > b.size) throw this.fail('EINVAL', 'clearPages', ref, 'the range is beyond the end of the blob');
+    this.checkWrite('clearPages', ref, b, conditions);
+    for (let p = offset / PAGE_SIZE; p < (offset + length) / PAGE_SIZE; p++) b.pages.delete(p);
+    return this.touch(b);
+  }
+
+  async stageBlock(ref: BlobRef, blockId: string, data: Buffer, conditions?: WriteConditions): Promise<void> {
+    await this.enter('stageBlock');
+    const b = this.find('stageBlock', ref);
+    if (b !== undefined && b.kind !== 'block') throw this.fail('EINVAL', 'stageBlock', ref, 'not a block blob');
+    if (b !== undefined) this.checkWrite('stageBlock', ref, b, { ...(conditions?.leaseId !== undefined ? { leaseId: conditions.leaseId } : {}) });
+    const staged = this.staged.get(key(ref)) ?? new Map<string, Buffer>();
+    const other = [...staged.keys()][0] ?? b?.blocks.find((x) => x.id !== '')?.id;
+    if (blockId === '' || (other !== undefined && other.length !== blockId.length)) throw this.fail('EINVAL', 'stageBlock', ref, 'block ids must be non-empty and of equal length');
+    this.counters.bytesUp += data.length;
+    staged.set(blockId, Buffer.from(data));
+    this.staged.set(key(ref), staged);
+  }
+
+  async commitBlockList(ref: BlobRef, blockIds: string[], options: WriteConditions & { metadata?: Record<string, string> } = {}): Promise<string> {
+    await this.enter('commitBlockList');
+    const c = this.container('commitBlockList', ref.container);
+    const old = c.get(ref.name);
+    if (old !== undefined && old.kind !== 'block') throw this.fail('EINVAL', 'commitBlockList', ref, 'not a block blob');
+    if (old !== undefined) this.checkWrite('commitBlockList', ref, old, options);
+    else if (options.ifMatch !== undefined) throw this.fail('ESTALE', 'commitBlockList', ref, 'the blob does not exist (If-Match)');
+    if (blockIds.length > MAX_COMMITTED_BLOCKS) throw this.fail('EINVAL', 'commitBlockList', ref, 'too many blocks');
+    const staged = this.staged.get(key(ref)) ?? new Map<string, Buffer>();
+    const blocks = blockIds.map((id) => {
+      const data = staged.get(id) ?? old?.blocks.find((x) => x.id === id && id !== '')?.data;
+      if (data === undefined) throw this.fail('EINVAL', 'commitBlockList', ref, 'the block list names an unknown block');
+      return { id, data };
+    });
+    const b = old ?? this.newBlob('block', 0, undefined);
+    b.blocks = blocks;
+    b.size = blocks.reduce((n, x) => n + x.data.length, 0);
+    if (options.metadata !== undefined) b.metadata = lower(options.metadata);
+    c.set(ref.name, b);
+    this.staged.delete(key(ref));
+    return this.touch(b);
+  }
+
+  async setMetadata(ref: BlobRef, metadata: Record<string, string>, conditions?: WriteConditions): Promise<string> {
+    await this.enter('setMetadata');
+    const b = this.get('setMetadata', ref);
+    this.checkWrite('setMetadata', ref, b, conditions);
+    b.metadata = lower(metadata);
+    return this.touch(b);
+  }
+
+  async deleteBlob(ref: BlobRef, conditions?: WriteConditions): Promise<void> {
+    await this.enter('deleteBlob');
+    const b = this.get('deleteBlob', ref);
+    this.checkWrite('deleteBlob', ref, b, conditions);
+    this.container('deleteBlob', ref.container).delete(ref.name);
+    this.staged.delete(key(ref));
+  }
+
+  async copyBlob(source: BlobRef, target: BlobRef): Promise<string> {
+    await this.enter('copyBlob');
+    const s = this.get('copyBlob', source);
+    const t = this.find('copyBlob', target);
+    if (t !== undefined && this.activeLease(t) !== undefined) throw this.fail('EBUSY', 'copyBlob', target, 'the target is leased');
+    const copy = this.newBlob(s.kind, s.size, s.metadata);
+    copy.pages = new Map([...s.pages].map(([p, d]) => [p, Buffer.from(d)]));
+    copy.blocks = s.blocks.map((x) => ({ id: x.id, data: Buffer.from(x.data) }));
+    this.container('copyBlob', target.container).set(target.name, copy);
+    return copy.etag;
+  }
+
+  async acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string): Promise<string> {
+    await this.enter('acquireLease');
+    if (durationSeconds !== -1 && !(Number.isInteger(durationSeconds) && durationSeconds >= 15 && durationSeconds <= 60)) {
+      throw this.fail('EINVAL', 'acquireLease', ref, `lease duration ${durationSeconds} is not -1 or 15..60 seconds`);
+    }
+    const b = this.get('acquireLease', ref);
+    const active = this.activeLease(b);
+    if (active !== undefined && active.id !== proposedLeaseId) throw this.fail('EBUSY', 'acquireLease', ref, 'the blob is leased by someone else');
+    const id = proposedLeaseId ?? randomUUID();
+    b.lease = { id, expiresAt: durationSeconds === -1 ? Infinity : Date.now() + durationSeconds * 1000 };
+    return id;
+  }
+
+  async renewLease(ref: BlobRef, leaseId: string): Promise<void> {
+    await this.enter('renewLease');
+    const b = this.get('renewLease', ref);
+    if (b.lease?.id !== leaseId) throw this.fail('EBUSY', 'renewLease', ref, 'the lease id does not match');
+    const active = this.activeLease(b);
+    // Infinite leases stay infinite; others restart their duration (tracked as 60 s here).
+    if (active?.expiresAt !== Infinity) b.lease = { id: leaseId, expiresAt: Date.now() + 60_000 };
+  }
+
+  async releaseLease(ref: BlobRef, leaseId: string): Promise<void> {
+    await this.enter('releaseLease');
+    const b = this.get('releaseLease', ref);
+    if (b.lease?.id !== leaseId) throw this.fail('EBUSY', 'releaseLease', ref, 'the lease id does not match');
+    delete b.lease;
+  }
+
+  async breakLease(ref: BlobRef): Promise<void> {
+    await this.enter('breakLease');
+    delete this.get('breakLease', ref).lease;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+}
+
+const key = (ref: BlobRef): string => `${ref.container}\u0000${ref.name}`;
+const lower = (m: Record<string, string> | undefined): Record<string, string> => Object.fromEntries(Object.entries(m ?? {}).map(([k, v]) => [k.toLowerCase(), v]));
+
+function checkSize(op: string, ref: BlobRef, size: number): void {
+  if (!Number.isSafeInteger(size) || size < 0 || size % PAGE_SIZE !== 0 || size > MAX_PAGE_BLOB_BYTES) {
+    throw new BlobdiskError('EINVAL', `${op} ${ref.container}/${ref.name} failed: page blob size ${size} is not a multiple of 512 up to 8 TiB`);
+  }
+}
+
+function checkAligned(op: string, ref: BlobRef, offset: number, length: number, max: number): void {
+  if (offset < 0 || offset % PAGE_SIZE !== 0 || length <= 0 || length % PAGE_SIZE !== 0 || length > max) {
+    throw new BlobdiskError('EINVAL', `${op} ${ref.container}/${ref.name} failed: range ${offset}+${length} is not 512-aligned or exceeds ${max} bytes`);
+  }
+}
