@@ -69,9 +69,16 @@ export class ControlServer {
     return new ControlServer(server, socketPath);
   }
 
+  /** Stops listening and waits (a few seconds at most) for open requests to be answered. */
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
     fs.rmSync(this.socketPath, { force: true });
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 5_000);
+      this.server.close(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
   }
 }
 

@@ -15,10 +15,15 @@ export interface ImageCounters {
   readAheadFetches: number;
   /** Bytes received from Azure for this image. */
   bytesDown: number;
+  /** Bytes sent to Azure (Put Page, Put Block), and Clear Pages bytes (sent as no data). */
+  bytesUp: number;
+  bytesCleared: number;
+  /** Upload requests (Put Page, Clear Pages, Put Block, Put Block List, resizes). */
+  uploads: number;
 }
 
 export function newImageCounters(): ImageCounters {
-  return { hits: 0, misses: 0, zeroReads: 0, bytesRead: 0, fetches: 0, readAheadFetches: 0, bytesDown: 0 };
+  return { hits: 0, misses: 0, zeroReads: 0, bytesRead: 0, fetches: 0, readAheadFetches: 0, bytesDown: 0, bytesUp: 0, bytesCleared: 0, uploads: 0 };
 }
 
 export function addCounters(into: ImageCounters, from: ImageCounters): ImageCounters {

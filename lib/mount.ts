@@ -12,6 +12,7 @@ import { ControlServer, controlSocketPath } from './control';
 import { BlobdiskError, UsageError, isBlobdiskError } from './errors';
 import { createOperations } from './fuse/ops';
 import { Handles } from './fuse/handles';
+import { Flusher, FlushProgress } from './flusher/flusher';
 import { GrainMap } from './grainmap/grainmap';
 import { FetchBudget } from './image/image';
 import { Images } from './image/registry';
@@ -33,6 +34,12 @@ export interface ImageStatus {
   readonly kind: string;
   readonly size: number;
   readonly cachedBytes: number;
+  readonly dirtyBytes: number;
+  readonly oldestDirtySeconds: number | null;
+  readonly bytesUp: number;
+  readonly bytesDown: number;
+  readonly hitRatio: number | null;
+  readonly conflict: string | null;
   readonly counters: ImageCounters;
 }
 
@@ -43,19 +50,44 @@ export interface MountStatus {
   readonly cacheUsedBytes: number;
   readonly cacheSizeBytes: number;
   readonly grainSize: number;
+  readonly cacheDirtyBytes: number;
   readonly requests: number;
   readonly bytesDown: number;
+  readonly bytesUp: number;
+  readonly dirtyBytes: number;
+  readonly hitRatio: number | null;
   readonly totals: ImageCounters;
   readonly images: ImageStatus[];
+}
+
+export interface DrainResult {
+  readonly drained: boolean;
+  /** Bytes that stay dirty in the cache for the next mount. */
+  readonly dirtyBytes: number;
+  readonly reason?: string;
 }
 
 export interface Mounted {
   readonly options: MountOptions;
   /** Resolves when the mount has ended, by unmount() or because it was unmounted outside. */
-  readonly ended: Promise<void>;
+  readonly ended: Promise<DrainResult>;
   status(): Promise<MountStatus>;
-  /** Unmounts and releases everything. Idempotent. */
-  unmount(): Promise<void>;
+  /** Drains what is dirty to Azure (bounded by --drain-timeout), unmounts and releases
+   *  everything. Idempotent. */
+  unmount(onProgress?: (p: FlushProgress) => void): Promise<DrainResult>;
+}
+
+/** After a crash: open every image that still holds dirty grains, so the flusher uploads them. */
+async function recover(map: GrainMap, images: Images, log: Logger): Promise<void> {
+  for (const row of map.imagesWithDirtyGrains()) {
+    const ref = { container: row.container, name: row.name };
+    try {
+      await images.recover(ref);
+      log.info(`uploading what an earlier mount left dirty in ${row.container}/${row.name}`);
+    } catch (e) {
+      log.error(`${row.container}/${row.name} holds data not yet uploaded, but cannot be opened (${isBlobdiskError(e) ? e.code : 'error'}: ${(e as Error).message}); it stays in the cache`);
+    }
+  }
 }
 
 /** Turns a failure of the first request to Azure into one line that says what to do. */
@@ -127,11 +159,37 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     cleanup.push(() => map.close());
     const cache = new GrainCache(options.cache, map, log);
     cleanup.push(() => cache.close());
+    const flusher = new Flusher(
+      store,
+      cache,
+      { grainSize: options.cache.grainSize, concurrency: options.write.uploadConcurrency, delayMs: options.write.writeBackDelayMs },
+      log,
+    );
+    cleanup.push(() => flusher.stop());
     const images = new Images(
-      { store, cache, map, log, grainSize: options.cache.grainSize, read: options.read, budget: new FetchBudget(options.read.fetchConcurrency) },
+      {
+        store, cache, map, log,
+        grainSize: options.cache.grainSize,
+        read: options.read,
+        budget: new FetchBudget(options.read.fetchConcurrency),
+        dirtyWaitMs: options.write.dirtyWaitMs,
+        leaseId: map.leaseId(),
+        onDirty: (image) => flusher.notify(image),
+        sync: options.write.sync,
+        flushNow: (image) => flusher.flush([image]),
+      },
       account,
     );
-    const ns = new Namespace(store, images, { container: options.container, attrTtlMs: options.attrTtlMs, readOnly: options.readOnly }, log);
+    cleanup.push(async () => {
+      for (const image of await images.all()) image.close();
+    });
+    const ns = new Namespace(
+      store,
+      images,
+      { container: options.container, attrTtlMs: options.attrTtlMs, readOnly: options.readOnly, pageBlobPatterns: options.write.pageBlobPatterns },
+      log,
+    );
+    await recover(map, images, log);
     const handles = new Handles();
     const ops = createOperations(ns, handles, { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, grainSize: options.cache.grainSize }, log);
     const fuse = new Fuse(options.mountpoint, ops, {
@@ -157,6 +215,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
 
     const status = async (): Promise<MountStatus> => {
       const all = await images.all();
+      const totals = await images.totals();
       return {
         mountpoint: options.mountpoint,
         pid: process.pid,
@@ -164,40 +223,81 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         cacheUsedBytes: cache.stats.usedBytes,
         cacheSizeBytes: options.cache.sizeBytes,
         grainSize: options.cache.grainSize,
+        cacheDirtyBytes: cache.stats.dirtyBytes,
         requests: store.counters.requests,
         bytesDown: store.counters.bytesDown,
-        totals: await images.totals(),
-        images: all.map((image) => ({
-          path: options.container === undefined ? `${image.ref.container}/${image.ref.name}` : image.ref.name,
-          kind: image.kind,
-          size: image.size,
-          cachedBytes: image.cachedBytes(),
-          counters: { ...image.counters },
-        })),
+        bytesUp: store.counters.bytesUp,
+        dirtyBytes: all.reduce((n, i) => n + flusher.dirtyOf(i).bytes, 0),
+        hitRatio: totals.hits + totals.misses > 0 ? totals.hits / (totals.hits + totals.misses) : null,
+        totals,
+        images: all.map((image) => {
+          const dirty = flusher.dirtyOf(image);
+          const c = image.counters;
+          return {
+            path: options.container === undefined ? `${image.ref.container}/${image.ref.name}` : image.ref.name,
+            kind: image.kind,
+            size: image.size,
+            cachedBytes: image.cachedBytes(),
+            dirtyBytes: dirty.bytes,
+            oldestDirtySeconds: dirty.since > 0 ? Math.round((Date.now() - dirty.since) / 1000) : null,
+            bytesUp: c.bytesUp,
+            bytesDown: c.bytesDown,
+            hitRatio: c.hits + c.misses > 0 ? c.hits / (c.hits + c.misses) : null,
+            conflict: image.conflict ?? null,
+            counters: { ...c },
+          };
+        }),
       };
     };
 
-    let endedResolve: () => void = () => undefined;
-    const ended = new Promise<void>((resolve) => (endedResolve = resolve));
-    let unmounting: Promise<void> | undefined;
-    const unmount = (): Promise<void> => {
+    /** Uploads everything dirty now; with a stall bound, gives up when nothing moves that long. */
+    const flush = async (stallMs: number | undefined, onProgress: (p: FlushProgress) => void): Promise<void> => {
+      await flusher.flush(await images.all(), { ...(stallMs !== undefined ? { stallMs } : {}), onProgress });
+    };
+
+    let endedResolve: (result: DrainResult) => void = () => undefined;
+    const ended = new Promise<DrainResult>((resolve) => (endedResolve = resolve));
+    let unmounting: Promise<DrainResult> | undefined;
+    const unmount = (onProgress: (p: FlushProgress) => void = () => undefined): Promise<DrainResult> => {
       unmounting ??= (async () => {
         clearInterval(watch);
+        // Drain first: the kernel may still send writes until the unmount, but what was
+        // dirty when the user asked to stop goes up before we let go.
+        let result: DrainResult = { drained: true, dirtyBytes: 0 };
+        try {
+          await flush(options.write.drainTimeoutMs, onProgress);
+        } catch (e) {
+          result = { drained: false, dirtyBytes: cache.stats.dirtyBytes, reason: (e as Error).message };
+        }
+        // Writes that slipped in while draining, then the leases.
+        if (result.drained) await flush(options.write.drainTimeoutMs, onProgress).catch(() => undefined);
+        const left = (await images.all()).reduce((n, i) => n + flusher.dirtyOf(i).bytes, 0);
+        if (left > 0) result = { drained: false, dirtyBytes: left, reason: result.reason ?? 'writes kept arriving' };
+        for (const image of await images.all()) if (!image.needsUpload()) await image.releaseLease();
         await undo();
-        endedResolve();
+        return result;
       })();
+      // The control socket goes last: a `blobdisk unmount` waiting on it gets its answer first.
+      void unmounting.then(async (result) => {
+        await control.close();
+        endedResolve(result);
+      });
       return unmounting;
     };
-    const control = await ControlServer.listen(controlSocketPath(options.mountpoint), async (request) => {
+    const control = await ControlServer.listen(controlSocketPath(options.mountpoint), async (request, progress) => {
       if (request.op === 'status') return status();
-      if (request.op === 'unmount') {
-        // Answer first, then go: the requester waits for the socket to close.
-        setImmediate(() => void unmount());
-        return { unmounting: options.mountpoint };
+      if (request.op === 'flush') {
+        if (typeof request.path === 'string') {
+          const image = await ns.open(request.path);
+          await flusher.flush([image], { onProgress: progress });
+        } else {
+          await flush(undefined, progress);
+        }
+        return { flushed: true };
       }
+      if (request.op === 'unmount') return unmount(progress);
       throw new BlobdiskError('EINVAL', `unknown request ${request.op}`);
     });
-    cleanup.splice(cleanup.length - 1, 0, () => control.close());
     const watch = setInterval(() => {
       void mountPoints().then((mounts) => {
         if (!mounts.has(options.mountpoint) && !unmounting) {

@@ -26,7 +26,18 @@ export const DEFAULTS = Object.freeze({
   minCacheGrains: 4,
   minGrainSize: 64 * 1024,
   maxGrainSize: 64 * 1024 * 1024,
+  sync: 'local' as SyncMode,
+  /** Unmount gives up when nothing could be uploaded for this long. */
+  drainTimeoutMs: 60_000,
+  /** A write waits this long for room when the cache is full of data not yet uploaded. */
+  dirtyWaitMs: 30_000,
+  /** Dirty data waits this long before a background upload, so neighbouring writes coalesce. */
+  writeBackDelayMs: 500,
+  uploadConcurrency: 8,
+  pageBlobPatterns: Object.freeze(['*.img', '*.raw', '*.vhd', '*.vmdk', '*.qcow2', '*.vdi']) as readonly string[],
 });
+
+export type SyncMode = 'local' | 'cloud';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
 export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error', 'silent'];
@@ -43,6 +54,17 @@ export interface ReadOptions {
   readonly maxFetchBytes: number;
 }
 
+export interface WriteOptions {
+  /** What fsync waits for: the local disk, or Azure. */
+  readonly sync: SyncMode;
+  readonly drainTimeoutMs: number;
+  readonly dirtyWaitMs: number;
+  readonly writeBackDelayMs: number;
+  readonly uploadConcurrency: number;
+  /** New files whose name matches one of these globs become page blobs, others block blobs. */
+  readonly pageBlobPatterns: readonly string[];
+}
+
 export interface MountOptions {
   readonly mountpoint: string;
   /** Undefined: start the embedded Azurite. */
@@ -52,6 +74,7 @@ export interface MountOptions {
   readonly dataDir: string;
   readonly cache: CacheOptions;
   readonly read: ReadOptions;
+  readonly write: WriteOptions;
   readonly readOnly: boolean;
   readonly logLevel: LogLevel;
   readonly maxTries: number;
@@ -75,6 +98,9 @@ export interface MountArgs {
   readAhead?: string | undefined;
   readOnly?: boolean | undefined;
   logLevel?: string | undefined;
+  sync?: string | undefined;
+  drainTimeout?: number | undefined;
+  pageBlobPattern?: string[] | undefined;
 }
 
 /** Where blobdisk keeps its cache and the embedded Azurite's data by default. */
@@ -152,6 +178,13 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
   if (!LOG_LEVELS.includes(logLevel)) {
     throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(', ')}`);
   }
+  const sync = (args.sync ?? DEFAULTS.sync) as SyncMode;
+  if (sync !== 'local' && sync !== 'cloud') throw new UsageError('--sync must be local (fsync waits for the local disk) or cloud (fsync waits for Azure)');
+  if (args.drainTimeout !== undefined && !(args.drainTimeout >= 0)) throw new UsageError('--drain-timeout takes seconds, e.g. 60');
+  const patterns = args.pageBlobPattern ?? DEFAULTS.pageBlobPatterns;
+  for (const p of patterns) {
+    if (p === '' || p.includes('/')) throw new UsageError(`--page-blob-pattern ${JSON.stringify(p)} must be a file-name pattern like '*.img'`);
+  }
   const dataDir = args.dataDir !== undefined ? path.resolve(args.dataDir) : defaultDataDir(env);
   const options: MountOptions = {
     mountpoint: path.resolve(args.mountpoint),
@@ -167,6 +200,14 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
       readAheadGrains: Math.max(0, Math.floor(readAheadBytes / grainSize)),
       fetchConcurrency: DEFAULTS.fetchConcurrency,
       maxFetchBytes: Math.max(grainSize, DEFAULTS.maxFetchBytes),
+    }),
+    write: Object.freeze({
+      sync,
+      drainTimeoutMs: args.drainTimeout !== undefined ? args.drainTimeout * 1000 : DEFAULTS.drainTimeoutMs,
+      dirtyWaitMs: DEFAULTS.dirtyWaitMs,
+      writeBackDelayMs: DEFAULTS.writeBackDelayMs,
+      uploadConcurrency: DEFAULTS.uploadConcurrency,
+      pageBlobPatterns: Object.freeze([...patterns]),
     }),
     readOnly: args.readOnly ?? false,
     logLevel,

@@ -1,34 +1,68 @@
 /* The local grain cache: one file per grain under <dir>/grains/<image id>/<grain index>,
- * bounded by the cache size. Clean grains are evicted least recently used first; dirty
- * grains are never evicted. Every clean grain carries a CRC-32 in the grain map, checked
- * the first time this process reads the grain, so a file torn by a crash or damaged on
- * disk is dropped and fetched again instead of served.
+ * grain-size bytes long (holes and the part past the image's end read as zeros), bounded
+ * by the cache size.
  *
- * The index of cached grains lives in memory (a Map in LRU order, rebuilt from the grain
- * map at open); access times go back to the grain map in batches. */
+ * A grain's state is two sector bitmaps (see sectors.ts) and a generation:
+ *   valid  which sectors the file holds (null: all of them)
+ *   dirty  which sectors wait for upload (null: none, the grain is clean)
+ *   gen    bumped by every write, so an upload that raced with a write can tell
+ *
+ *   state            event                               next state
+ *   absent           fetched from Azure (fill)           clean, complete, checksummed
+ *   absent/clean     write                               dirty (valid ⊇ dirty)
+ *   clean, partial   fetched from Azure (fill)           clean, complete (only invalid sectors written)
+ *   dirty            uploaded, gen unchanged             clean (checksum of the file)
+ *   dirty            uploaded, written again meanwhile   dirty (uploaded again later)
+ *   clean            evicted (LRU) / blob changed        absent
+ *   dirty            never evicted; dropped only by truncate or delete
+ *
+ * Clean grains carry a CRC-32, checked the first time this process reads the grain, so a
+ * file torn by a crash is dropped and fetched again instead of served. Dirty grains are
+ * never dropped: after a crash they are uploaded as they are (data written since the last
+ * fsync may be either old or new, as on any disk). The index lives in memory, in LRU
+ * order, rebuilt from the grain map at open; access times go back in batches. */
 
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import zlib from 'node:zlib';
-import { CacheOptions } from '../options';
-import { GrainMap } from '../grainmap/grainmap';
+import { BlobdiskError } from '../errors';
+import { GrainMap, GrainRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
+import { CacheOptions } from '../options';
+import { SECTOR, allSet, anySet, clearBitsFrom, emptyBitmap, runs, sectorSpan, sectorsOf, setBits } from './sectors';
 
 const TOUCH_FLUSH_MS = 5_000;
-const MAX_OPEN_FILES = 64;
+const MAX_OPEN_FILES = 128;
+const ROOM_POLL_MS = 50;
 
 interface Entry {
   readonly imageId: number;
   readonly idx: number;
-  length: number;
   checksum: number | null;
-  dirty: boolean;
+  valid: Buffer | null;
+  dirty: Buffer | null;
+  gen: number;
+  /** Generation of the last upload of this grain (-1: none in this process). */
+  uploadedGen: number;
   verified: boolean;
+  /** Written since the last fsync of its image. */
+  unsynced: boolean;
+  /** When the grain last went from clean to dirty (ms), for "oldest dirty age". */
+  dirtySince: number;
+}
+
+/** What the image and the flusher may know of a grain. */
+export interface GrainState {
+  readonly valid: Buffer | null;
+  readonly dirty: Buffer | null;
+  readonly gen: number;
+  readonly uploadedGen: number;
 }
 
 export interface CacheStats {
   usedBytes: number;
+  dirtyBytes: number;
   grains: number;
   evictions: number;
   corruptions: number;
@@ -46,16 +80,21 @@ export class GrainCache {
   private readonly touched = new Map<string, { imageId: number; idx: number; at: number }>();
   private readonly files = new Map<string, Promise<fsp.FileHandle>>();
   private readonly timer: NodeJS.Timeout;
-  readonly stats: CacheStats = { usedBytes: 0, grains: 0, evictions: 0, corruptions: 0 };
+  private readonly grainSize: number;
+  readonly stats: CacheStats = { usedBytes: 0, dirtyBytes: 0, grains: 0, evictions: 0, corruptions: 0 };
 
   constructor(
     private readonly options: CacheOptions,
     private readonly map: GrainMap,
     private readonly log: Logger,
   ) {
+    this.grainSize = options.grainSize;
     fs.mkdirSync(path.join(options.dir, 'grains'), { recursive: true });
     for (const row of map.allGrains()) {
-      this.insert({ imageId: row.imageId, idx: row.idx, length: row.length, checksum: row.checksum, dirty: row.dirty !== null, verified: false });
+      this.insert({
+        imageId: row.imageId, idx: row.idx, checksum: row.checksum, valid: row.valid, dirty: row.dirty,
+        gen: 0, uploadedGen: -1, verified: false, unsynced: false, dirtySince: row.dirty ? row.lastAccess : 0,
+      });
     }
     this.timer = setInterval(() => this.flushTouches(), TOUCH_FLUSH_MS);
     this.timer.unref();
@@ -63,7 +102,8 @@ export class GrainCache {
 
   private insert(entry: Entry): void {
     this.lru.set(keyOf(entry.imageId, entry.idx), entry);
-    this.stats.usedBytes += entry.length;
+    this.stats.usedBytes += this.grainSize;
+    if (entry.dirty) this.stats.dirtyBytes += this.grainSize;
     this.stats.grains++;
   }
 
@@ -71,13 +111,60 @@ export class GrainCache {
     return path.join(this.options.dir, 'grains', String(imageId), String(idx));
   }
 
-  /** True when the grain is in the cache (it may still fail its checksum on first read). */
+  private persist(e: Entry): void {
+    const row: GrainRow = {
+      imageId: e.imageId, idx: e.idx, length: this.grainSize, checksum: e.checksum, valid: e.valid, dirty: e.dirty,
+      lastAccess: e.dirty ? e.dirtySince : Date.now(),
+    };
+    this.map.putGrain(row);
+  }
+
   has(imageId: number, idx: number): boolean {
     return this.lru.has(keyOf(imageId, idx));
   }
 
+  state(imageId: number, idx: number): GrainState | undefined {
+    return this.lru.get(keyOf(imageId, idx));
+  }
+
+  /** True when the cache holds every sector of [start, end) of the grain. */
+  covers(imageId: number, idx: number, start: number, end: number): boolean {
+    const e = this.lru.get(keyOf(imageId, idx));
+    if (!e) return false;
+    if (e.valid === null) return true;
+    const [from, to] = sectorSpan(start, end);
+    return allSet(e.valid, from, to);
+  }
+
+  /** Indices of an image's dirty grains, ascending. */
+  dirtyGrains(imageId: number): number[] {
+    const out: number[] = [];
+    for (const e of this.lru.values()) if (e.imageId === imageId && e.dirty) out.push(e.idx);
+    return out.sort((a, b) => a - b);
+  }
+
+  /** Ids of images holding dirty grains. */
+  dirtyImages(): number[] {
+    const ids = new Set<number>();
+    for (const e of this.lru.values()) if (e.dirty) ids.add(e.imageId);
+    return [...ids];
+  }
+
+  /** Dirty bytes of one image and when its oldest dirty grain became dirty (0: none). */
+  dirtyOf(imageId: number): { bytes: number; since: number } {
+    let bytes = 0;
+    let since = 0;
+    for (const e of this.lru.values()) {
+      if (e.imageId !== imageId || !e.dirty) continue;
+      bytes += runs(e.dirty, sectorsOf(this.grainSize)).reduce((n, [a, b]) => n + (b - a) * SECTOR, 0);
+      if (since === 0 || e.dirtySince < since) since = e.dirtySince;
+    }
+    return { bytes, since };
+  }
+
   /** Copies [offset, offset + length) of a cached grain into `target` at `targetOffset`.
-   *  Returns false when the grain is not cached or failed its checksum (it is then dropped). */
+   *  The caller checked covers(). Returns false when the grain failed its checksum (it is
+   *  then dropped) or vanished. */
   async read(imageId: number, idx: number, offset: number, length: number, target: Buffer, targetOffset: number): Promise<boolean> {
     const key = keyOf(imageId, idx);
     const entry = this.lru.get(key);
@@ -86,9 +173,10 @@ export class GrainCache {
     this.lru.set(key, entry);
     this.touched.set(key, { imageId, idx, at: Date.now() });
     try {
-      if (!entry.verified && !entry.dirty) {
-        const data = await fsp.readFile(this.fileOf(imageId, idx));
-        if (data.length !== entry.length || zlib.crc32(data) !== entry.checksum) {
+      if (!entry.verified && !entry.dirty && entry.checksum !== null) {
+        const data = await this.readWhole(imageId, idx);
+        if (this.lru.get(key) !== entry) return false;
+        if (zlib.crc32(data) !== entry.checksum) {
           this.stats.corruptions++;
           this.log.warn(`cached grain ${idx} of image ${imageId} failed its checksum; fetching it again`);
           await this.drop([entry]);
@@ -106,9 +194,22 @@ export class GrainCache {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
       this.stats.corruptions++;
       this.log.warn(`cached grain ${idx} of image ${imageId} vanished from the cache directory; fetching it again`);
-      await this.drop([entry]);
+      if (!entry.dirty) await this.drop([entry]);
       return false;
     }
+  }
+
+  /** The whole grain as the file holds it (grain-size bytes; holes and the missing tail as zeros). */
+  async readWhole(imageId: number, idx: number): Promise<Buffer> {
+    const data = Buffer.alloc(this.grainSize);
+    const handle = await this.open(imageId, idx);
+    let done = 0;
+    while (done < data.length) {
+      const { bytesRead } = await handle.read(data, done, data.length - done, done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return data;
   }
 
   private open(imageId: number, idx: number): Promise<fsp.FileHandle> {
@@ -119,7 +220,8 @@ export class GrainCache {
       this.files.set(key, handle);
       return handle;
     }
-    handle = fsp.open(this.fileOf(imageId, idx), 'r');
+    const file = this.fileOf(imageId, idx);
+    handle = fsp.mkdir(path.dirname(file), { recursive: true }).then(() => fsp.open(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600));
     handle.catch(() => this.files.delete(key));
     this.files.set(key, handle);
     while (this.files.size > MAX_OPEN_FILES) {
@@ -137,48 +239,163 @@ export class GrainCache {
     closeLater(handle);
   }
 
-  /** Stores a complete clean grain (replacing what was cached). Evicts least recently used
-   *  clean grains to make room; when only dirty grains are left it does not cache and
-   *  returns false. */
-  async storeClean(imageId: number, idx: number, data: Buffer): Promise<boolean> {
+  /** Takes a grain's whole content as fetched from Azure. Sectors the cache already holds
+   *  (written locally) are kept; the others are taken from `data`. Returns false when the
+   *  cache had no room (the grain is then not cached). */
+  async fill(imageId: number, idx: number, data: Buffer): Promise<boolean> {
     const key = keyOf(imageId, idx);
-    const old = this.lru.get(key);
-    if (old?.dirty) return false;
-    if (!(await this.makeRoom(data.length - (old?.length ?? 0), key))) return false;
-    const file = this.fileOf(imageId, idx);
-    await fsp.mkdir(path.dirname(file), { recursive: true });
-    // Write aside and rename, so a reader holding the old file never sees a half-written one.
-    const partial = `${file}.partial`;
-    await fsp.writeFile(partial, data);
-    await fsp.rename(partial, file);
-    this.closeFile(key);
-    const checksum = zlib.crc32(data);
-    this.map.putClean(imageId, idx, data.length, checksum, Date.now());
-    if (old) this.remove(key, old);
-    this.insert({ imageId, idx, length: data.length, checksum, dirty: false, verified: true });
+    const entry = this.lru.get(key);
+    if (!entry) {
+      if (!(await this.makeRoom(this.grainSize, false))) return false;
+      if (this.lru.has(key)) return this.fill(imageId, idx, data);
+      const file = this.fileOf(imageId, idx);
+      await fsp.mkdir(path.dirname(file), { recursive: true });
+      // Write aside and rename, so a reader holding the old file never sees a half-written one.
+      const partial = `${file}.partial`;
+      await fsp.writeFile(partial, data);
+      await fsp.rename(partial, file);
+      this.closeFile(key);
+      if (this.lru.has(key)) return true; // a write arrived meanwhile; it owns the grain now
+      const fresh: Entry = { imageId, idx, checksum: zlib.crc32(data), valid: null, dirty: null, gen: 0, uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
+      this.insert(fresh);
+      this.persist(fresh);
+      return true;
+    }
+    if (entry.valid === null) return true;
+    const handle = await this.open(imageId, idx);
+    const holes = runs(entry.valid.map((b) => ~b & 0xff) as Buffer, sectorsOf(this.grainSize));
+    for (const [a, b] of holes) await handle.write(data, a * SECTOR, (b - a) * SECTOR, a * SECTOR);
+    entry.valid = null;
+    if (!entry.dirty) entry.checksum = zlib.crc32(await this.readWhole(imageId, idx));
+    entry.verified = true;
+    this.persist(entry);
     return true;
   }
 
-  /** Evicts clean grains, least recently used first, until `bytes` more fit. */
-  private async makeRoom(bytes: number, keep: string): Promise<boolean> {
-    const victims: Entry[] = [];
-    let free = this.options.sizeBytes - this.stats.usedBytes;
-    if (free >= bytes) return true;
-    for (const [key, entry] of this.lru) {
-      if (free >= bytes) break;
-      if (entry.dirty || key === keep) continue;
-      victims.push(entry);
-      free += entry.length;
+  /** Writes `data` at `offset` within the grain and marks it dirty. Sectors the write only
+   *  partly covers must already be valid (the image fetches them first). Waits up to
+   *  `waitMs` for room when the cache is full of dirty data, then fails with ENOSPC. */
+  async write(imageId: number, idx: number, offset: number, data: Buffer, waitMs: number): Promise<void> {
+    const key = keyOf(imageId, idx);
+    let entry = this.lru.get(key);
+    if (!entry) {
+      if (!(await this.makeRoom(this.grainSize, true, waitMs))) {
+        throw new BlobdiskError('ENOSPC', `the cache is full of data not yet uploaded (${this.stats.dirtyBytes} bytes); the upload to Azure is not keeping up or Azure is unreachable`);
+      }
+      entry = this.lru.get(key);
+      if (!entry) {
+        entry = { imageId, idx, checksum: null, valid: emptyBitmap(this.grainSize), dirty: null, gen: 0, uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
+        this.insert(entry);
+      }
     }
-    if (free < bytes) return false;
-    this.stats.evictions += victims.length;
-    await this.drop(victims);
-    return true;
+    // Bump the generation before the bytes land: an upload that read the grain while this
+    // write was under way then cannot mark it clean.
+    entry.gen++;
+    const handle = await this.open(imageId, idx);
+    let written = 0;
+    while (written < data.length) {
+      const { bytesWritten } = await handle.write(data, written, data.length - written, offset + written);
+      written += bytesWritten;
+    }
+    const [from, to] = sectorSpan(offset, offset + data.length);
+    if (entry.valid) {
+      setBits(entry.valid, from, to);
+      if (allSet(entry.valid, 0, sectorsOf(this.grainSize))) entry.valid = null;
+    }
+    if (!entry.dirty) {
+      entry.dirty = emptyBitmap(this.grainSize);
+      entry.dirtySince = Date.now();
+      this.stats.dirtyBytes += this.grainSize;
+    }
+    setBits(entry.dirty, from, to);
+    entry.checksum = null;
+    entry.unsynced = true;
+    this.persist(entry);
+  }
+
+  /** After an upload of the grain as it was at generation `gen` (content `data`): clean
+   *  again unless it was written meanwhile. */
+  markUploaded(imageId: number, idx: number, gen: number, data: Buffer): void {
+    const entry = this.lru.get(keyOf(imageId, idx));
+    if (!entry) return;
+    entry.uploadedGen = Math.max(entry.uploadedGen, gen);
+    if (!entry.dirty || entry.gen !== gen) return;
+    entry.dirty = null;
+    entry.checksum = zlib.crc32(data);
+    entry.verified = true;
+    this.stats.dirtyBytes -= this.grainSize;
+    this.persist(entry);
+  }
+
+  /** The image now ends at `size`: grains past it go (dirty or not), the grain holding the
+   *  end is cut there (its file beyond reads as zeros, which is what a later grow shows). */
+  async truncate(imageId: number, size: number): Promise<void> {
+    const g = this.grainSize;
+    const gone: Entry[] = [];
+    for (const e of this.lru.values()) if (e.imageId === imageId && e.idx * g >= size) gone.push(e);
+    await this.drop(gone);
+    const boundary = this.lru.get(keyOf(imageId, Math.floor(size / g)));
+    if (!boundary) return;
+    const cut = size % g;
+    const handle = await this.open(imageId, boundary.idx);
+    await handle.truncate(cut);
+    const firstGone = Math.ceil(cut / SECTOR);
+    if (boundary.valid) setBits(boundary.valid, firstGone, sectorsOf(g)); // zeros now, known
+    if (boundary.dirty) {
+      clearBitsFrom(boundary.dirty, firstGone);
+      if (cut % SECTOR !== 0) setBits(boundary.dirty, firstGone - 1, firstGone);
+    } else if (cut % SECTOR !== 0) {
+      boundary.dirty = emptyBitmap(g);
+      boundary.dirtySince = Date.now();
+      this.stats.dirtyBytes += g;
+      setBits(boundary.dirty, firstGone - 1, firstGone);
+    }
+    if (boundary.dirty && !anySet(boundary.dirty)) {
+      boundary.dirty = null;
+      this.stats.dirtyBytes -= g;
+    }
+    boundary.checksum = boundary.dirty ? null : zlib.crc32(await this.readWhole(imageId, boundary.idx));
+    boundary.gen++;
+    boundary.unsynced = true;
+    this.persist(boundary);
+  }
+
+  /** Makes the image's written grains durable on local disk (--sync local fsync). */
+  async sync(imageId: number): Promise<void> {
+    const pending = [...this.lru.values()].filter((e) => e.imageId === imageId && e.unsynced);
+    for (const e of pending) e.unsynced = false;
+    await Promise.all(pending.map(async (e) => (await this.open(e.imageId, e.idx)).datasync()));
+    this.map.durable();
+  }
+
+  /** Evicts clean grains, least recently used first, until `bytes` more fit. For dirty
+   *  data, waits up to `waitMs` for the flusher to clean grains that can then go. */
+  private async makeRoom(bytes: number, forDirty: boolean, waitMs = 0): Promise<boolean> {
+    const until = Date.now() + waitMs;
+    for (;;) {
+      const victims: Entry[] = [];
+      let free = this.options.sizeBytes - this.stats.usedBytes;
+      for (const entry of this.lru.values()) {
+        if (free >= bytes) break;
+        if (entry.dirty) continue;
+        victims.push(entry);
+        free += this.grainSize;
+      }
+      if (free >= bytes) {
+        this.stats.evictions += victims.length;
+        await this.drop(victims);
+        return true;
+      }
+      if (!forDirty || Date.now() >= until) return false;
+      await new Promise((r) => setTimeout(r, ROOM_POLL_MS));
+    }
   }
 
   private remove(key: string, entry: Entry): void {
-    if (this.lru.delete(key)) {
-      this.stats.usedBytes -= entry.length;
+    if (this.lru.get(key) === entry) {
+      this.lru.delete(key);
+      this.stats.usedBytes -= this.grainSize;
+      if (entry.dirty) this.stats.dirtyBytes -= this.grainSize;
       this.stats.grains--;
     }
     this.touched.delete(key);
@@ -198,10 +415,16 @@ export class GrainCache {
     return victims.length;
   }
 
+  /** Drops every grain of an image, dirty ones too (its blob was deleted). */
+  async dropImage(imageId: number): Promise<void> {
+    await this.drop([...this.lru.values()].filter((e) => e.imageId === imageId));
+    await fsp.rm(path.join(this.options.dir, 'grains', String(imageId)), { recursive: true, force: true });
+  }
+
   /** Bytes of an image held in the cache. */
   cachedBytes(imageId: number): number {
     let total = 0;
-    for (const e of this.lru.values()) if (e.imageId === imageId) total += e.length;
+    for (const e of this.lru.values()) if (e.imageId === imageId) total += this.grainSize;
     return total;
   }
 

@@ -5,6 +5,7 @@
 import yargs from 'yargs';
 import { UsageError, errorMessage, isBlobdiskError, isUsageError } from '../errors';
 import { Io, say } from './io';
+import { flushCommand } from './flush';
 import { mountCommand } from './mount';
 import { statusCommand } from './status';
 import { unmountCommand } from './unmount';
@@ -33,6 +34,13 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
           .option('grain-size', { type: 'string', describe: 'caching unit, a power of two, e.g. 1M (default 1M)' })
           .option('read-ahead', { type: 'string', describe: 'how far to read ahead of a sequential reader, e.g. 16M (default 16 grains)' })
           .option('read-only', { type: 'boolean', describe: 'refuse every change with EROFS' })
+          .option('sync', { type: 'string', choices: ['local', 'cloud'], describe: 'what fsync waits for: the local disk (default; uploaded later) or Azure' })
+          .option('drain-timeout', { type: 'number', describe: 'unmount gives up after this many seconds without upload progress (default 60)' })
+          .option('page-blob-pattern', {
+            type: 'string',
+            array: true,
+            describe: "new files matching these names become page blobs (default '*.img' '*.raw' '*.vhd' '*.vmdk' '*.qcow2' '*.vdi')",
+          })
           .option('log-level', { type: 'string', choices: ['debug', 'info', 'warn', 'error', 'silent'], describe: 'default info' }),
       (args) => run(mountCommand(args, io)),
     )
@@ -43,12 +51,18 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
       (args) => run(unmountCommand(args.mountpoint, io)),
     )
     .command(
+      'flush <mountpoint> [path]',
+      'wait until everything written so far is in Azure',
+      (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).positional('path', { type: 'string', describe: 'only this file' }),
+      (args) => run(flushCommand(args.mountpoint, args.path, io)),
+    )
+    .command(
       'status <mountpoint>',
       'show per-image size, cached bytes and traffic of a running mount',
       (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).option('json', { type: 'boolean', describe: 'print JSON for scripts' }),
       (args) => run(statusCommand(args.mountpoint, args.json === true, io)),
     )
-    .demandCommand(1, 'give a command: mount, unmount or status')
+    .demandCommand(1, 'give a command: mount, unmount, flush or status')
     .strict()
     .help()
     .version()

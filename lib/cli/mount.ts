@@ -6,6 +6,7 @@ import { mount } from '../mount';
 import { MountArgs, parseMountOptions } from '../options';
 import { formatSize } from '../units';
 import { Io, say } from './io';
+import { uploadProgress } from './progress';
 
 export async function mountCommand(args: MountArgs, io: Io): Promise<number> {
   const options = parseMountOptions(args, io.env);
@@ -18,18 +19,28 @@ export async function mountCommand(args: MountArgs, io: Io): Promise<number> {
       `${options.readOnly ? ', read-only' : ''}); Ctrl-C or 'blobdisk unmount ${options.mountpoint}' to stop`,
   );
   const stop = (signal: string): void => {
-    log.info(`${signal}: unmounting ${options.mountpoint}`);
-    void mounted.unmount();
+    log.info(`${signal}: uploading what is left, then unmounting ${options.mountpoint}`);
+    const progress = uploadProgress(io, 'draining');
+    void mounted.unmount((p) => progress.update(p)).finally(() => progress.stop());
   };
   const onInt = (): void => stop('SIGINT');
   const onTerm = (): void => stop('SIGTERM');
   process.on('SIGINT', onInt);
   process.on('SIGTERM', onTerm);
+  let result;
   try {
-    await mounted.ended;
+    result = await mounted.ended;
   } finally {
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
+  }
+  if (!result.drained) {
+    say(
+      io,
+      `unmounted ${options.mountpoint}, but ${formatSize(result.dirtyBytes)} could not be uploaded (${result.reason ?? 'Azure unreachable'}); ` +
+        `it stays in ${options.cache.dir} and uploads at the next mount with that --cache-dir`,
+    );
+    return 3;
   }
   say(io, `unmounted ${options.mountpoint}`);
   return 0;

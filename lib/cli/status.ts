@@ -19,15 +19,20 @@ export async function statusCommand(target: string, json: boolean, io: Io): Prom
     io.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
     return 0;
   }
-  const t = status.totals;
-  const lookups = t.hits + t.misses;
+  const percent = (r: number | null): string => (r === null ? '-' : `${(100 * r).toFixed(1)}%`);
   const lines = [
     `mount ${status.mountpoint} (pid ${status.pid})`,
     `cache ${status.cacheDir}: ${formatSize(status.cacheUsedBytes)} of ${formatSize(status.cacheSizeBytes)}, grain ${formatSize(status.grainSize)}`,
-    `traffic: ${status.requests} requests, ${formatSize(status.bytesDown)} down; hit ratio ${lookups ? ((100 * t.hits) / lookups).toFixed(1) : '-'}%`,
+    `traffic: ${status.requests} requests, ${formatSize(status.bytesDown)} down, ${formatSize(status.bytesUp)} up; ` +
+      `${formatSize(status.dirtyBytes)} waiting for upload; hit ratio ${percent(status.hitRatio)}`,
   ];
-  for (const image of status.images) {
-    lines.push(`  ${image.path}  ${image.kind}  size ${formatSize(image.size)}  cached ${formatSize(image.cachedBytes)}  down ${formatSize(image.counters.bytesDown)}`);
+  if (status.images.length > 0) lines.push('', 'image\tkind\tsize\tcached\tdirty\toldest dirty\tup\tdown\thit ratio');
+  for (const i of status.images) {
+    const age = i.oldestDirtySeconds === null ? '-' : `${i.oldestDirtySeconds} s`;
+    lines.push(
+      [i.path, i.kind, formatSize(i.size), formatSize(i.cachedBytes), formatSize(i.dirtyBytes), age, formatSize(i.bytesUp), formatSize(i.bytesDown), percent(i.hitRatio)].join('\t') +
+        (i.conflict ? `\tCONFLICT: ${i.conflict}` : ''),
+    );
   }
   io.stdout.write(`${lines.join('\n')}\n`);
   return 0;

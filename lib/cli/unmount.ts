@@ -8,7 +8,11 @@ import { promisify } from 'node:util';
 import { controlRequest } from '../control';
 import { UsageError, errorMessage } from '../errors';
 import { mountPoints } from '../preflight';
+import { FlushProgress } from '../flusher/flusher';
+import { DrainResult } from '../mount';
+import { formatSize } from '../units';
 import { Io, say } from './io';
+import { uploadProgress } from './progress';
 
 const WAIT_MS = 60_000;
 
@@ -23,8 +27,10 @@ async function waitUntilUnmounted(mountpoint: string, ms: number): Promise<boole
 
 export async function unmountCommand(target: string, io: Io): Promise<number> {
   const mountpoint = path.resolve(target);
+  const progress = uploadProgress(io, 'draining');
+  let result: DrainResult;
   try {
-    await controlRequest(mountpoint, { op: 'unmount' });
+    result = (await controlRequest(mountpoint, { op: 'unmount' }, (p) => progress.update(p as FlushProgress))) as DrainResult;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw new UsageError(`unmounting ${mountpoint} failed: ${errorMessage(e)}`);
@@ -36,8 +42,15 @@ export async function unmountCommand(target: string, io: Io): Promise<number> {
     say(io, `cleared ${mountpoint}: its blobdisk process was gone`);
     return 0;
   }
+  finally {
+    progress.stop();
+  }
   if (!(await waitUntilUnmounted(mountpoint, WAIT_MS))) {
     throw new UsageError(`${mountpoint} is still mounted after ${WAIT_MS / 1000} s; see the mount's own output`);
+  }
+  if (!result.drained) {
+    say(io, `unmounted ${mountpoint}, but ${formatSize(result.dirtyBytes)} could not be uploaded (${result.reason ?? 'Azure unreachable'}); it uploads at the next mount with the same cache`);
+    return 3;
   }
   say(io, `unmounted ${mountpoint}`);
   return 0;

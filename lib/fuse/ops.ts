@@ -1,10 +1,8 @@
 /* fuse-native callbacks → namespace and image calls. Every callback runs on the Node
  * event loop, so nothing here may block: all work is async and answered through `cb`.
- * Errors become errnos only through toErrno(). Writes are refused with EROFS for now:
- * the mount serves the read path. */
+ * Errors become errnos only through toErrno(). */
 
 import type Fuse from 'fuse-native';
-import { BlobdiskError } from '../errors';
 import { Logger } from '../log';
 import { Attributes, Namespace } from '../namespace/namespace';
 import { toErrno } from './errno';
@@ -14,6 +12,7 @@ const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
+const O_TRUNC = 0o1000;
 
 export interface OpsOptions {
   readonly uid: number;
@@ -44,9 +43,14 @@ function statfs(): Fuse.Statfs {
 }
 
 export function createOperations(ns: Namespace, handles: Handles, options: OpsOptions, log: Logger): Fuse.Operations {
-  const fail = (op: string, path: string, e: unknown): number => toErrno(op, path, e, log);
-  const readOnly = (op: string, path: string, cb: (err: number) => void): void =>
-    cb(fail(op, path, new BlobdiskError('EROFS', 'this mount does not write')));
+  /** Answers `cb` with 0 (or what `ok` makes of the result) or the errno of the failure. */
+  const reply = <T>(op: string, path: string, work: Promise<T>, cb: (result: number, value?: never) => void, ok: (v: T) => number = () => 0): void => {
+    work.then(
+      (v) => cb(ok(v)),
+      (e: unknown) => cb(toErrno(op, path, e, log)),
+    );
+  };
+  const handle = (fd: number) => handles.get(fd);
 
   return {
     init: (cb) => cb(0),
@@ -54,48 +58,59 @@ export function createOperations(ns: Namespace, handles: Handles, options: OpsOp
     getattr: (path, cb) => {
       ns.getattr(path).then(
         (a) => cb(0, toStat(a, options)),
-        (e) => cb(fail('getattr', path, e)),
+        (e: unknown) => cb(toErrno('getattr', path, e, log)),
+      );
+    },
+    fgetattr: (path, _fd, cb) => {
+      ns.getattr(path).then(
+        (a) => cb(0, toStat(a, options)),
+        (e: unknown) => cb(toErrno('fgetattr', path, e, log)),
       );
     },
     readdir: (path, cb) => {
       ns.readdir(path).then(
         (names) => cb(0, ['.', '..', ...names]),
-        (e) => cb(fail('readdir', path, e)),
+        (e: unknown) => cb(toErrno('readdir', path, e, log)),
       );
     },
     open: (path, flags, cb) => {
-      if ((flags & O_ACCMODE) !== O_RDONLY) return readOnly('open', path, cb);
-      ns.open(path).then(
-        (image) => cb(0, handles.add({ image, path, flags })),
-        (e) => cb(fail('open', path, e)),
+      const writing = (flags & O_ACCMODE) !== O_RDONLY;
+      const opened = (async () => {
+        const image = writing ? await ns.openForWrite(path) : await ns.open(path);
+        if (writing && flags & O_TRUNC) await image.truncate(0);
+        return handles.add({ image, path, flags });
+      })();
+      opened.then(
+        (fd) => cb(0, fd),
+        (e: unknown) => cb(toErrno('open', path, e, log)),
+      );
+    },
+    create: (path, _mode, cb) => {
+      ns.create(path).then(
+        (image) => cb(0, handles.add({ image, path, flags: 2 })),
+        (e: unknown) => cb(toErrno('create', path, e, log)),
       );
     },
     read: (path, fd, buf, len, pos, cb) => {
-      let handle;
-      try {
-        handle = handles.get(fd);
-      } catch (e) {
-        return cb(fail('read', path, e));
-      }
-      handle.image.readInto(buf, pos, len).then(
-        (n) => cb(n),
-        (e) => cb(fail('read', path, e)),
-      );
+      reply('read', path, (async () => handle(fd).image.readInto(buf, pos, len))(), cb, (n) => n);
     },
+    write: (path, fd, buf, len, pos, cb) => {
+      reply('write', path, (async () => handle(fd).image.write(buf.subarray(0, len), pos))(), cb, (n) => n);
+    },
+    flush: (_path, _fd, cb) => cb(0),
+    fsync: (path, _datasync, fd, cb) => reply('fsync', path, (async () => handle(fd).image.fsync())(), cb),
     release: (_path, fd, cb) => {
       handles.release(fd);
       cb(0);
     },
-    create: (path, _mode, cb) => readOnly('create', path, cb),
-    write: (path, _fd, _buf, _len, _pos, cb) => readOnly('write', path, cb),
-    truncate: (path, _size, cb) => readOnly('truncate', path, cb),
-    ftruncate: (path, _fd, _size, cb) => readOnly('ftruncate', path, cb),
-    unlink: (path, cb) => readOnly('unlink', path, cb),
-    rename: (path, _dest, cb) => readOnly('rename', path, cb),
-    mkdir: (path, _mode, cb) => readOnly('mkdir', path, cb),
-    rmdir: (path, cb) => readOnly('rmdir', path, cb),
-    chmod: (path, _mode, cb) => readOnly('chmod', path, cb),
-    chown: (path, _uid, _gid, cb) => readOnly('chown', path, cb),
-    utimens: (path, _atime, _mtime, cb) => readOnly('utimens', path, cb),
+    truncate: (path, size, cb) => reply('truncate', path, ns.truncate(path, size), cb),
+    ftruncate: (path, fd, size, cb) => reply('ftruncate', path, (async () => handle(fd).image.truncate(size))(), cb),
+    unlink: (path, cb) => reply('unlink', path, ns.unlink(path), cb),
+    mkdir: (path, _mode, cb) => reply('mkdir', path, ns.mkdir(path), cb),
+    rmdir: (path, cb) => reply('rmdir', path, ns.rmdir(path), cb),
+    // Mode, owner and times are not kept in Azure: accepted and left as they are (see README).
+    chmod: (_path, _mode, cb) => cb(0),
+    chown: (_path, _uid, _gid, cb) => cb(0),
+    utimens: (_path, _atime, _mtime, cb) => cb(0),
   };
 }

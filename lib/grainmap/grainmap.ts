@@ -4,6 +4,7 @@
  * hot paths batch (touches are written every few seconds, not per read). */
 
 import Database from 'better-sqlite3';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BlobdiskError } from '../errors';
@@ -20,6 +21,7 @@ export interface ImageRow {
   readonly etag: string | null;
   readonly allocated: number | null;
   readonly allocatedEtag: string | null;
+  readonly remoteEnd: number | null;
 }
 
 export interface GrainRow {
@@ -34,7 +36,7 @@ export interface GrainRow {
 
 interface RawImage {
   id: number; account: string; container: string; name: string; kind: BlobKind; size: number;
-  etag: string | null; allocated: number | null; allocated_etag: string | null;
+  etag: string | null; allocated: number | null; allocated_etag: string | null; remote_end: number | null;
 }
 interface RawGrain {
   image_id: number; idx: number; length: number; checksum: number | null;
@@ -43,7 +45,7 @@ interface RawGrain {
 
 const toImage = (r: RawImage): ImageRow => ({
   id: r.id, account: r.account, container: r.container, name: r.name, kind: r.kind, size: r.size,
-  etag: r.etag, allocated: r.allocated, allocatedEtag: r.allocated_etag,
+  etag: r.etag, allocated: r.allocated, allocatedEtag: r.allocated_etag, remoteEnd: r.remote_end,
 });
 const toGrain = (r: RawGrain): GrainRow => ({
   imageId: r.image_id, idx: r.idx, length: r.length, checksum: r.checksum,
@@ -151,10 +153,13 @@ export class GrainMap {
     return row;
   }
 
-  updateImage(id: number, fields: { kind?: BlobKind; size?: number; etag?: string | null; allocated?: number | null; allocatedEtag?: string | null }): void {
+  updateImage(
+    id: number,
+    fields: { kind?: BlobKind; size?: number; etag?: string | null; allocated?: number | null; allocatedEtag?: string | null; remoteEnd?: number | null },
+  ): void {
     const sets: string[] = [];
     const values: unknown[] = [];
-    const columns: Record<string, string> = { kind: 'kind', size: 'size', etag: 'etag', allocated: 'allocated', allocatedEtag: 'allocated_etag' };
+    const columns: Record<string, string> = { kind: 'kind', size: 'size', etag: 'etag', allocated: 'allocated', allocatedEtag: 'allocated_etag', remoteEnd: 'remote_end' };
     for (const [key, column] of Object.entries(columns)) {
       const value = (fields as Record<string, unknown>)[key];
       if (value !== undefined) {
@@ -178,6 +183,62 @@ export class GrainMap {
   grain(imageId: number, idx: number): GrainRow | undefined {
     const r = this.db.prepare('SELECT * FROM grains WHERE image_id = ? AND idx = ?').get(imageId, idx) as RawGrain | undefined;
     return r && toGrain(r);
+  }
+
+  /** Writes a grain's whole row (insert or replace). */
+  putGrain(row: GrainRow): void {
+    this.db
+      .prepare(
+        `INSERT INTO grains (image_id, idx, length, checksum, valid, dirty, last_access) VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (image_id, idx) DO UPDATE SET length = excluded.length, checksum = excluded.checksum,
+           valid = excluded.valid, dirty = excluded.dirty, last_access = excluded.last_access`,
+      )
+      .run(row.imageId, row.idx, row.length, row.checksum, row.valid, row.dirty, row.lastAccess);
+  }
+
+  /** Remembers an ETag one of our uploads produced (the last 64 per image are kept). */
+  recordEtag(imageId: number, etag: string): void {
+    this.db.prepare('INSERT OR REPLACE INTO etags (image_id, etag, at) VALUES (?, ?, ?)').run(imageId, etag, Date.now());
+    this.db
+      .prepare('DELETE FROM etags WHERE image_id = ? AND etag NOT IN (SELECT etag FROM etags WHERE image_id = ? ORDER BY at DESC LIMIT 64)')
+      .run(imageId, imageId);
+  }
+
+  isOurEtag(imageId: number, etag: string): boolean {
+    return this.db.prepare('SELECT 1 FROM etags WHERE image_id = ? AND etag = ?').get(imageId, etag) !== undefined;
+  }
+
+  /** Images that hold grains not yet uploaded (to drain after a crash). */
+  imagesWithDirtyGrains(): ImageRow[] {
+    return (
+      this.db.prepare('SELECT * FROM images WHERE id IN (SELECT DISTINCT image_id FROM grains WHERE dirty IS NOT NULL) ORDER BY id').all() as RawImage[]
+    ).map(toImage);
+  }
+
+  /** Forgets an image and all its grains (the blob was deleted). */
+  deleteImage(id: number): void {
+    this.db.prepare('DELETE FROM images WHERE id = ?').run(id);
+  }
+
+  /** Makes every committed change durable on disk (fsync of the WAL), for fsync(). */
+  durable(): void {
+    this.db.pragma('synchronous = FULL');
+    try {
+      this.setMeta('synced_at', String(Date.now()));
+    } finally {
+      this.db.pragma('synchronous = NORMAL');
+    }
+  }
+
+  /** A lease id that stays the same for this cache directory, so that after a crash the next
+   *  mount can take back the leases the crashed one held. */
+  leaseId(): string {
+    let id = this.getMeta('lease_id');
+    if (!id) {
+      id = crypto.randomUUID();
+      this.setMeta('lease_id', id);
+    }
+    return id;
   }
 
   /** Records a complete, clean grain in the cache. */

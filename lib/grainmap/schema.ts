@@ -4,13 +4,18 @@
  * version 1 so far, so there is nothing to migrate from yet).
  *
  * images  one row per blob ever opened: identity (account, container, name), the kind and
- *         logical size last seen, the ETag that the cached grains belong to, and the bytes
- *         in allocated page ranges for `allocated_etag` (st_blocks without a listing).
+ *         logical size (ours: it runs ahead of Azure's while a size change waits for upload),
+ *         the ETag that the cached grains belong to, the bytes in allocated page ranges for
+ *         `allocated_etag` (st_blocks without a listing), and `remote_end`: after a shrink
+ *         not yet uploaded, bytes of the blob in Azure from there on read as zeros.
  * grains  one row per grain that has bytes in the cache directory:
- *           checksum  CRC-32 of the whole grain file when the grain is clean and complete
+ *           checksum  CRC-32 of the grain file (grain-size bytes, holes as zeros) when clean
  *           valid     NULL = every 512-byte sector of the grain is present; else a bitmap
  *           dirty     NULL = clean; else a bitmap of sectors not yet uploaded
- *           last_access  for least-recently-used eviction of clean grains */
+ *           last_access  for least-recently-used eviction of clean grains
+ * etags   the ETags our own uploads produced lately (responses of concurrent uploads come
+ *         back in any order): after a crash, a blob whose ETag is one of these was last
+ *         changed by us, not by someone else, so its dirty grains are no conflict. */
 
 export const SCHEMA_VERSION = 1;
 
@@ -29,6 +34,7 @@ CREATE TABLE images (
   etag           TEXT,
   allocated      INTEGER,
   allocated_etag TEXT,
+  remote_end     INTEGER,
   UNIQUE (account, container, name)
 );
 CREATE TABLE grains (
@@ -42,4 +48,10 @@ CREATE TABLE grains (
   PRIMARY KEY (image_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX grains_dirty ON grains (image_id) WHERE dirty IS NOT NULL;
+CREATE TABLE etags (
+  image_id INTEGER NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+  etag     TEXT NOT NULL,
+  at       INTEGER NOT NULL,
+  PRIMARY KEY (image_id, etag)
+) WITHOUT ROWID;
 `;

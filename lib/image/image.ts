@@ -1,23 +1,28 @@
-/* One image: a blob seen as a file. Maps byte ranges to grains and serves each grain
- * from, in order: a fetch already under way (single flight), the cache directory, known
- * zeros (no page holds it), or a new ranged GET through the store.
+/* One image: a blob seen as a file. Maps byte ranges to grains; the grain states live in
+ * the cache (see lib/cache/cache.ts). A read of a grain is served, in order, from the
+ * cache file when it holds the sectors, from a fetch already under way (single flight;
+ * released as soon as the requested bytes arrived), as zeros when Azure holds nothing
+ * there (no pages, or past the blob's end), or by a new ranged GET.
  *
- * Grain states on the read path:
- *   absent ──read miss / read-ahead──> fetching ──stream done, file written──> cached
- *   fetching ──GET fails──> absent (waiters get the error)
- *   cached ──checksum fails / evicted / blob's ETag changed──> absent
- * A reader waiting on a fetching grain is released once its bytes have arrived.
- * Sequential reading (each read starting where the last ended) widens a read-ahead
- * window up to `readAheadGrains`; adjacent missing grains share one GET of at most
- * `maxFetchBytes`, and read-ahead never takes more than `fetchConcurrency` GETs. */
+ * Writes go to the cache file and mark sectors dirty; they return once the grain map has
+ * committed that. A write that covers a sector only partly first takes the rest of that
+ * sector from the cache, the fetch, or zeros. The flusher uploads later (lib/flusher).
+ * Sizes are ours: `size` runs ahead of Azure's while a change waits for upload, and
+ * `remoteEnd` says how much of the blob in Azure still belongs to the image after a
+ * shrink (the rest reads as zeros until the flusher has cut it).
+ *
+ * Sequential reading widens a read-ahead window up to `readAheadGrains`; adjacent missing
+ * grains share one GET of at most `maxFetchBytes`; read-ahead never takes more than
+ * `fetchConcurrency` GETs. */
 
 import { GrainCache } from '../cache/cache';
+import { SECTOR } from '../cache/sectors';
 import { BlobdiskError, isBlobdiskError } from '../errors';
 import { GrainMap, ImageRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { ImageCounters, newImageCounters } from '../metrics';
-import { ReadOptions } from '../options';
-import { BlobInfo, BlobRef, BlobStore, ByteRange } from '../store/types';
+import { ReadOptions, SyncMode } from '../options';
+import { BlobInfo, BlobRef, BlobStore, MAX_PAGE_BLOB_BYTES, WriteConditions } from '../store/types';
 import { PageMap } from './pagemap';
 import { PendingGrain } from './pending';
 
@@ -26,6 +31,8 @@ export const LOGICAL_SIZE_KEY = 'blobdisk_size';
 
 /** Page ranges are listed in windows of this many grains. */
 const PAGE_WINDOW_GRAINS = 256;
+/** Leases last this long and are renewed at a third of it. */
+const LEASE_SECONDS = 60;
 
 /** The size a reader sees: the page blob's logical size from metadata when it is valid, else the blob's. */
 export function logicalSize(info: BlobInfo): number {
@@ -54,16 +61,35 @@ export interface ImageDeps {
   readonly grainSize: number;
   readonly read: ReadOptions;
   readonly budget: FetchBudget;
+  /** How long a write waits for room when the cache is full of dirty data. */
+  readonly dirtyWaitMs: number;
+  /** The lease id this cache directory proposes (stable, so a crashed mount's leases come back). */
+  readonly leaseId: string;
+  /** Told whenever the image gets something to upload. */
+  readonly onDirty: (image: Image) => void;
+  readonly sync: SyncMode;
+  /** Uploads everything dirty in the image now (fsync with --sync cloud). */
+  readonly flushNow: (image: Image) => Promise<void>;
 }
 
 export class Image {
   readonly counters: ImageCounters = newImageCounters();
   private row: ImageRow;
   private info: BlobInfo;
+  private localSize: number;
   private pageMap: PageMap | undefined;
   private readonly pending = new Map<number, PendingGrain>();
+  private readonly locks = new Map<number, Promise<void>>();
+  /** Bumped when sizes or the remote change: fetches started before must not fill the cache. */
+  private epoch = 0;
   private lastEnd = -1;
   private streak = 0;
+  private leaseTimer: NodeJS.Timeout | undefined;
+  private leaseTaking: Promise<void> | undefined;
+  leaseId: string | undefined;
+  /** Set when the blob changed in Azure while we hold data not yet uploaded: nothing is overwritten. */
+  conflict: string | undefined;
+  mtime: Date;
 
   private constructor(
     private readonly deps: ImageDeps,
@@ -73,6 +99,8 @@ export class Image {
   ) {
     this.row = row;
     this.info = info;
+    this.localSize = row.size;
+    this.mtime = info.lastModified;
   }
 
   /** The image of `ref` as Azure described it in `info`; drops cached grains of an older ETag. */
@@ -87,7 +115,7 @@ export class Image {
     return this.row.id;
   }
   get size(): number {
-    return logicalSize(this.info);
+    return this.localSize;
   }
   get kind(): BlobInfo['kind'] {
     return this.info.kind;
@@ -95,28 +123,65 @@ export class Image {
   get etag(): string {
     return this.info.etag;
   }
-  get blobInfo(): BlobInfo {
+  /** What we last knew of the blob in Azure. */
+  get remote(): BlobInfo {
     return this.info;
+  }
+  /** Bytes of the blob in Azure that still belong to the image. */
+  get remoteEnd(): number {
+    return Math.min(this.info.size, this.row.remoteEnd ?? Number.MAX_SAFE_INTEGER);
+  }
+
+  private get dirty(): boolean {
+    return this.deps.cache.dirtyGrains(this.row.id).length > 0 || this.localSize !== logicalSize(this.info) || this.row.remoteEnd !== null;
   }
 
   /** Adopts what Azure now says of the blob. A different ETag than the cached grains were
-   *  read under means the blob changed elsewhere: its cached grains are dropped. */
+   *  read under means the blob changed elsewhere: clean grains are dropped; with data not
+   *  yet uploaded that is a conflict. While we hold the lease, changes are our own. */
   async revalidate(info: BlobInfo): Promise<void> {
-    const changed = this.row.etag !== info.etag;
+    const changed = this.row.etag !== info.etag && !this.deps.map.isOurEtag(this.row.id, info.etag);
+    if (!changed || this.leaseId !== undefined) {
+      this.info = info;
+      if (changed) this.setRow({ etag: info.etag });
+      return;
+    }
+    if (this.row.etag !== null && this.dirty) {
+      this.conflict = `${this.ref.container}/${this.ref.name} changed in Azure while this cache holds changes not yet uploaded; nothing was overwritten`;
+      this.deps.log.error(this.conflict);
+      return;
+    }
     this.info = info;
-    if (!changed) return;
+    this.epoch++;
     if (this.row.etag !== null) {
       const dropped = await this.deps.cache.dropClean(this.row.id);
       if (dropped > 0) this.deps.log.info(`${this.ref.container}/${this.ref.name} changed in Azure; dropped ${dropped} cached grains`);
     }
-    this.deps.map.updateImage(this.row.id, { etag: info.etag, kind: info.kind, size: logicalSize(info) });
-    this.row = { ...this.row, etag: info.etag, kind: info.kind, size: logicalSize(info) };
+    this.localSize = logicalSize(info);
+    this.setRow({ etag: info.etag, kind: info.kind, size: this.localSize, remoteEnd: null });
     this.pageMap?.reset(info.etag, info.size);
+  }
+
+  private setRow(fields: Partial<Pick<ImageRow, 'etag' | 'kind' | 'size' | 'allocated' | 'allocatedEtag' | 'remoteEnd'>>): void {
+    this.deps.map.updateImage(this.row.id, fields);
+    this.row = { ...this.row, ...fields };
   }
 
   /** Asks Azure for the blob's properties again and revalidates. ENOENT when it is gone. */
   async refresh(): Promise<void> {
     await this.revalidate(await this.deps.store.getInfo(this.ref));
+  }
+
+  /** The flusher's report of an ETag one of its requests produced. */
+  produced(etag: string): void {
+    this.deps.map.recordEtag(this.row.id, etag);
+  }
+
+  /** The flusher's report of what Azure holds now (after an upload, a resize, a commit). */
+  uploaded(info: BlobInfo, sizeSynced: boolean): void {
+    this.info = info;
+    this.setRow({ etag: info.etag, ...(sizeSynced ? { remoteEnd: null } : {}) });
+    this.pageMap?.reset(info.etag, info.size);
   }
 
   private pages(): PageMap {
@@ -126,18 +191,83 @@ export class Image {
     return this.pageMap;
   }
 
-  /** Bytes held by pages (page blobs), for st_blocks; remembered per ETag in the grain map. */
+  /** Bytes holding data, for st_blocks: page blobs count allocated pages (remembered per
+   *  ETag) plus what waits for upload; block blobs their size. */
   async allocatedBytes(): Promise<number> {
     if (this.info.kind !== 'page') return this.size;
-    if (this.row.allocatedEtag === this.info.etag && this.row.allocated !== null) return this.row.allocated;
+    const pendingBytes = this.deps.cache.dirtyOf(this.row.id).bytes;
+    if (this.row.allocatedEtag === this.info.etag && this.row.allocated !== null) return Math.min(this.size, this.row.allocated + pendingBytes);
     const etag = this.info.etag;
     const allocated = await this.pages().allocatedBytes();
-    if (this.info.etag === etag) {
-      this.deps.map.updateImage(this.row.id, { allocated, allocatedEtag: etag });
-      this.row = { ...this.row, allocated, allocatedEtag: etag };
-    }
-    return allocated;
+    if (this.info.etag === etag) this.setRow({ allocated, allocatedEtag: etag });
+    return Math.min(this.size, allocated + pendingBytes);
   }
+
+  // ---- leases ------------------------------------------------------------------------
+
+  /** Takes the blob's lease (once); EBUSY when another host holds it. */
+  takeLease(): Promise<void> {
+    if (this.leaseId !== undefined) return Promise.resolve();
+    this.leaseTaking ??= (async () => {
+      try {
+        const id = await this.deps.store.acquireLease(this.ref, LEASE_SECONDS, this.deps.leaseId);
+        this.leaseId = id;
+        this.leaseTimer = setInterval(() => void this.renewLease(), (LEASE_SECONDS * 1000) / 3);
+        this.leaseTimer.unref();
+      } catch (e) {
+        if (isBlobdiskError(e) && e.code === 'EBUSY') {
+          throw new BlobdiskError('EBUSY', `${this.ref.container}/${this.ref.name} is leased by another writer; it can only be read here`, { cause: e });
+        }
+        throw e;
+      } finally {
+        this.leaseTaking = undefined;
+      }
+    })();
+    return this.leaseTaking;
+  }
+
+  private async renewLease(): Promise<void> {
+    const id = this.leaseId;
+    if (id === undefined) return;
+    try {
+      await this.deps.store.renewLease(this.ref, id);
+    } catch (e) {
+      if (isBlobdiskError(e) && (e.code === 'EBUSY' || e.code === 'ENOENT')) {
+        this.conflict = `lost the lease on ${this.ref.container}/${this.ref.name} (${e.code}); another writer may have taken the blob`;
+        this.deps.log.error(this.conflict);
+        this.dropLease();
+      } else {
+        this.deps.log.warn(`renewing the lease on ${this.ref.name} failed (${isBlobdiskError(e) ? e.code : 'error'}); trying again`);
+      }
+    }
+  }
+
+  private dropLease(): void {
+    if (this.leaseTimer) clearInterval(this.leaseTimer);
+    this.leaseTimer = undefined;
+    this.leaseId = undefined;
+  }
+
+  /** Releases the lease (at unmount, after draining). */
+  async releaseLease(): Promise<void> {
+    const id = this.leaseId;
+    if (id === undefined) return;
+    this.dropLease();
+    try {
+      await this.deps.store.releaseLease(this.ref, id);
+      // Azure's ETag is unchanged by a release; remember it so the next mount trusts the cache.
+      this.setRow({ etag: this.info.etag });
+    } catch (e) {
+      this.deps.log.warn(`releasing the lease on ${this.ref.name} failed (${isBlobdiskError(e) ? e.code : 'error'}); it expires by itself within ${LEASE_SECONDS} s`);
+    }
+  }
+
+  /** Conditions every write to Azure carries. */
+  writeConditions(): WriteConditions {
+    return this.leaseId !== undefined ? { leaseId: this.leaseId } : {};
+  }
+
+  // ---- reads -------------------------------------------------------------------------
 
   /** Reads `length` bytes at `offset` into `target` (from its start). Returns the bytes
    *  read: fewer at the end of the image, 0 past it. Never-written ranges read as zeros.
@@ -160,12 +290,20 @@ export class Image {
     return buf.subarray(0, n);
   }
 
-  private async readOnce(target: Buffer, offset: number, length: number): Promise<number> {
+  /** The image's current bytes for an upload: like read(), without counting as a reader. */
+  async readForUpload(offset: number, length: number): Promise<Buffer> {
+    const buf = Buffer.alloc(length);
+    const n = await this.readOnce(buf, offset, length, false);
+    return buf.subarray(0, n);
+  }
+
+  private async readOnce(target: Buffer, offset: number, length: number, reader = true): Promise<number> {
     const end = Math.min(offset + length, this.size);
     if (offset >= end) return 0;
-    const sequential = offset === this.lastEnd;
-    this.streak = sequential ? this.streak + (end - offset) : 0;
-    this.lastEnd = end;
+    if (reader) {
+      this.streak = offset === this.lastEnd ? this.streak + (end - offset) : 0;
+      this.lastEnd = end;
+    }
     const g = this.deps.grainSize;
     const parts: Promise<void>[] = [];
     for (let idx = Math.floor(offset / g); idx * g < end; idx++) {
@@ -173,45 +311,57 @@ export class Image {
       const to = Math.min(end, (idx + 1) * g);
       parts.push(this.readGrain(idx, from - idx * g, to - idx * g, target, from - offset));
     }
-    if (this.streak > 0) this.readAhead(end);
+    if (reader && this.streak > 0) this.readAhead(end);
     await Promise.all(parts);
-    this.counters.bytesRead += end - offset;
+    if (reader) this.counters.bytesRead += end - offset;
     return end - offset;
   }
 
-  private grainLength(idx: number): number {
-    return Math.min(this.deps.grainSize, this.size - idx * this.deps.grainSize);
+  /** Whether Azure holds data for [start, end) of the image (false: it reads as zeros). */
+  private async remoteHas(start: number, end: number): Promise<boolean> {
+    const stop = Math.min(end, this.remoteEnd);
+    if (stop <= start) return false;
+    if (this.info.kind !== 'page') return true;
+    return (await this.pages().ranges(start, stop)).length > 0;
   }
 
   /** Copies [start, end) of grain `idx` into target at `at`. */
   private async readGrain(idx: number, start: number, end: number, target: Buffer, at: number): Promise<void> {
-    const waiting = this.pending.get(idx);
-    if (waiting) return this.copyWhenReady(waiting, start, end, target, at);
-    if (this.deps.cache.has(this.row.id, idx)) {
-      if (await this.deps.cache.read(this.row.id, idx, start, end - start, target, at)) {
-        this.counters.hits++;
-        return;
-      }
-    }
+    const cache = this.deps.cache;
     const g = this.deps.grainSize;
-    let ranges: ByteRange[] | undefined;
-    if (this.info.kind === 'page') {
-      ranges = await this.pages().ranges(idx * g, idx * g + this.grainLength(idx));
-      if (ranges.length === 0 && !this.pending.has(idx)) {
-        target.fill(0, at, at + end - start);
-        this.counters.zeroReads++;
-        return;
+    for (let attempt = 0; attempt < 4; attempt++) {
+      if (cache.covers(this.row.id, idx, start, end)) {
+        if (await cache.read(this.row.id, idx, start, end - start, target, at)) {
+          this.counters.hits++;
+          return;
+        }
+        continue;
       }
+      let p = this.pending.get(idx);
+      if (!p) {
+        if (!(await this.remoteHas(idx * g, (idx + 1) * g))) {
+          if (!cache.has(this.row.id, idx)) {
+            target.fill(0, at, at + end - start);
+            this.counters.zeroReads++;
+            return;
+          }
+          // Part of the grain is local, the rest is zeros in Azure: complete it with zeros.
+          await this.withGrainLock(idx, () => cache.fill(this.row.id, idx, Buffer.alloc(g)));
+          continue;
+        }
+        p = this.pending.get(idx) ?? this.startFetch(idx, this.runAfter(idx), false);
+        this.counters.misses++;
+      }
+      if (cache.has(this.row.id, idx)) {
+        // Local sectors win over fetched ones: read the merged grain from the cache.
+        await p.finished;
+        continue;
+      }
+      await p.waitFor(start, end);
+      p.data.copy(target, at, start, end);
+      return;
     }
-    // Another reader may have started the fetch while we looked at the cache and page map.
-    const started = this.pending.get(idx) ?? this.startFetch(idx, this.runAfter(idx), false);
-    this.counters.misses++;
-    return this.copyWhenReady(started, start, end, target, at);
-  }
-
-  private async copyWhenReady(p: PendingGrain, start: number, end: number, target: Buffer, at: number): Promise<void> {
-    await p.waitFor(start, end);
-    p.data.copy(target, at, start, end);
+    throw new BlobdiskError('EIO', `grain ${idx} of ${this.ref.name} kept leaving the cache while being read`);
   }
 
   /** Grains worth fetching together with `idx` on a demand miss: the following missing
@@ -228,9 +378,11 @@ export class Image {
    *  zeros), 'yes', or 'unknown' (its page ranges are not listed yet). */
   private fetchable(idx: number): 'yes' | 'no' | 'unknown' {
     const g = this.deps.grainSize;
-    if (idx * g >= this.size || this.pending.has(idx) || this.deps.cache.has(this.row.id, idx)) return 'no';
+    const start = idx * g;
+    const stop = Math.min(start + g, this.remoteEnd, this.size);
+    if (stop <= start || this.pending.has(idx) || this.deps.cache.has(this.row.id, idx)) return 'no';
     if (this.info.kind !== 'page') return 'yes';
-    const ranges = this.pages().known(idx * g, idx * g + this.grainLength(idx));
+    const ranges = this.pages().known(start, stop);
     if (!ranges) return 'unknown';
     return ranges.length > 0 ? 'yes' : 'no';
   }
@@ -246,7 +398,7 @@ export class Image {
       const state = this.fetchable(idx);
       if (state === 'unknown') {
         // List this window's page ranges now; the next sequential read continues from here.
-        this.pages().ranges(idx * g, idx * g + this.grainLength(idx)).catch(() => undefined);
+        this.pages().ranges(idx * g, (idx + 1) * g).catch(() => undefined);
         return;
       }
       if (state === 'no') {
@@ -264,7 +416,7 @@ export class Image {
   private startFetch(first: number, count: number, readAhead: boolean): PendingGrain {
     const g = this.deps.grainSize;
     let start = first * g;
-    let end = Math.min(this.size, (first + count) * g);
+    let end = Math.min(this.remoteEnd, (first + count) * g);
     if (this.info.kind === 'page') {
       // Fetch from the first to the last allocated byte; the rest of the run is zeros.
       const ranges = this.pages().known(start, end);
@@ -278,10 +430,9 @@ export class Image {
     const grains: PendingGrain[] = [];
     for (let idx = first; idx < first + count; idx++) {
       const base = idx * g;
-      const length = this.grainLength(idx);
-      const from = Math.min(length, Math.max(0, start - base));
-      const to = Math.max(from, Math.min(length, end - base));
-      const p = new PendingGrain(idx, length, from, to);
+      const from = Math.min(g, Math.max(0, start - base));
+      const to = Math.max(from, Math.min(g, end - base));
+      const p = new PendingGrain(idx, g, from, to);
       this.pending.set(idx, p);
       grains.push(p);
     }
@@ -296,16 +447,19 @@ export class Image {
 
   private async runFetch(grains: PendingGrain[], start: number, end: number): Promise<void> {
     const g = this.deps.grainSize;
+    const epoch = this.epoch;
     try {
       if (end > start) {
-        const stream = await this.deps.store.read(this.ref, start, end - start, { etag: this.info.etag });
+        // Under our lease every change is ours and only touches sectors the cache holds.
+        const options = this.leaseId === undefined ? { etag: this.info.etag } : {};
+        const stream = await this.deps.store.read(this.ref, start, end - start, options);
         let pos = start;
         for await (const chunk of stream) {
           let used = 0;
           while (used < chunk.length) {
             const p = grains[Math.floor(pos / g) - (grains[0]?.idx ?? 0)];
-            if (!p || pos >= end) throw new BlobdiskError('EIO', `Azure sent more bytes than asked for ${this.ref.name}`);
-            const take = Math.min(chunk.length - used, p.idx * g + p.to - pos);
+            const take = p ? Math.min(chunk.length - used, p.idx * g + p.to - pos) : 0;
+            if (!p || take <= 0 || pos >= end) throw new BlobdiskError('EIO', `Azure sent more bytes than asked for ${this.ref.name}`);
             p.append(chunk, used, used + take);
             used += take;
             pos += take;
@@ -317,11 +471,12 @@ export class Image {
       for (const p of grains) p.complete();
       for (const p of grains) {
         try {
-          await this.deps.cache.storeClean(this.row.id, p.idx, p.data);
+          if (epoch === this.epoch) await this.withGrainLock(p.idx, () => this.deps.cache.fill(this.row.id, p.idx, p.data));
         } catch (e) {
           this.deps.log.warn(`could not cache grain ${p.idx} of ${this.ref.name}: ${(e as Error).message}`);
         } finally {
-          this.pending.delete(p.idx);
+          if (this.pending.get(p.idx) === p) this.pending.delete(p.idx);
+          p.stored();
         }
       }
     } catch (e) {
@@ -333,8 +488,155 @@ export class Image {
     }
   }
 
+  // ---- writes ------------------------------------------------------------------------
+
+  /** Runs `fn` alone among the writes and fills of grain `idx`. */
+  private async withGrainLock<T>(idx: number, fn: () => Promise<T>): Promise<T> {
+    const before = this.locks.get(idx) ?? Promise.resolve();
+    let release: () => void = () => undefined;
+    const mine = new Promise<void>((r) => (release = r));
+    const chained = before.then(() => mine);
+    this.locks.set(idx, chained);
+    await before;
+    try {
+      return await fn();
+    } finally {
+      release();
+      if (this.locks.get(idx) === chained) this.locks.delete(idx);
+    }
+  }
+
+  private checkWritable(end: number): void {
+    if (this.conflict) throw new BlobdiskError('EIO', this.conflict);
+    if (this.info.kind === 'append') throw new BlobdiskError('EROFS', `${this.ref.name} is an append blob; blobdisk only reads those`);
+    if (this.info.kind === 'page' && end > MAX_PAGE_BLOB_BYTES) {
+      throw new BlobdiskError('EFBIG', `page blobs end at 8 TiB; ${this.ref.name} cannot grow to ${end} bytes`);
+    }
+  }
+
+  /** Writes `data` at `offset`, growing the image when it ends past it. Resolves once the
+   *  bytes are in the cache and the grain map has recorded them (not yet in Azure).
+   *  EIO on a conflict, EFBIG past the page-blob limit, ENOSPC when the cache stays full
+   *  of data not yet uploaded. */
+  async write(data: Buffer, offset: number): Promise<number> {
+    const end = offset + data.length;
+    this.checkWritable(end);
+    if (data.length === 0) return 0;
+    const g = this.deps.grainSize;
+    const parts: Promise<void>[] = [];
+    for (let idx = Math.floor(offset / g); idx * g < end; idx++) {
+      const from = Math.max(offset, idx * g);
+      const to = Math.min(end, (idx + 1) * g);
+      parts.push(this.writeGrain(idx, from - idx * g, data.subarray(from - offset, to - offset)));
+    }
+    await Promise.all(parts);
+    if (end > this.localSize) {
+      this.localSize = end;
+      this.setRow({ size: end });
+    }
+    this.mtime = new Date();
+    this.deps.onDirty(this);
+    return data.length;
+  }
+
+  /** Writes `chunk` at `start` within grain `idx`, widened to whole sectors. */
+  private async writeGrain(idx: number, start: number, chunk: Buffer): Promise<void> {
+    const g = this.deps.grainSize;
+    const end = start + chunk.length;
+    const alignedStart = Math.floor(start / SECTOR) * SECTOR;
+    const alignedEnd = Math.min(g, Math.ceil(end / SECTOR) * SECTOR);
+    await this.withGrainLock(idx, async () => {
+      let data = chunk;
+      if (alignedStart !== start || alignedEnd !== end) {
+        data = Buffer.alloc(alignedEnd - alignedStart);
+        if (alignedStart !== start) await this.currentSector(idx, alignedStart, data, 0);
+        if (alignedEnd !== end && (alignedEnd - SECTOR !== alignedStart || alignedStart === start)) {
+          await this.currentSector(idx, alignedEnd - SECTOR, data, data.length - SECTOR);
+        }
+        chunk.copy(data, start - alignedStart);
+      }
+      await this.deps.cache.write(this.row.id, idx, alignedStart, data, this.deps.dirtyWaitMs);
+    });
+  }
+
+  /** The sector at `start` of grain `idx` as it reads now, into `target` at `at` (under the grain lock). */
+  private async currentSector(idx: number, start: number, target: Buffer, at: number): Promise<void> {
+    const cache = this.deps.cache;
+    const g = this.deps.grainSize;
+    if (cache.covers(this.row.id, idx, start, start + SECTOR) && (await cache.read(this.row.id, idx, start, SECTOR, target, at))) return;
+    const p = this.pending.get(idx);
+    if (!p && !(await this.remoteHas(idx * g + start, idx * g + start + SECTOR))) {
+      target.fill(0, at, at + SECTOR);
+      return;
+    }
+    const fetch = p ?? this.startFetch(idx, 1, false);
+    await fetch.waitFor(start, start + SECTOR);
+    fetch.data.copy(target, at, start, start + SECTOR);
+  }
+
+  /** Sets the image's size. Shrinking drops what lies past the end (also data not yet
+   *  uploaded); growing reads as zeros. Azure follows when the flusher runs. */
+  async truncate(size: number): Promise<void> {
+    this.checkWritable(size);
+    if (size === this.localSize) return;
+    if (size < this.localSize) {
+      if (size % SECTOR !== 0) {
+        // Keep the bytes of the last sector before the cut; it becomes dirty and its tail zeros.
+        const g = this.deps.grainSize;
+        const sectorStart = size - (size % SECTOR);
+        const keep = await this.read(sectorStart, size - sectorStart);
+        await this.writeGrain(Math.floor(sectorStart / g), sectorStart % g, keep);
+      }
+      this.epoch++;
+      for (const [idx, p] of this.pending) {
+        if ((idx + 1) * this.deps.grainSize > size) {
+          this.pending.delete(idx);
+          p.stored();
+        }
+      }
+      await this.deps.cache.truncate(this.row.id, size);
+      if (size < this.remoteEnd) this.setRow({ remoteEnd: size });
+    }
+    this.localSize = size;
+    this.setRow({ size });
+    this.mtime = new Date();
+    this.deps.onDirty(this);
+  }
+
+  /** fsync/fdatasync: with --sync local, what was written is durable on local disk (and
+   *  uploaded later, also after a crash); with --sync cloud, it is in Azure. */
+  async fsync(): Promise<void> {
+    await this.deps.cache.sync(this.row.id);
+    if (this.deps.sync === 'cloud') await this.deps.flushNow(this);
+  }
+
+  /** Deletes the blob in Azure and forgets it here, dirty data included. */
+  async remove(): Promise<void> {
+    const conditions = this.writeConditions();
+    this.dropLease();
+    this.epoch++;
+    try {
+      await this.deps.store.deleteBlob(this.ref, conditions);
+    } catch (e) {
+      if (!isBlobdiskError(e) || e.code !== 'ENOENT') throw e;
+    }
+    this.conflict = `${this.ref.name} was deleted`;
+    await this.deps.cache.dropImage(this.row.id);
+    this.deps.map.deleteImage(this.row.id);
+  }
+
   /** Bytes of this image in the cache directory. */
   cachedBytes(): number {
     return this.deps.cache.cachedBytes(this.row.id);
+  }
+
+  /** Whether anything (data or a size change) waits for upload. */
+  needsUpload(): boolean {
+    return this.dirty;
+  }
+
+  /** Forgets the lease timer (the mount is going away). */
+  close(): void {
+    this.dropLease();
   }
 }

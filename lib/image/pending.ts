@@ -9,6 +9,9 @@ export class PendingGrain {
   private done = false;
   private failure: unknown;
   private waiters: { end: number; start: number; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private settle: { resolve: () => void; reject: (e: unknown) => void } | undefined;
+  /** Settles when the fetch is over and its bytes are in the cache (or could not be kept). */
+  readonly finished: Promise<void>;
 
   constructor(
     readonly idx: number,
@@ -19,6 +22,13 @@ export class PendingGrain {
     readonly to: number,
   ) {
     this.data = Buffer.alloc(length);
+    this.finished = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
+    this.finished.catch(() => undefined);
+  }
+
+  /** The bytes are stored (or dropped): late readers go to the cache from now on. */
+  stored(): void {
+    this.settle?.resolve();
   }
 
   private ready(start: number, end: number): boolean {
@@ -66,5 +76,6 @@ export class PendingGrain {
     const waiters = this.waiters;
     this.waiters = [];
     for (const w of waiters) w.reject(e);
+    this.settle?.reject(e);
   }
 }

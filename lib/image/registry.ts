@@ -37,6 +37,20 @@ export class Images {
     return this.images.get(keyOf(ref));
   }
 
+  /** Opens an image that holds dirty grains from an earlier mount and queues its upload. */
+  async recover(ref: BlobRef): Promise<void> {
+    const info = await this.deps.store.getInfo(ref);
+    const image = await this.get(ref, info, true);
+    if (image.conflict) throw new Error(image.conflict);
+    this.deps.onDirty(image);
+  }
+
+  /** Deletes the blob and everything the cache holds of it (dirty data too). */
+  async remove(image: Image): Promise<void> {
+    await image.remove();
+    this.images.delete(keyOf(image.ref));
+  }
+
   async all(): Promise<Image[]> {
     return Promise.all(this.images.values());
   }

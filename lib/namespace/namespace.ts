@@ -5,7 +5,7 @@
  * convention). Opening a file always asks Azure for the blob's current properties, so a
  * blob changed elsewhere is noticed at open (close-to-open consistency). */
 
-import { BlobdiskError } from '../errors';
+import { BlobdiskError, isBlobdiskError } from '../errors';
 import { Image, logicalSize } from '../image/image';
 import { Images } from '../image/registry';
 import { Logger } from '../log';
@@ -16,7 +16,17 @@ export interface NamespaceOptions {
   readonly container: string | undefined;
   readonly attrTtlMs: number;
   readonly readOnly: boolean;
+  /** New files whose name matches one of these globs become page blobs. */
+  readonly pageBlobPatterns: readonly string[];
 }
+
+/** '*.img' → /^.*\.img$/i: '*' any run, '?' one character, matched against the file name. */
+export function globToRegExp(glob: string): RegExp {
+  const body = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+  return new RegExp(`^${body}$`, 'i');
+}
+
+const MAX_BLOB_NAME = 1024;
 
 export type Entry = { readonly type: 'dir'; readonly mtime: Date } | { readonly type: 'file'; readonly info: BlobInfo };
 
@@ -45,13 +55,16 @@ export class Namespace {
   private containers: { expires: number; names: Promise<string[]> } | undefined;
   private readonly warned = new Set<string>();
   private readonly started = new Date();
+  private readonly pagePatterns: RegExp[];
 
   constructor(
     private readonly store: BlobStore,
     private readonly images: Images,
     private readonly options: NamespaceOptions,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.pagePatterns = options.pageBlobPatterns.map(globToRegExp);
+  }
 
   private locate(path: string): Location {
     return locate(path, this.options.container);
@@ -138,14 +151,16 @@ export class Namespace {
     if (entry.type === 'dir') return { type: 'dir', size: 4096, blocks: 8, mtime: entry.mtime, writable: !this.options.readOnly };
     const info = entry.info;
     const loc = this.locate(path);
-    let size = logicalSize(info);
-    let blocks = Math.ceil(size / 512);
-    if (info.kind === 'page' && loc.container !== undefined) {
-      const image = await this.images.get({ container: loc.container, name: loc.name }, info, false);
-      size = image.size;
-      blocks = Math.ceil((await image.allocatedBytes()) / 512);
+    const writable = !this.options.readOnly && info.kind !== 'append';
+    const ref = { container: loc.container ?? '', name: loc.name };
+    const open = await this.images.peek(ref);
+    if (open) return { type: 'file', size: open.size, blocks: Math.ceil((await open.allocatedBytes()) / 512), mtime: open.mtime, writable };
+    if (info.kind === 'page') {
+      const image = await this.images.get(ref, info, false);
+      return { type: 'file', size: image.size, blocks: Math.ceil((await image.allocatedBytes()) / 512), mtime: image.mtime, writable };
     }
-    return { type: 'file', size, blocks, mtime: info.lastModified, writable: !this.options.readOnly && info.kind !== 'append' };
+    const size = logicalSize(info);
+    return { type: 'file', size, blocks: Math.ceil(size / 512), mtime: info.lastModified, writable };
   }
 
   /** Names in the directory at `path`. ENOTDIR for a file. */
@@ -155,6 +170,118 @@ export class Namespace {
     const entry = await this.lookup(path);
     if (entry.type !== 'dir') throw new BlobdiskError('ENOTDIR', `${path} is a file`);
     return [...(await this.listing(loc.container, loc.name)).entries.keys()];
+  }
+
+  private checkWritable(path: string): void {
+    if (this.options.readOnly) throw new BlobdiskError('EROFS', `the mount is read-only (${path})`);
+  }
+
+  /** A blob reference for a new entry at `path`; EINVAL for names Azure cannot take. */
+  private newRef(path: string): { container: string; name: string; parent: string; base: string } {
+    const loc = this.locate(path);
+    if (loc.container === undefined || loc.name === '') throw new BlobdiskError('EPERM', `${path}: containers are directories; create files inside one`);
+    const { parent, base } = parentAndBase(loc.name);
+    if (!isShowableComponent(base)) throw new BlobdiskError('EINVAL', `${JSON.stringify(base)} cannot be a blob name`);
+    if (loc.name.length > MAX_BLOB_NAME) throw new BlobdiskError('ENAMETOOLONG', `blob names have at most ${MAX_BLOB_NAME} characters`);
+    return { container: loc.container, name: loc.name, parent, base };
+  }
+
+  /** Puts a new entry into a cached listing, so the kernel sees it before the next listing. */
+  private async remember(container: string, parent: string, base: string, entry: Entry | undefined): Promise<void> {
+    const cached = this.listings.get(`${container}\0${parent}`);
+    if (!cached) return;
+    const listed = await cached.catch(() => undefined);
+    if (!listed) return;
+    if (entry) listed.entries.set(base, entry);
+    else listed.entries.delete(base);
+  }
+
+  private async parentIsDirectory(container: string, parent: string): Promise<void> {
+    if (parent === '') return;
+    const entry = await this.lookup(this.pathOf(container, parent));
+    if (entry.type !== 'dir') throw new BlobdiskError('ENOTDIR', `${parent} is a file`);
+  }
+
+  private pathOf(container: string, name: string): string {
+    return this.options.container !== undefined ? `/${name}` : `/${container}/${name}`;
+  }
+
+  /** Creates an empty file: a page blob when the name matches the page-blob patterns, else
+   *  a block blob. EEXIST when something is there; the new image is leased to us. */
+  async create(path: string): Promise<Image> {
+    this.checkWritable(path);
+    const { container, name, parent, base } = this.newRef(path);
+    await this.parentIsDirectory(container, parent);
+    const ref = { container, name };
+    const page = this.pagePatterns.some((re) => re.test(base));
+    if (page) await this.store.createPageBlob(ref, 0);
+    else await this.store.createBlockBlob(ref);
+    const info = await this.store.getInfo(ref);
+    await this.remember(container, parent, base, { type: 'file', info });
+    const image = await this.images.get(ref, info, true);
+    await image.takeLease();
+    return image;
+  }
+
+  /** The image at `path`, leased to us for writing (EBUSY when another host holds it). */
+  async openForWrite(path: string): Promise<Image> {
+    this.checkWritable(path);
+    const image = await this.open(path);
+    await image.takeLease();
+    return image;
+  }
+
+  async truncate(path: string, size: number): Promise<void> {
+    const image = await this.openForWrite(path);
+    await image.truncate(size);
+  }
+
+  /** Deletes the file at `path`: its blob, and whatever the cache holds of it. */
+  async unlink(path: string): Promise<void> {
+    this.checkWritable(path);
+    const image = await this.open(path);
+    const { container, parent, base } = this.newRef(path);
+    await this.images.remove(image);
+    await this.remember(container, parent, base, undefined);
+  }
+
+  /** Creates a directory: a marker blob (hdi_isfolder=true), or a container at the account root. */
+  async mkdir(path: string): Promise<void> {
+    this.checkWritable(path);
+    const loc = this.locate(path);
+    if (loc.container !== undefined && loc.name === '' && this.options.container === undefined) {
+      if (!/^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$/.test(loc.container)) {
+        throw new BlobdiskError('EINVAL', `${loc.container} is not a container name (3-63 lowercase letters, digits and single hyphens)`);
+      }
+      await this.store.createContainer(loc.container);
+      this.containers = undefined;
+      return;
+    }
+    const { container, name, parent, base } = this.newRef(path);
+    await this.parentIsDirectory(container, parent);
+    const existing = await this.lookup(path).catch(() => undefined);
+    if (existing) throw new BlobdiskError('EEXIST', `${path} exists`);
+    await this.store.createBlockBlob({ container, name }, { metadata: { [FOLDER_KEY]: 'true' } });
+    await this.remember(container, parent, base, { type: 'dir', mtime: new Date() });
+  }
+
+  /** Removes an empty directory (its marker blob). ENOTEMPTY when it holds anything. */
+  async rmdir(path: string): Promise<void> {
+    this.checkWritable(path);
+    const loc = this.locate(path);
+    if (loc.container === undefined || loc.name === '') throw new BlobdiskError('EPERM', `${path}: blobdisk does not delete containers`);
+    const entry = await this.lookup(path);
+    if (entry.type !== 'dir') throw new BlobdiskError('ENOTDIR', `${path} is a file`);
+    const listing = await this.store.listDirectory(loc.container, `${loc.name}/`);
+    if (listing.blobs.length > 0 || listing.prefixes.length > 0) throw new BlobdiskError('ENOTEMPTY', `${path} is not empty`);
+    this.listings.delete(`${loc.container}\0${loc.name}`);
+    try {
+      await this.store.deleteBlob({ container: loc.container, name: loc.name });
+    } catch (e) {
+      if (!isBlobdiskError(e) || e.code !== 'ENOENT') throw e;
+    }
+    const { parent, base } = parentAndBase(loc.name);
+    await this.remember(loc.container, parent, base, undefined);
   }
 
   /** The image behind the file at `path`, with its properties fresh from Azure. */

@@ -24,7 +24,7 @@ async function readBack(cache: GrainCache, image: number, idx: number): Promise<
 describe('GrainCache', () => {
   it('stores grains and reads any part of them back', async () => {
     const { cache, image, map } = setup(8);
-    await cache.storeClean(image, 2, grain(7));
+    await cache.fill(image, 2, grain(7));
     const part = Buffer.alloc(10);
     expect(await cache.read(image, 2, 100, 10, part, 0)).toBe(true);
     expect(part).toEqual(Buffer.alloc(10, 7));
@@ -36,9 +36,9 @@ describe('GrainCache', () => {
 
   it('evicts the least recently used clean grains to stay within its size', async () => {
     const { cache, image, map } = setup(4);
-    for (let i = 0; i < 4; i++) await cache.storeClean(image, i, grain(i));
+    for (let i = 0; i < 4; i++) await cache.fill(image, i, grain(i));
     await readBack(cache, image, 0); // 0 becomes the most recently used
-    await cache.storeClean(image, 4, grain(4));
+    await cache.fill(image, 4, grain(4));
     expect(cache.has(image, 1)).toBe(false);
     expect([0, 2, 3, 4].every((i) => cache.has(image, i))).toBe(true);
     expect(cache.stats.usedBytes).toBe(4 * G);
@@ -50,8 +50,8 @@ describe('GrainCache', () => {
 
   it('serves grains cached by an earlier process and checks them first', async () => {
     const first = setup(8);
-    await first.cache.storeClean(first.image, 0, grain(1));
-    await first.cache.storeClean(first.image, 1, grain(2));
+    await first.cache.fill(first.image, 0, grain(1));
+    await first.cache.fill(first.image, 1, grain(2));
     await first.cache.close();
     first.map.close();
 
@@ -75,8 +75,8 @@ describe('GrainCache', () => {
   it('drops the clean grains of one image only', async () => {
     const { cache, image, map } = setup(8);
     const other = map.ensureImage('acct', 'c', 'other.img', 'page', 10 * G).id;
-    await cache.storeClean(image, 0, grain(1));
-    await cache.storeClean(other, 0, grain(2));
+    await cache.fill(image, 0, grain(1));
+    await cache.fill(other, 0, grain(2));
     expect(await cache.dropClean(image)).toBe(1);
     expect(cache.has(image, 0)).toBe(false);
     expect(cache.has(other, 0)).toBe(true);

@@ -16,14 +16,16 @@ describe('GrainMap', () => {
       'CREATE TABLE meta ( key TEXT PRIMARY KEY, value TEXT NOT NULL ) WITHOUT ROWID; ' +
         'CREATE TABLE images ( id INTEGER PRIMARY KEY, account TEXT NOT NULL, container TEXT NOT NULL, name TEXT NOT NULL, ' +
         "kind TEXT NOT NULL CHECK (kind IN ('page', 'block', 'append')), size INTEGER NOT NULL, etag TEXT, allocated INTEGER, " +
-        'allocated_etag TEXT, UNIQUE (account, container, name) ); ' +
+        'allocated_etag TEXT, remote_end INTEGER, UNIQUE (account, container, name) ); ' +
         'CREATE TABLE grains ( image_id INTEGER NOT NULL REFERENCES images (id) ON DELETE CASCADE, idx INTEGER NOT NULL, ' +
         'length INTEGER NOT NULL, checksum INTEGER, valid BLOB, dirty BLOB, last_access INTEGER NOT NULL, ' +
         'PRIMARY KEY (image_id, idx) ) WITHOUT ROWID; ' +
-        'CREATE INDEX grains_dirty ON grains (image_id) WHERE dirty IS NOT NULL;',
+        'CREATE INDEX grains_dirty ON grains (image_id) WHERE dirty IS NOT NULL; ' +
+        'CREATE TABLE etags ( image_id INTEGER NOT NULL REFERENCES images (id) ON DELETE CASCADE, etag TEXT NOT NULL, ' +
+        'at INTEGER NOT NULL, PRIMARY KEY (image_id, etag) ) WITHOUT ROWID;',
     );
     const map = GrainMap.open(path.join(tmp(), 'g.db'), 1 << 20);
-    expect(map.schemaSql()).toHaveLength(4);
+    expect(map.schemaSql()).toHaveLength(5);
     map.close();
   });
 

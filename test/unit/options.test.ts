@@ -16,6 +16,12 @@ describe('defaults', () => {
       minCacheGrains: 4,
       minGrainSize: 64 * 1024,
       maxGrainSize: 64 * 1024 * 1024,
+      sync: 'local',
+      drainTimeoutMs: 60_000,
+      dirtyWaitMs: 30_000,
+      writeBackDelayMs: 500,
+      uploadConcurrency: 8,
+      pageBlobPatterns: ['*.img', '*.raw', '*.vhd', '*.vmdk', '*.qcow2', '*.vdi'],
     });
     expect(Object.isFrozen(DEFAULTS)).toBe(true);
   });
@@ -75,6 +81,8 @@ describe('parseMountOptions', () => {
     [{ accountKey: 'k' }, /--account-key and --sas need --account NAME/],
     [{ account: 'acct1', accountKey: 'k', connectionString: 'x' }, /not both/],
     [{ logLevel: 'loud' }, /--log-level must be one of/],
+    [{ sync: 'sometimes' }, /--sync must be local .* or cloud/],
+    [{ pageBlobPattern: ['vms/*.img'] }, /must be a file-name pattern/],
   ])('rejects %p with one clear line', (args, message) => {
     expect(() => parseMountOptions({ mountpoint: 'm', ...args }, env)).toThrow(message);
   });

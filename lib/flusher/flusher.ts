@@ -1,0 +1,359 @@
+/* The flusher: uploads, in the background, what writes left dirty in the cache.
+ *
+ * An image is queued when it gets something to upload and flushed after a short delay
+ * (so that neighbouring writes share requests), or at once when someone waits for it
+ * (fsync with --sync cloud, `blobdisk flush`, unmount). One flush of an image:
+ *   page blob   take the lease; fix the size (shrink to what still belongs to the image,
+ *               then grow to the new size; logical size in metadata); then, in batches
+ *               of grains, Put Page for dirty sector runs (joined across grains, ≤ 4 MiB)
+ *               and Clear Pages for runs of zeros
+ *   block blob  take the lease; stage new blocks for every committed block a dirty grain
+ *               or a size change touches (read-modify-write through the image), and one
+ *               Put Block List that keeps the rest
+ * after which each grain whose generation did not move is marked clean; a grain written
+ * again meanwhile stays dirty and goes in the next flush.
+ *
+ * Failures:   ENOENT / EBUSY / ESTALE   the blob vanished, or someone else holds it: the
+ *                                       image is in conflict, nothing is overwritten, its
+ *                                       dirty data stays in the cache, status says so
+ *             anything else (EIO, 5xx, resets, Azure down)
+ *                                       retried with backoff from 0.5 s up to 30 s, forever;
+ *                                       every failure is logged, none is dropped */
+
+import crypto from 'node:crypto';
+import { GrainCache } from '../cache/cache';
+import { SECTOR, runs, sectorsOf } from '../cache/sectors';
+import { BlobdiskError, isBlobdiskError } from '../errors';
+import { Image, LOGICAL_SIZE_KEY } from '../image/image';
+import { Logger } from '../log';
+import { BlobStore, MAX_PAGE_BLOB_BYTES } from '../store/types';
+import { CommittedBlock, PageUpload, blockSizeFor, planBlocks, planPageUploads } from './plan';
+
+export interface FlusherOptions {
+  readonly grainSize: number;
+  /** Uploads in flight per image. */
+  readonly concurrency: number;
+  /** How long dirty data waits before a background flush, so writes can coalesce. */
+  readonly delayMs: number;
+}
+
+export interface FlushProgress {
+  readonly dirtyBytes: number;
+  readonly startBytes: number;
+}
+
+const BATCH_GRAINS = 32;
+const MIN_BACKOFF_MS = 500;
+const MAX_BACKOFF_MS = 30_000;
+const POLL_MS = 50;
+
+const roundUp = (n: number): number => Math.ceil(n / SECTOR) * SECTOR;
+const roundDown = (n: number): number => Math.floor(n / SECTOR) * SECTOR;
+
+/** Runs `jobs` with at most `limit` at a time; rejects with the first failure after all settled. */
+async function bounded<T>(items: readonly T[], limit: number, job: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: unknown;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const item = items[next++] as T;
+      try {
+        await job(item);
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failure !== undefined) throw failure;
+}
+
+export class Flusher {
+  private readonly queued = new Set<Image>();
+  private readonly backoff = new Map<Image, { failures: number; until: number }>();
+  private timer: NodeJS.Timeout | undefined;
+  private timerAt = 0;
+  private running: Promise<void> | undefined;
+  private urgent = false;
+  private stopped = false;
+
+  constructor(
+    private readonly store: BlobStore,
+    private readonly cache: GrainCache,
+    private readonly options: FlusherOptions,
+    private readonly log: Logger,
+  ) {}
+
+  /** The image has something to upload. */
+  notify(image: Image): void {
+    this.queued.add(image);
+    this.schedule(this.options.delayMs);
+  }
+
+  private schedule(ms: number): void {
+    if (this.stopped) return;
+    const at = Date.now() + ms;
+    if (this.timer && this.timerAt <= at) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.run();
+    }, ms);
+    this.timer.unref();
+  }
+
+  private run(): Promise<void> {
+    this.running ??= this.loop().finally(() => {
+      this.running = undefined;
+      if (this.queued.size > 0) this.schedule(this.nextAttemptIn());
+    });
+    return this.running;
+  }
+
+  private nextAttemptIn(): number {
+    let soonest = this.urgent ? 0 : this.options.delayMs;
+    for (const image of this.queued) {
+      const b = this.backoff.get(image);
+      if (b) soonest = Math.max(0, Math.min(soonest, b.until - Date.now()));
+    }
+    return soonest;
+  }
+
+  private async loop(): Promise<void> {
+    for (;;) {
+      const now = Date.now();
+      const ready = [...this.queued].filter((i) => !i.conflict && (this.backoff.get(i)?.until ?? 0) <= now);
+      for (const image of this.queued) if (image.conflict) this.queued.delete(image);
+      if (ready.length === 0 || this.stopped) return;
+      for (const image of ready) {
+        try {
+          await this.flushImage(image);
+          this.backoff.delete(image);
+          if (!image.needsUpload()) this.queued.delete(image);
+        } catch (e) {
+          this.failed(image, e);
+        }
+      }
+    }
+  }
+
+  private failed(image: Image, e: unknown): void {
+    const name = `${image.ref.container}/${image.ref.name}`;
+    if (isBlobdiskError(e) && (e.code === 'ENOENT' || e.code === 'EBUSY' || e.code === 'ESTALE')) {
+      image.conflict ??= `cannot upload to ${name} (${e.code}: ${e.message}); its changes stay in the cache`;
+      this.log.error(image.conflict);
+      this.queued.delete(image);
+      return;
+    }
+    const b = this.backoff.get(image) ?? { failures: 0, until: 0 };
+    b.failures++;
+    const wait = Math.min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** (b.failures - 1));
+    b.until = Date.now() + wait;
+    this.backoff.set(image, b);
+    const code = isBlobdiskError(e) ? e.code : 'error';
+    this.log.warn(`uploading ${name} failed (${code}: ${(e as Error).message}); trying again in ${(wait / 1000).toFixed(1)} s (attempt ${b.failures})`);
+  }
+
+  /** Notes an ETag our request produced, so a later mount does not mistake it for someone else's change. */
+  private ours(image: Image, etag: string): string {
+    image.produced(etag);
+    return etag;
+  }
+
+  /** Uploads everything the image holds dirty now. */
+  private async flushImage(image: Image): Promise<void> {
+    if (!image.needsUpload()) return;
+    await image.takeLease();
+    if (image.kind === 'page') await this.flushPageBlob(image);
+    else if (image.kind === 'block') await this.flushBlockBlob(image);
+    else throw new BlobdiskError('EROFS', `${image.ref.name} is an append blob`);
+  }
+
+  private async flushPageBlob(image: Image): Promise<void> {
+    const { ref } = image;
+    const g = this.options.grainSize;
+    let info = image.remote;
+    const size = image.size;
+    const physical = roundUp(size);
+    if (physical > MAX_PAGE_BLOB_BYTES) throw new BlobdiskError('EFBIG', `${ref.name} would exceed the 8 TiB page blob limit`);
+    let sized = false;
+    if (image.remoteEnd < info.size) {
+      // Cut what no longer belongs to the image before growing again, so it reads as zeros.
+      info = { ...info, size: roundDown(image.remoteEnd), etag: this.ours(image, await this.store.resizePageBlob(ref, roundDown(image.remoteEnd), image.writeConditions())) };
+      sized = true;
+      image.counters.uploads++;
+    }
+    if (info.size !== physical) {
+      info = { ...info, size: physical, etag: this.ours(image, await this.store.resizePageBlob(ref, physical, image.writeConditions())) };
+      sized = true;
+      image.counters.uploads++;
+    }
+    const want = size % SECTOR === 0 ? undefined : String(size);
+    if (info.metadata[LOGICAL_SIZE_KEY] !== want) {
+      const metadata: Record<string, string> = { ...info.metadata };
+      delete metadata[LOGICAL_SIZE_KEY];
+      if (want !== undefined) metadata[LOGICAL_SIZE_KEY] = want;
+      info = { ...info, metadata, etag: this.ours(image, await this.store.setMetadata(ref, metadata, image.writeConditions())) };
+      sized = true;
+      image.counters.uploads++;
+    }
+    if (sized || image.remoteEnd < image.size) image.uploaded(info, true);
+
+    const dirty = this.cache.dirtyGrains(image.id);
+    for (let b = 0; b < dirty.length; b += BATCH_GRAINS) {
+      const batch = dirty.slice(b, b + BATCH_GRAINS);
+      const grains: { idx: number; gen: number; data: Buffer }[] = [];
+      const pieces: { offset: number; data: Buffer }[] = [];
+      for (const idx of batch) {
+        const state = this.cache.state(image.id, idx);
+        if (!state?.dirty) continue;
+        const gen = state.gen;
+        const bitmap = Buffer.from(state.dirty);
+        const data = await this.cache.readWhole(image.id, idx);
+        grains.push({ idx, gen, data });
+        for (const [from, to] of runs(bitmap, sectorsOf(g))) {
+          const start = idx * g + from * SECTOR;
+          const end = Math.min(idx * g + to * SECTOR, physical);
+          if (end > start) pieces.push({ offset: start, data: data.subarray(start - idx * g, end - idx * g) });
+        }
+      }
+      const uploads = planPageUploads(pieces);
+      let etag = info.etag;
+      await bounded(uploads, this.options.concurrency, async (u: PageUpload) => {
+        const conditions = image.writeConditions();
+        etag = this.ours(
+          image,
+          u.zero ? await this.store.clearPages(ref, u.offset, u.data.length, conditions) : await this.store.putPages(ref, u.offset, u.data, conditions),
+        );
+        image.counters.uploads++;
+        if (u.zero) image.counters.bytesCleared += u.data.length;
+        else image.counters.bytesUp += u.data.length;
+      });
+      for (const grain of grains) this.cache.markUploaded(image.id, grain.idx, grain.gen, grain.data);
+      if (uploads.length > 0) {
+        // Concurrent calls finish in any order: ask which ETag the blob ended with.
+        info = uploads.length === 1 ? { ...info, etag } : await this.store.getInfo(ref);
+        image.uploaded(info, false);
+      }
+    }
+  }
+
+  private async flushBlockBlob(image: Image): Promise<void> {
+    const { ref } = image;
+    const g = this.options.grainSize;
+    const info = image.remote;
+    const size = image.size;
+    const grains = this.cache.dirtyGrains(image.id).map((idx) => ({ idx, gen: this.cache.state(image.id, idx)?.gen ?? -1 }));
+    const changed = grains.map(({ idx }) => ({ start: idx * g, end: (idx + 1) * g }));
+    const intact = Math.min(image.remoteEnd, info.size);
+    if (size > intact) changed.push({ start: intact, end: size });
+    changed.sort((a, b) => a.start - b.start);
+
+    const listed = info.size > 0 ? await this.store.blockList(ref) : [];
+    const committed: CommittedBlock[] = [];
+    let at = 0;
+    for (const block of listed) {
+      committed.push({ id: block.id, start: at, end: at + block.size });
+      at += block.size;
+    }
+    if (committed.length === 0 && info.size > 0) committed.push({ id: undefined, start: 0, end: info.size });
+    const firstId = listed[0]?.id;
+    let idBytes = firstId !== undefined ? Buffer.from(firstId, 'base64').length : 32;
+    const plan = planBlocks(idBytes < 8 ? committed.map((c) => ({ ...c, id: undefined })) : committed, changed, size, blockSizeFor(size, g));
+    if (idBytes < 8) idBytes = 32; // every block is staged anew: our ids may have our length
+    const ids: string[] = [];
+    const stages: { id: string; start: number; end: number }[] = [];
+    for (const p of plan) {
+      if ('keep' in p) ids.push(p.keep);
+      else {
+        const id = crypto.randomBytes(idBytes).toString('base64');
+        ids.push(id);
+        stages.push({ id, ...p.stage });
+      }
+    }
+    await bounded(stages, this.options.concurrency, async (s) => {
+      const data = await image.readForUpload(s.start, s.end - s.start);
+      if (data.length !== s.end - s.start) throw new BlobdiskError('EIO', `${ref.name} shrank while its blocks were staged; trying again`);
+      await this.store.stageBlock(ref, s.id, data, image.writeConditions());
+      image.counters.uploads++;
+      image.counters.bytesUp += data.length;
+    });
+    const etag = this.ours(image, await this.store.commitBlockList(ref, ids, { ...image.writeConditions(), metadata: { ...info.metadata } }));
+    image.counters.uploads++;
+    for (const { idx, gen } of grains) {
+      if (this.cache.state(image.id, idx)?.gen === gen) this.cache.markUploaded(image.id, idx, gen, await this.cache.readWhole(image.id, idx));
+    }
+    image.uploaded({ ...info, size, etag }, size === image.size);
+  }
+
+  /** Resolves once everything dirty in `images` now is in Azure. `onProgress` sees the
+   *  dirty bytes left. With `stallMs`, gives up (EIO) when nothing got uploaded for that
+   *  long; a conflict fails at once. */
+  async flush(images: readonly Image[], options: { stallMs?: number; onProgress?: (p: FlushProgress) => void } = {}): Promise<void> {
+    const targets = images.filter((i) => i.needsUpload() || this.queued.has(i));
+    const gens = new Map<Image, Map<number, number>>();
+    for (const image of targets) {
+      const m = new Map<number, number>();
+      for (const idx of this.cache.dirtyGrains(image.id)) m.set(idx, this.cache.state(image.id, idx)?.gen ?? 0);
+      gens.set(image, m);
+      this.queued.add(image);
+    }
+    const left = (): number => targets.reduce((n, i) => n + this.cache.dirtyOf(i.id).bytes, 0);
+    const startBytes = left();
+    const isDone = (image: Image): boolean => {
+      if (!this.sizeSynced(image)) return false;
+      for (const [idx, gen] of gens.get(image) ?? []) {
+        const state = this.cache.state(image.id, idx);
+        // Written again since the call is fine, once the bytes of the call went up.
+        if (state?.dirty && state.uploadedGen < gen) return false;
+      }
+      return true;
+    };
+    let lastProgress = Date.now();
+    let lastLeft = startBytes;
+    this.urgent = true;
+    try {
+      for (;;) {
+        const conflicted = targets.find((i) => i.conflict);
+        if (conflicted) throw new BlobdiskError('EIO', conflicted.conflict ?? 'conflict');
+        if (targets.every(isDone)) {
+          options.onProgress?.({ dirtyBytes: left(), startBytes });
+          return;
+        }
+        for (const image of targets) this.backoff.delete(image);
+        if (!this.running) void this.run();
+        await new Promise((r) => setTimeout(r, POLL_MS));
+        const now = left();
+        options.onProgress?.({ dirtyBytes: now, startBytes });
+        if (now < lastLeft) lastProgress = Date.now();
+        lastLeft = now;
+        if (options.stallMs !== undefined && Date.now() - lastProgress > options.stallMs) {
+          throw new BlobdiskError('EIO', `nothing could be uploaded for ${Math.round(options.stallMs / 1000)} s; ${now} bytes stay dirty`);
+        }
+      }
+    } finally {
+      this.urgent = false;
+    }
+  }
+
+  /** Whether Azure has the image's size (and nothing past a shrink). */
+  private sizeSynced(image: Image): boolean {
+    const remote = image.remote;
+    if (image.remoteEnd < remote.size) return false;
+    if (image.kind !== 'page') return image.size === remote.size;
+    const want = image.size % SECTOR === 0 ? undefined : String(image.size);
+    return roundUp(image.size) === remote.size && remote.metadata[LOGICAL_SIZE_KEY] === want;
+  }
+
+  /** Dirty bytes and the oldest dirty age of an image, for status. */
+  dirtyOf(image: Image): { bytes: number; since: number } {
+    return this.cache.dirtyOf(image.id);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
