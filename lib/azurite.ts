@@ -8,7 +8,7 @@
  * listens on port 0 and reports the port the kernel chose, so there is no race for a port. */
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 
 export interface AzuriteOptions {
@@ -92,6 +92,28 @@ function waitForExit(child: ChildProcess, ms: number): Promise<boolean> {
   });
 }
 
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** One Azurite per data directory: an earlier one (say, of a mount that was killed) may
+ *  still be saving its state; starting a second one on the same files would read them
+ *  half-written. Waits for it to finish. */
+async function waitForPreviousAzurite(pidFile: string, ms: number): Promise<void> {
+  const pid = Number(await readFile(pidFile, 'utf8').catch(() => ''));
+  if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return;
+  const until = Date.now() + ms;
+  while (alive(pid)) {
+    if (Date.now() > until) throw new Error(`the Azurite data in ${path.dirname(pidFile)} is in use by process ${pid}; stop it or use another data directory`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** Starts Azurite's blob service and resolves once it listens. */
 export async function startAzurite(options: AzuriteOptions = {}): Promise<RunningAzurite> {
   const host = options.host ?? '127.0.0.1';
@@ -104,7 +126,9 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Runnin
   else if (options.location !== undefined) args.push('--location', options.location);
   else throw new Error('startAzurite needs a data directory (location) or inMemory');
   if (options.debugLog !== undefined) args.push('--debug', options.debugLog);
+  const pidFile = options.inMemory !== true && options.location !== undefined ? path.join(options.location, 'azurite.pid') : undefined;
   if (options.inMemory !== true && options.location !== undefined) await mkdir(options.location, { recursive: true });
+  if (pidFile !== undefined) await waitForPreviousAzurite(pidFile, STOP_TIMEOUT_MS * 2);
 
   const child = spawn(process.execPath, ['-e', WRAPPER, azuriteBlobMain(), ...args], {
     stdio: ['pipe', 'pipe', 'pipe'],
@@ -156,6 +180,7 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Runnin
   });
   // Keep draining its output so it never blocks on a full pipe.
   child.stdout?.on('data', () => undefined);
+  if (pidFile !== undefined && child.pid !== undefined) await writeFile(pidFile, String(child.pid));
 
   const endpoint = `http://${host}:${port}/${AZURITE_ACCOUNT}`;
   let stopped: Promise<void> | undefined;
@@ -173,6 +198,7 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Runnin
           await waitForExit(child, STOP_TIMEOUT_MS);
         }
         child.stdin?.destroy();
+        if (pidFile !== undefined) await rm(pidFile, { force: true });
       })();
       return stopped;
     },

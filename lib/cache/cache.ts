@@ -310,6 +310,9 @@ export class GrainCache {
     setBits(entry.dirty, from, to);
     entry.checksum = null;
     entry.unsynced = true;
+    // And once more now that the bits are set: an upload that saw the bitmap without them
+    // (while the bytes were landing) must not mark the grain clean either.
+    entry.gen++;
     this.persist(entry);
   }
 

@@ -39,7 +39,7 @@ export function uploadProgress(io: Io, label: string): Progress {
   return {
     update: (p) => {
       const now = Date.now();
-      if (p.dirtyBytes === lastBytes || (now - last < 1000 && p.dirtyBytes !== 0)) return;
+      if (p.startBytes === 0 || p.dirtyBytes === lastBytes || (now - last < 1000 && p.dirtyBytes !== 0)) return;
       last = now;
       lastBytes = p.dirtyBytes;
       say(io, `${label}: ${formatSize(p.dirtyBytes)} of ${formatSize(p.startBytes)} left to upload`);

@@ -211,12 +211,15 @@ export class Flusher {
         const gen = state.gen;
         const bitmap = Buffer.from(state.dirty);
         const data = await this.cache.readWhole(image.id, idx);
-        grains.push({ idx, gen, data });
+        let whole = true;
         for (const [from, to] of runs(bitmap, sectorsOf(g))) {
           const start = idx * g + from * SECTOR;
           const end = Math.min(idx * g + to * SECTOR, physical);
+          // Bytes past the size we set were written after this flush began: next time.
+          if (end < idx * g + to * SECTOR) whole = false;
           if (end > start) pieces.push({ offset: start, data: data.subarray(start - idx * g, end - idx * g) });
         }
+        if (whole) grains.push({ idx, gen, data });
       }
       const uploads = planPageUploads(pieces);
       let etag = info.etag;
@@ -282,6 +285,8 @@ export class Flusher {
     const etag = this.ours(image, await this.store.commitBlockList(ref, ids, { ...image.writeConditions(), metadata: { ...info.metadata } }));
     image.counters.uploads++;
     for (const { idx, gen } of grains) {
+      // A grain reaching past the size this flush committed was written after it began.
+      if ((idx + 1) * g > size && this.dirtyPast(image, idx, size)) continue;
       if (this.cache.state(image.id, idx)?.gen === gen) this.cache.markUploaded(image.id, idx, gen, await this.cache.readWhole(image.id, idx));
     }
     image.uploaded({ ...info, size, etag }, size === image.size);
@@ -335,6 +340,15 @@ export class Flusher {
     } finally {
       this.urgent = false;
     }
+  }
+
+  /** Whether grain `idx` has dirty sectors at or past byte `size` of the image. */
+  private dirtyPast(image: Image, idx: number, size: number): boolean {
+    const dirty = this.cache.state(image.id, idx)?.dirty;
+    if (!dirty) return false;
+    const g = this.options.grainSize;
+    const firstPast = Math.max(0, Math.floor((size - idx * g) / SECTOR));
+    return runs(dirty, sectorsOf(g)).some(([, to]) => to > firstPast);
   }
 
   /** Whether Azure has the image's size (and nothing past a shrink). */

@@ -147,6 +147,13 @@ export class Image {
       return;
     }
     if (this.row.etag !== null && this.dirty) {
+      // After a crash, uploads that were under way changed the ETag without our noting it.
+      // If the blob is still leased, and to our lease id, nobody else can have written it.
+      if (info.leased === true && (await this.takeLease().then(() => true, () => false))) {
+        this.info = info;
+        this.setRow({ etag: info.etag });
+        return;
+      }
       this.conflict = `${this.ref.container}/${this.ref.name} changed in Azure while this cache holds changes not yet uploaded; nothing was overwritten`;
       this.deps.log.error(this.conflict);
       return;
@@ -186,7 +193,7 @@ export class Image {
 
   private pages(): PageMap {
     if (!this.pageMap) {
-      this.pageMap = new PageMap(this.deps.store, this.ref, PAGE_WINDOW_GRAINS * this.deps.grainSize, this.info.etag, this.info.size);
+      this.pageMap = new PageMap(this.deps.store, this.ref, PAGE_WINDOW_GRAINS * this.deps.grainSize, this.info.etag, this.info.size, () => this.leaseId === undefined);
     }
     return this.pageMap;
   }
@@ -194,6 +201,16 @@ export class Image {
   /** Bytes holding data, for st_blocks: page blobs count allocated pages (remembered per
    *  ETag) plus what waits for upload; block blobs their size. */
   async allocatedBytes(): Promise<number> {
+    try {
+      return await this.allocatedOnce();
+    } catch (e) {
+      if (!isBlobdiskError(e) || e.code !== 'ESTALE') throw e;
+      await this.refresh();
+      return this.allocatedOnce();
+    }
+  }
+
+  private async allocatedOnce(): Promise<number> {
     if (this.info.kind !== 'page') return this.size;
     const pendingBytes = this.deps.cache.dirtyOf(this.row.id).bytes;
     if (this.row.allocatedEtag === this.info.etag && this.row.allocated !== null) return Math.min(this.size, this.row.allocated + pendingBytes);

@@ -15,7 +15,13 @@ export class PageMap {
     private readonly windowBytes: number,
     private etag: string,
     private size: number,
+    /** Whether requests should carry If-Match (not while we hold the lease: changes are ours). */
+    private readonly conditional: () => boolean,
   ) {}
+
+  private condition(etag: string): { etag?: string } {
+    return this.conditional() ? { etag } : {};
+  }
 
   /** Forgets everything (the blob changed). */
   reset(etag: string, size: number): void {
@@ -54,7 +60,7 @@ export class PageMap {
       const start = w * this.windowBytes;
       const end = Math.min(this.size, start + this.windowBytes);
       const etag = this.etag;
-      loading = this.store.pageRanges(this.ref, start, end, { etag }).then(
+      loading = this.store.pageRanges(this.ref, start, end, this.condition(etag)).then(
         (ranges) => {
           if (this.etag === etag) this.windows.set(w, ranges);
           this.loading.delete(w);
@@ -73,7 +79,7 @@ export class PageMap {
   /** Lists the whole blob once and returns the allocated byte count. */
   async allocatedBytes(): Promise<number> {
     const etag = this.etag;
-    const all = await this.store.pageRanges(this.ref, 0, this.size, { etag });
+    const all = await this.store.pageRanges(this.ref, 0, this.size, this.condition(etag));
     if (this.etag === etag) {
       for (let w = 0; w * this.windowBytes < this.size; w++) this.windows.set(w, []);
       for (const r of all) {

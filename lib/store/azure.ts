@@ -290,6 +290,7 @@ export class AzureStore implements BlobStore {
       etag: etagOf(p),
       lastModified: p.lastModified ?? new Date(0),
       metadata: lowerKeys(p.metadata),
+      leased: p.leaseState === 'leased',
     };
   }
 

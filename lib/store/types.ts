@@ -27,6 +27,8 @@ export interface BlobInfo {
   readonly lastModified: Date;
   /** Metadata with lower-cased keys. */
   readonly metadata: Readonly<Record<string, string>>;
+  /** True when someone (maybe us) holds an active lease on the blob; only getInfo reports it. */
+  readonly leased?: boolean;
 }
 
 export interface Listing {

@@ -135,7 +135,9 @@ export class MemoryStore implements BlobStore {
     return out;
   }
 
-  private info = (name: string, b: MemBlob): BlobInfo => ({ name, kind: b.kind, size: b.size, etag: b.etag, lastModified: b.lastModified, metadata: { ...b.metadata } });
+  private info = (name: string, b: MemBlob): BlobInfo => ({
+    name, kind: b.kind, size: b.size, etag: b.etag, lastModified: b.lastModified, metadata: { ...b.metadata }, leased: this.activeLease(b) !== undefined,
+  });
 
   private create(op: string, ref: BlobRef, blob: MemBlob, overwrite: boolean | undefined): string {
     const c = this.container(op, ref.container);
