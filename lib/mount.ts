@@ -181,7 +181,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       account,
     );
     cleanup.push(async () => {
-      for (const image of await images.all()) image.close();
+      for (const image of await images.all()) await image.close();
     });
     const ns = new Namespace(
       store,

@@ -120,20 +120,19 @@ export class Flusher {
     return soonest;
   }
 
+  /** One pass over the images that are due; run() schedules the next one. */
   private async loop(): Promise<void> {
-    for (;;) {
-      const now = Date.now();
-      const ready = [...this.queued].filter((i) => !i.conflict && (this.backoff.get(i)?.until ?? 0) <= now);
-      for (const image of this.queued) if (image.conflict) this.queued.delete(image);
-      if (ready.length === 0 || this.stopped) return;
-      for (const image of ready) {
-        try {
-          await this.flushImage(image);
-          this.backoff.delete(image);
-          if (!image.needsUpload()) this.queued.delete(image);
-        } catch (e) {
-          this.failed(image, e);
-        }
+    const now = Date.now();
+    for (const image of this.queued) if (image.conflict) this.queued.delete(image);
+    const ready = [...this.queued].filter((i) => (this.backoff.get(i)?.until ?? 0) <= now);
+    for (const image of ready) {
+      if (this.stopped) return;
+      try {
+        await this.flushImage(image);
+        this.backoff.delete(image);
+        if (!image.needsUpload()) this.queued.delete(image);
+      } catch (e) {
+        this.failed(image, e);
       }
     }
   }
@@ -248,7 +247,14 @@ export class Flusher {
     const info = image.remote;
     const size = image.size;
     const grains = this.cache.dirtyGrains(image.id).map((idx) => ({ idx, gen: this.cache.state(image.id, idx)?.gen ?? -1 }));
-    const changed = grains.map(({ idx }) => ({ start: idx * g, end: (idx + 1) * g }));
+    // Changed bytes by dirty sector runs, so a small write does not restage a neighbouring block.
+    const changed: { start: number; end: number }[] = [];
+    for (const { idx } of grains) {
+      const dirty = this.cache.state(image.id, idx)?.dirty;
+      for (const [from, to] of dirty ? runs(dirty, sectorsOf(g)) : [[0, sectorsOf(g)] as [number, number]]) {
+        changed.push({ start: idx * g + from * SECTOR, end: idx * g + to * SECTOR });
+      }
+    }
     const intact = Math.min(image.remoteEnd, info.size);
     if (size > intact) changed.push({ start: intact, end: size });
     changed.sort((a, b) => a.start - b.start);
@@ -347,7 +353,7 @@ export class Flusher {
     const dirty = this.cache.state(image.id, idx)?.dirty;
     if (!dirty) return false;
     const g = this.options.grainSize;
-    const firstPast = Math.max(0, Math.floor((size - idx * g) / SECTOR));
+    const firstPast = Math.max(0, Math.ceil((size - idx * g) / SECTOR));
     return runs(dirty, sectorsOf(g)).some(([, to]) => to > firstPast);
   }
 

@@ -80,6 +80,8 @@ export class Image {
   private pageMap: PageMap | undefined;
   private readonly pending = new Map<number, PendingGrain>();
   private readonly locks = new Map<number, Promise<void>>();
+  /** Fetches under way, so that closing waits until their grains are in the cache. */
+  private readonly fetching = new Set<Promise<void>>();
   /** Bumped when sizes or the remote change: fetches started before must not fill the cache. */
   private epoch = 0;
   private lastEnd = -1;
@@ -456,7 +458,11 @@ export class Image {
     this.counters.fetches++;
     if (readAhead) this.counters.readAheadFetches++;
     this.deps.budget.inFlight++;
-    void this.runFetch(grains, start, end).finally(() => this.deps.budget.inFlight--);
+    const fetching = this.runFetch(grains, start, end).finally(() => {
+      this.deps.budget.inFlight--;
+      this.fetching.delete(fetching);
+    });
+    this.fetching.add(fetching);
     const head = grains[0];
     if (!head) throw new BlobdiskError('EIO', 'empty fetch');
     return head;
@@ -652,8 +658,10 @@ export class Image {
     return this.dirty;
   }
 
-  /** Forgets the lease timer (the mount is going away). */
-  close(): void {
+  /** Lets fetches under way store their grains, and stops the lease timer (the mount is
+   *  going away; the lease itself is released by releaseLease()). */
+  async close(): Promise<void> {
     this.dropLease();
+    await Promise.all(this.fetching);
   }
 }

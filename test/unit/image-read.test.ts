@@ -1,0 +1,112 @@
+import crypto from 'node:crypto';
+import { BlobdiskError } from '../../lib/errors';
+import { MemoryStore } from '../support/memory-store';
+import { harness } from '../support/image-harness';
+
+const G = 64 * 1024;
+const ref = { container: 'c', name: 'disk.img' };
+
+async function pageBlob(store: MemoryStore, size: number, writes: Array<[number, Buffer]>): Promise<void> {
+  await store.createPageBlob(ref, size);
+  for (const [at, data] of writes) await store.putPages(ref, at, data);
+}
+
+describe('Image reads', () => {
+  it('returns the blob bytes exactly, zeros where no page is, with no request for empty grains', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    const a = crypto.randomBytes(3 * G);
+    await pageBlob(store, 64 * G, [[5 * G, a]]);
+    const h = harness(store);
+    const image = await h.open(ref);
+    const before = store.counters.requests;
+    expect(await image.read(20 * G, G)).toEqual(Buffer.alloc(G));
+    expect(image.counters.zeroReads).toBe(1);
+    expect(image.counters.fetches).toBe(0);
+    expect(store.counters.bytesDown).toBe(0);
+    expect(store.counters.requests - before).toBe(1); // the page ranges of the window, once
+    expect(await image.read(5 * G - 100, 3 * G + 200)).toEqual(Buffer.concat([Buffer.alloc(100), a, Buffer.alloc(100)]));
+    expect(await image.read(64 * G - 10, 100)).toHaveLength(10);
+    expect(await image.read(64 * G, 100)).toHaveLength(0);
+    await h.close();
+  });
+
+  it('serves a hit from the cache without any request, also in a later process', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    const data = crypto.randomBytes(8 * G);
+    await store.createBlockBlob(ref);
+    await store.stageBlock(ref, Buffer.from('a').toString('base64'), data);
+    await store.commitBlockList(ref, [Buffer.from('a').toString('base64')]);
+    const first = harness(store);
+    const image = await first.open(ref);
+    expect(await image.read(0, 8 * G)).toEqual(data);
+    await first.close();
+
+    const second = harness(store, { dir: first.dir });
+    const again = await second.open(ref);
+    const requests = store.counters.requests;
+    expect(await again.read(G + 7, 5 * G)).toEqual(data.subarray(G + 7, 6 * G + 7));
+    expect(store.counters.requests).toBe(requests);
+    expect(again.counters.hits).toBeGreaterThan(0);
+    expect(again.counters.fetches).toBe(0);
+    await second.close();
+  });
+
+  it('drops cached grains when the blob changed elsewhere', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    await pageBlob(store, 4 * G, [[0, Buffer.alloc(4 * G, 1)]]);
+    const first = harness(store);
+    expect((await (await first.open(ref)).read(0, 10))[0]).toBe(1);
+    await first.close();
+    await store.putPages(ref, 0, Buffer.alloc(G, 2));
+    const second = harness(store, { dir: first.dir });
+    const image = await second.open(ref);
+    expect((await image.read(0, 10))[0]).toBe(2);
+    expect(image.counters.fetches).toBe(1);
+    await second.close();
+  });
+
+  it('shares one fetch between concurrent readers of a grain and releases each as its bytes arrive', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    const data = crypto.randomBytes(G);
+    await pageBlob(store, G, [[0, data]]);
+    const h = harness(store);
+    const image = await h.open(ref);
+    store.settings.chunkSize = G / 16;
+    store.settings.chunkDelayMs = 40;
+    const started = Date.now();
+    const early = image.read(0, 512).then((b) => ({ b, at: Date.now() - started }));
+    const late = image.read(G - 512, 512).then((b) => ({ b, at: Date.now() - started }));
+    const [e, l] = await Promise.all([early, late]);
+    expect(e.b).toEqual(data.subarray(0, 512));
+    expect(l.b).toEqual(data.subarray(G - 512));
+    expect(image.counters.fetches).toBe(1);
+    // The first bytes came with the first chunk, long before the last chunk.
+    expect(e.at).toBeLessThan(l.at - 200);
+    await h.close();
+  });
+
+  it('reads ahead of a sequential reader, in GETs covering several grains', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    const data = crypto.randomBytes(32 * G);
+    await pageBlob(store, 32 * G, [[0, data]]);
+    const h = harness(store, { readAheadGrains: 8 });
+    const image = await h.open(ref);
+    const out: Buffer[] = [];
+    for (let at = 0; at < 32 * G; at += G / 2) out.push(await image.read(at, G / 2));
+    expect(Buffer.concat(out)).toEqual(data);
+    expect(image.counters.readAheadFetches).toBeGreaterThan(0);
+    expect(image.counters.fetches).toBeLessThan(32); // grains were fetched together
+    await h.close();
+  });
+
+  it('fails a read with the store error after its retries, and the next read fetches again', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    await pageBlob(store, G, [[0, Buffer.alloc(G, 9)]]);
+    const h = harness(store);
+    const image = await h.open(ref);
+    store.failNext('read', new BlobdiskError('EIO', 'Azure is unreachable'));
+    await expect(image.read(0, 10)).rejects.toMatchObject({ code: 'EIO' });
+    expect((await image.read(0, 10))[0]).toBe(9);
+    await h.close();
+  });
+});

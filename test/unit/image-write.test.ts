@@ -1,0 +1,177 @@
+import crypto from 'node:crypto';
+import { BlobdiskError } from '../../lib/errors';
+import { MemoryStore } from '../support/memory-store';
+import { harness } from '../support/image-harness';
+
+const G = 64 * 1024;
+const page = { container: 'c', name: 'disk.img' };
+const block = { container: 'c', name: 'data.bin' };
+const id = (n: number): string => Buffer.from(String(n).padStart(8, '0')).toString('base64');
+
+describe('Image writes and the flusher', () => {
+  it('acknowledges from the cache, then uploads only the dirty sectors of a page blob', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    await store.createPageBlob(page, 16 * G);
+    await store.putPages(page, 0, Buffer.alloc(16 * G, 7));
+    const h = harness(store);
+    const image = await h.open(page);
+    const data = crypto.randomBytes(4096);
+    const up = store.counters.bytesUp;
+    await image.write(data, 3 * G + 8192);
+    expect(store.counters.bytesUp).toBe(up); // nothing uploaded yet
+    expect(image.counters.bytesDown).toBe(0); // and nothing fetched for an aligned write
+    expect(await image.read(3 * G + 8192, 4096)).toEqual(data);
+    await h.flusher.flush([image]);
+    expect(store.counters.bytesUp - up).toBe(4096);
+    const expected = Buffer.alloc(16 * G, 7);
+    data.copy(expected, 3 * G + 8192);
+    expect(store.contentOf(page)).toEqual(expected);
+    expect(image.needsUpload()).toBe(false);
+    await h.close();
+  });
+
+  it('turns a grain of zeros into Clear Pages, never an upload of zeros', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    await store.createPageBlob(page, 4 * G);
+    await store.putPages(page, 0, Buffer.alloc(4 * G, 1));
+    const h = harness(store);
+    const image = await h.open(page);
+    await image.write(Buffer.alloc(2 * G), G);
+    await h.flusher.flush([image]);
+    expect(image.counters.bytesUp).toBe(0);
+    expect(image.counters.bytesCleared).toBe(2 * G);
+    expect(await store.pageRanges(page, 0, 4 * G)).toEqual([
+      { start: 0, end: G },
+      { start: 3 * G, end: 4 * G },
+    ]);
+    await h.close();
+  });
+
+  it('keeps a grain dirty when it is written again while its upload runs', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    await store.createPageBlob(page, 4 * G);
+    const h = harness(store);
+    const image = await h.open(page);
+    await image.write(Buffer.alloc(G, 1), 0);
+    store.settings.latencyMs = 300; // every request is slow now
+    const flushing = h.flusher.flush([image]);
+    await new Promise((r) => setTimeout(r, 900)); // the lease and the Put Page are under way
+    await image.write(Buffer.alloc(512, 2), 0);
+    await flushing;
+    // The first flush has put the old bytes; the grain is still dirty with the new ones.
+    expect(h.cache.state(image.id, 0)?.dirty).not.toBeNull();
+    await h.flusher.flush([image]);
+    store.settings.latencyMs = 0;
+    const expected = Buffer.alloc(4 * G);
+    expected.fill(1, 0, G);
+    expected.fill(2, 0, 512);
+    expect(store.contentOf(page)).toEqual(expected);
+    expect(h.cache.state(image.id, 0)?.dirty).toBeNull();
+    await h.close();
+  });
+
+  it('restages only the block blob blocks that changed, whatever their foreign sizes', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    const parts = [crypto.randomBytes(3 * G + 100), crypto.randomBytes(5 * G), crypto.randomBytes(G - 1)];
+    await store.createBlockBlob(block);
+    for (const [i, p] of parts.entries()) await store.stageBlock(block, id(i), p);
+    await store.commitBlockList(block, parts.map((_, i) => id(i)));
+    const h = harness(store);
+    const image = await h.open(block);
+    const patch = Buffer.from('hello, blocks');
+    await image.write(patch, 3 * G + 1024); // inside the second block only (sectors are the unit)
+    await h.flusher.flush([image]);
+    const expected = Buffer.concat(parts);
+    patch.copy(expected, 3 * G + 1024);
+    expect(store.contentOf(block)).toEqual(expected);
+    const list = await store.blockList(block);
+    expect(list[0]?.id).toBe(id(0));
+    expect(list[list.length - 1]?.id).toBe(id(2));
+    expect(list.map((b) => b.size).reduce((a, b) => a + b, 0)).toBe(expected.length);
+    expect(new Set(list.map((b) => Buffer.from(b.id, 'base64').length)).size).toBe(1); // equal id lengths
+    await h.close();
+  });
+
+  it('grows and shrinks both kinds, unaligned, and regrown bytes read as zeros', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    await store.createPageBlob(page, 2 * G);
+    await store.putPages(page, 0, Buffer.alloc(2 * G, 5));
+    await store.createBlockBlob(block);
+    await store.stageBlock(block, id(1), Buffer.alloc(2 * G, 5));
+    await store.commitBlockList(block, [id(1)]);
+    const h = harness(store);
+    for (const ref of [page, block]) {
+      const image = await h.open(ref);
+      await image.truncate(1000);
+      await image.truncate(3 * G + 7);
+      const expected = Buffer.alloc(3 * G + 7);
+      expected.fill(5, 0, 1000);
+      expect(await image.read(0, 4 * G)).toEqual(expected);
+      await h.flusher.flush([image]);
+      const info = await store.getInfo(ref);
+      if (ref === page) {
+        expect(info.size).toBe(3 * G + 512);
+        expect(info.metadata.blobdisk_size).toBe(String(3 * G + 7));
+        expect(store.contentOf(ref).subarray(0, 3 * G + 7)).toEqual(expected);
+        expect(store.contentOf(ref).subarray(3 * G + 7)).toEqual(Buffer.alloc(505));
+      } else {
+        expect(store.contentOf(ref)).toEqual(expected);
+      }
+    }
+    await h.close();
+  });
+
+  it('writes unaligned bytes over what the blob holds (read-modify-write of the sectors)', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    const original = crypto.randomBytes(2 * G);
+    await store.createBlockBlob(block);
+    await store.stageBlock(block, id(1), original);
+    await store.commitBlockList(block, [id(1)]);
+    const h = harness(store);
+    const image = await h.open(block);
+    await image.write(Buffer.from('xyz'), 7);
+    await image.write(Buffer.from('tail'), 2 * G); // appends past the end
+    const expected = Buffer.concat([original, Buffer.from('tail')]);
+    expected.write('xyz', 7);
+    expect(await image.read(0, 3 * G)).toEqual(expected);
+    await h.flusher.flush([image]);
+    expect(store.contentOf(block)).toEqual(expected);
+    await h.close();
+  });
+
+  it('fails writes with ENOSPC when the cache stays full of data Azure does not take, and loses nothing', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    await store.createPageBlob(page, 16 * G);
+    const h = harness(store, { cacheBytes: 4 * G, dirtyWaitMs: 300, writeBackDelayMs: 10 });
+    const image = await h.open(page);
+    store.failNext('putPages', new BlobdiskError('EIO', 'Azure is down'), Infinity);
+    for (let i = 0; i < 4; i++) await image.write(Buffer.alloc(G, i + 1), i * G);
+    await expect(image.write(Buffer.alloc(G, 9), 4 * G)).rejects.toMatchObject({ code: 'ENOSPC' });
+    store.clearFaults();
+    await h.flusher.flush([image]);
+    const content = store.contentOf(page);
+    for (let i = 0; i < 4; i++) expect(content.subarray(i * G, (i + 1) * G)).toEqual(Buffer.alloc(G, i + 1));
+    await image.write(Buffer.alloc(G, 9), 4 * G); // room again once uploaded
+    await h.close();
+  });
+
+  it('uploads after a crash what an earlier process left dirty', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    await store.createPageBlob(page, 4 * G);
+    const first = harness(store);
+    const image = await first.open(page);
+    await image.write(Buffer.alloc(G, 3), G);
+    await image.fsync();
+    // The process dies here: no flush, no close of the flusher. Only files and the map remain.
+    first.flusher.stop();
+    first.map.close();
+
+    const second = harness(store, { dir: first.dir });
+    expect(second.map.imagesWithDirtyGrains().map((r) => r.name)).toEqual(['disk.img']);
+    const again = await second.open(page);
+    expect(again.conflict).toBeUndefined(); // still leased to this cache's lease id
+    await second.flusher.flush([again]);
+    expect(store.contentOf(page).subarray(G, 2 * G)).toEqual(Buffer.alloc(G, 3));
+    await second.close();
+  });
+});
