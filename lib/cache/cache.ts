@@ -79,6 +79,7 @@ export class GrainCache {
   private readonly lru = new Map<string, Entry>();
   private readonly touched = new Map<string, { imageId: number; idx: number; at: number }>();
   private readonly files = new Map<string, Promise<fsp.FileHandle>>();
+  private readonly dirs = new Set<string>();
   private readonly timer: NodeJS.Timeout;
   private readonly grainSize: number;
   readonly stats: CacheStats = { usedBytes: 0, dirtyBytes: 0, grains: 0, evictions: 0, corruptions: 0 };
@@ -221,7 +222,7 @@ export class GrainCache {
       return handle;
     }
     const file = this.fileOf(imageId, idx);
-    handle = fsp.mkdir(path.dirname(file), { recursive: true }).then(() => fsp.open(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600));
+    handle = this.ensureDir(path.dirname(file)).then(() => fsp.open(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600));
     handle.catch(() => this.files.delete(key));
     this.files.set(key, handle);
     while (this.files.size > MAX_OPEN_FILES) {
@@ -230,6 +231,11 @@ export class GrainCache {
       closeLater(old);
     }
     return handle;
+  }
+
+  private ensureDir(dir: string): Promise<void> {
+    if (this.dirs.has(dir)) return Promise.resolve();
+    return fsp.mkdir(dir, { recursive: true }).then(() => void this.dirs.add(dir));
   }
 
   private closeFile(key: string): void {
@@ -249,7 +255,7 @@ export class GrainCache {
       if (!(await this.makeRoom(this.grainSize, false))) return false;
       if (this.lru.has(key)) return this.fill(imageId, idx, data);
       const file = this.fileOf(imageId, idx);
-      await fsp.mkdir(path.dirname(file), { recursive: true });
+      await this.ensureDir(path.dirname(file));
       // Write aside and rename, so a reader holding the old file never sees a half-written one.
       const partial = `${file}.partial`;
       await fsp.writeFile(partial, data);
@@ -421,7 +427,9 @@ export class GrainCache {
   /** Drops every grain of an image, dirty ones too (its blob was deleted). */
   async dropImage(imageId: number): Promise<void> {
     await this.drop([...this.lru.values()].filter((e) => e.imageId === imageId));
-    await fsp.rm(path.join(this.options.dir, 'grains', String(imageId)), { recursive: true, force: true });
+    const dir = path.join(this.options.dir, 'grains', String(imageId));
+    this.dirs.delete(dir);
+    await fsp.rm(dir, { recursive: true, force: true });
   }
 
   /** Bytes of an image held in the cache. */

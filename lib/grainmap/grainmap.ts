@@ -54,9 +54,20 @@ const toGrain = (r: RawGrain): GrainRow => ({
 
 export class GrainMap {
   private readonly db: Database.Database;
+  private readonly statements = new Map<string, Database.Statement>();
 
   private constructor(db: Database.Database) {
     this.db = db;
+  }
+
+  /** Prepared once per SQL text: preparing costs more than running on the write path. */
+  private sql(text: string): Database.Statement {
+    let statement = this.statements.get(text);
+    if (!statement) {
+      statement = this.db.prepare(text);
+      this.statements.set(text, statement);
+    }
+    return statement;
   }
 
   /** Opens (creating when new) the grain map at `file`. A map written for another grain
@@ -79,7 +90,7 @@ export class GrainMap {
   }
 
   private prepare(grainSize: number): void {
-    const hasMeta = this.db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").get();
+    const hasMeta = this.sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").get();
     if (!hasMeta) {
       this.db.transaction(() => {
         this.db.exec(SCHEMA);
@@ -117,36 +128,34 @@ export class GrainMap {
   }
 
   private getMeta(key: string): string | undefined {
-    const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined;
+    const row = this.sql('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined;
     return row?.value;
   }
 
   private setMeta(key: string, value: string): void {
-    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, value);
+    this.sql('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, value);
   }
 
   /** The schema SQLite reports, for the test that pins it. */
   schemaSql(): string[] {
-    const rows = this.db.prepare("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name").all() as { sql: string }[];
+    const rows = this.sql("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name").all() as { sql: string }[];
     return rows.map((r) => r.sql);
   }
 
   image(account: string, container: string, name: string): ImageRow | undefined {
-    const r = this.db
-      .prepare('SELECT * FROM images WHERE account = ? AND container = ? AND name = ?')
+    const r = this.sql('SELECT * FROM images WHERE account = ? AND container = ? AND name = ?')
       .get(account, container, name) as RawImage | undefined;
     return r && toImage(r);
   }
 
   imageById(id: number): ImageRow | undefined {
-    const r = this.db.prepare('SELECT * FROM images WHERE id = ?').get(id) as RawImage | undefined;
+    const r = this.sql('SELECT * FROM images WHERE id = ?').get(id) as RawImage | undefined;
     return r && toImage(r);
   }
 
   /** Returns the image's row, inserting it (with no ETag: nothing cached yet) when new. */
   ensureImage(account: string, container: string, name: string, kind: BlobKind, size: number): ImageRow {
-    this.db
-      .prepare('INSERT INTO images (account, container, name, kind, size) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING')
+    this.sql('INSERT INTO images (account, container, name, kind, size) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING')
       .run(account, container, name, kind, size);
     const row = this.image(account, container, name);
     if (!row) throw new BlobdiskError('EIO', `grain map lost the row of ${container}/${name}`);
@@ -168,27 +177,26 @@ export class GrainMap {
       }
     }
     if (sets.length === 0) return;
-    this.db.prepare(`UPDATE images SET ${sets.join(', ')} WHERE id = ?`).run(...values, id);
+    this.sql(`UPDATE images SET ${sets.join(', ')} WHERE id = ?`).run(...values, id);
   }
 
   /** Every grain row, least recently used first (to rebuild the cache index at mount). */
   allGrains(): GrainRow[] {
-    return (this.db.prepare('SELECT * FROM grains ORDER BY last_access, image_id, idx').all() as RawGrain[]).map(toGrain);
+    return (this.sql('SELECT * FROM grains ORDER BY last_access, image_id, idx').all() as RawGrain[]).map(toGrain);
   }
 
   grainsOf(imageId: number): GrainRow[] {
-    return (this.db.prepare('SELECT * FROM grains WHERE image_id = ? ORDER BY idx').all(imageId) as RawGrain[]).map(toGrain);
+    return (this.sql('SELECT * FROM grains WHERE image_id = ? ORDER BY idx').all(imageId) as RawGrain[]).map(toGrain);
   }
 
   grain(imageId: number, idx: number): GrainRow | undefined {
-    const r = this.db.prepare('SELECT * FROM grains WHERE image_id = ? AND idx = ?').get(imageId, idx) as RawGrain | undefined;
+    const r = this.sql('SELECT * FROM grains WHERE image_id = ? AND idx = ?').get(imageId, idx) as RawGrain | undefined;
     return r && toGrain(r);
   }
 
   /** Writes a grain's whole row (insert or replace). */
   putGrain(row: GrainRow): void {
-    this.db
-      .prepare(
+    this.sql(
         `INSERT INTO grains (image_id, idx, length, checksum, valid, dirty, last_access) VALUES (?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (image_id, idx) DO UPDATE SET length = excluded.length, checksum = excluded.checksum,
            valid = excluded.valid, dirty = excluded.dirty, last_access = excluded.last_access`,
@@ -198,26 +206,25 @@ export class GrainMap {
 
   /** Remembers an ETag one of our uploads produced (the last 64 per image are kept). */
   recordEtag(imageId: number, etag: string): void {
-    this.db.prepare('INSERT OR REPLACE INTO etags (image_id, etag, at) VALUES (?, ?, ?)').run(imageId, etag, Date.now());
-    this.db
-      .prepare('DELETE FROM etags WHERE image_id = ? AND etag NOT IN (SELECT etag FROM etags WHERE image_id = ? ORDER BY at DESC LIMIT 64)')
+    this.sql('INSERT OR REPLACE INTO etags (image_id, etag, at) VALUES (?, ?, ?)').run(imageId, etag, Date.now());
+    this.sql('DELETE FROM etags WHERE image_id = ? AND etag NOT IN (SELECT etag FROM etags WHERE image_id = ? ORDER BY at DESC LIMIT 64)')
       .run(imageId, imageId);
   }
 
   isOurEtag(imageId: number, etag: string): boolean {
-    return this.db.prepare('SELECT 1 FROM etags WHERE image_id = ? AND etag = ?').get(imageId, etag) !== undefined;
+    return this.sql('SELECT 1 FROM etags WHERE image_id = ? AND etag = ?').get(imageId, etag) !== undefined;
   }
 
   /** Images that hold grains not yet uploaded (to drain after a crash). */
   imagesWithDirtyGrains(): ImageRow[] {
     return (
-      this.db.prepare('SELECT * FROM images WHERE id IN (SELECT DISTINCT image_id FROM grains WHERE dirty IS NOT NULL) ORDER BY id').all() as RawImage[]
+      this.sql('SELECT * FROM images WHERE id IN (SELECT DISTINCT image_id FROM grains WHERE dirty IS NOT NULL) ORDER BY id').all() as RawImage[]
     ).map(toImage);
   }
 
   /** Forgets an image and all its grains (the blob was deleted). */
   deleteImage(id: number): void {
-    this.db.prepare('DELETE FROM images WHERE id = ?').run(id);
+    this.sql('DELETE FROM images WHERE id = ?').run(id);
   }
 
   /** Makes every committed change durable on disk (fsync of the WAL), for fsync(). */
@@ -243,8 +250,7 @@ export class GrainMap {
 
   /** Records a complete, clean grain in the cache. */
   putClean(imageId: number, idx: number, length: number, checksum: number, now: number): void {
-    this.db
-      .prepare(
+    this.sql(
         `INSERT INTO grains (image_id, idx, length, checksum, valid, dirty, last_access) VALUES (?, ?, ?, ?, NULL, NULL, ?)
          ON CONFLICT (image_id, idx) DO UPDATE SET length = excluded.length, checksum = excluded.checksum,
            valid = NULL, dirty = NULL, last_access = excluded.last_access`,
@@ -255,7 +261,7 @@ export class GrainMap {
   /** Forgets grains (their files are gone or about to go). */
   deleteGrains(keys: ReadonlyArray<{ imageId: number; idx: number }>): void {
     if (keys.length === 0) return;
-    const del = this.db.prepare('DELETE FROM grains WHERE image_id = ? AND idx = ?');
+    const del = this.sql('DELETE FROM grains WHERE image_id = ? AND idx = ?');
     this.db.transaction(() => {
       for (const k of keys) del.run(k.imageId, k.idx);
     })();
@@ -264,14 +270,14 @@ export class GrainMap {
   /** Writes the access times gathered since the last call, in one transaction. */
   touch(entries: ReadonlyArray<{ imageId: number; idx: number; at: number }>): void {
     if (entries.length === 0) return;
-    const upd = this.db.prepare('UPDATE grains SET last_access = ? WHERE image_id = ? AND idx = ?');
+    const upd = this.sql('UPDATE grains SET last_access = ? WHERE image_id = ? AND idx = ?');
     this.db.transaction(() => {
       for (const e of entries) upd.run(e.at, e.imageId, e.idx);
     })();
   }
 
   dirtyGrainCount(): number {
-    const row = this.db.prepare('SELECT count(*) AS n FROM grains WHERE dirty IS NOT NULL').get() as { n: number };
+    const row = this.sql('SELECT count(*) AS n FROM grains WHERE dirty IS NOT NULL').get() as { n: number };
     return row.n;
   }
 
