@@ -80,6 +80,8 @@ export class GrainCache {
   private readonly touched = new Map<string, { imageId: number; idx: number; at: number }>();
   private readonly files = new Map<string, Promise<fsp.FileHandle>>();
   private readonly dirs = new Set<string>();
+  /** Room makeRoom() promised to grains whose files are still being written (not yet in usedBytes). */
+  private reserved = 0;
   private readonly timer: NodeJS.Timeout;
   private readonly grainSize: number;
   readonly stats: CacheStats = { usedBytes: 0, dirtyBytes: 0, grains: 0, evictions: 0, corruptions: 0 };
@@ -253,19 +255,23 @@ export class GrainCache {
     const entry = this.lru.get(key);
     if (!entry) {
       if (!(await this.makeRoom(this.grainSize, false))) return false;
-      if (this.lru.has(key)) return this.fill(imageId, idx, data);
-      const file = this.fileOf(imageId, idx);
-      await this.ensureDir(path.dirname(file));
-      // Write aside and rename, so a reader holding the old file never sees a half-written one.
-      const partial = `${file}.partial`;
-      await fsp.writeFile(partial, data);
-      await fsp.rename(partial, file);
-      this.closeFile(key);
-      if (this.lru.has(key)) return true; // a write arrived meanwhile; it owns the grain now
-      const fresh: Entry = { imageId, idx, checksum: zlib.crc32(data), valid: null, dirty: null, gen: 0, uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
-      this.insert(fresh);
-      this.persist(fresh);
-      return true;
+      try {
+        if (this.lru.has(key)) return await this.fill(imageId, idx, data);
+        const file = this.fileOf(imageId, idx);
+        await this.ensureDir(path.dirname(file));
+        // Write aside and rename, so a reader holding the old file never sees a half-written one.
+        const partial = `${file}.partial`;
+        await fsp.writeFile(partial, data);
+        await fsp.rename(partial, file);
+        this.closeFile(key);
+        if (this.lru.has(key)) return true; // a write arrived meanwhile; it owns the grain now
+        const fresh: Entry = { imageId, idx, checksum: zlib.crc32(data), valid: null, dirty: null, gen: 0, uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
+        this.insert(fresh);
+        this.persist(fresh);
+        return true;
+      } finally {
+        this.reserved -= this.grainSize;
+      }
     }
     if (entry.valid === null) return true;
     const handle = await this.open(imageId, idx);
@@ -288,6 +294,7 @@ export class GrainCache {
       if (!(await this.makeRoom(this.grainSize, true, waitMs))) {
         throw new BlobdiskError('ENOSPC', `the cache is full of data not yet uploaded (${this.stats.dirtyBytes} bytes); the upload to Azure is not keeping up or Azure is unreachable`);
       }
+      this.reserved -= this.grainSize;
       entry = this.lru.get(key);
       if (!entry) {
         entry = { imageId, idx, checksum: null, valid: emptyBitmap(this.grainSize), dirty: null, gen: 0, uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
@@ -383,7 +390,7 @@ export class GrainCache {
     const until = Date.now() + waitMs;
     for (;;) {
       const victims: Entry[] = [];
-      let free = this.options.sizeBytes - this.stats.usedBytes;
+      let free = this.options.sizeBytes - this.stats.usedBytes - this.reserved;
       for (const entry of this.lru.values()) {
         if (free >= bytes) break;
         if (entry.dirty) continue;
@@ -391,6 +398,9 @@ export class GrainCache {
         free += this.grainSize;
       }
       if (free >= bytes) {
+        // Claim the room before awaiting: until the caller inserts its grain, concurrent
+        // callers must not count the same free bytes again. The caller gives it back.
+        this.reserved += bytes;
         this.stats.evictions += victims.length;
         await this.drop(victims);
         return true;

@@ -13,11 +13,6 @@ export async function mountCommand(args: MountArgs, io: Io): Promise<number> {
   const log = createLogger(options.logLevel, io.stderr);
   const mounted = await mount(options, log);
   const what = options.container !== undefined ? `container ${options.container}` : 'all containers';
-  say(
-    io,
-    `mounted ${what} at ${options.mountpoint} (cache ${options.cache.dir}, ${formatSize(options.cache.sizeBytes)}, grain ${formatSize(options.cache.grainSize)}` +
-      `${options.readOnly ? ', read-only' : ''}); Ctrl-C or 'blobdisk unmount ${options.mountpoint}' to stop`,
-  );
   const stop = (signal: string): void => {
     log.info(`${signal}: uploading what is left, then unmounting ${options.mountpoint}`);
     const progress = uploadProgress(io, 'draining');
@@ -27,6 +22,11 @@ export async function mountCommand(args: MountArgs, io: Io): Promise<number> {
   const onTerm = (): void => stop('SIGTERM');
   process.on('SIGINT', onInt);
   process.on('SIGTERM', onTerm);
+  say(
+    io,
+    `mounted ${what} at ${options.mountpoint} (cache ${options.cache.dir}, ${formatSize(options.cache.sizeBytes)}, grain ${formatSize(options.cache.grainSize)}` +
+      `${options.readOnly ? ', read-only' : ''}); Ctrl-C or 'blobdisk unmount ${options.mountpoint}' to stop`,
+  );
   let result;
   try {
     result = await mounted.ended;

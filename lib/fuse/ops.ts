@@ -108,9 +108,10 @@ export function createOperations(ns: Namespace, handles: Handles, options: OpsOp
     unlink: (path, cb) => reply('unlink', path, ns.unlink(path), cb),
     mkdir: (path, _mode, cb) => reply('mkdir', path, ns.mkdir(path), cb),
     rmdir: (path, cb) => reply('rmdir', path, ns.rmdir(path), cb),
+    rename: (path, dest, cb) => reply('rename', path, ns.rename(path, dest), cb),
     // Mode, owner and times are not kept in Azure: accepted and left as they are (see README).
-    chmod: (_path, _mode, cb) => cb(0),
-    chown: (_path, _uid, _gid, cb) => cb(0),
-    utimens: (_path, _atime, _mtime, cb) => cb(0),
+    chmod: (path, _mode, cb) => reply('chmod', path, ns.setAttributes(path), cb),
+    chown: (path, _uid, _gid, cb) => reply('chown', path, ns.setAttributes(path), cb),
+    utimens: (path, _atime, _mtime, cb) => reply('utimens', path, ns.setAttributes(path), cb),
   };
 }

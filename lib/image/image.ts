@@ -143,9 +143,12 @@ export class Image {
    *  yet uploaded that is a conflict. While we hold the lease, changes are our own. */
   async revalidate(info: BlobInfo): Promise<void> {
     const changed = this.row.etag !== info.etag && !this.deps.map.isOurEtag(this.row.id, info.etag);
-    if (!changed || this.leaseId !== undefined) {
+    // Under our lease every change is ours, and the flusher keeps `info` current; a listing
+    // or a HEAD that raced with an upload could only be older.
+    if (this.leaseId !== undefined) return;
+    if (!changed) {
       this.info = info;
-      if (changed) this.setRow({ etag: info.etag });
+      if (this.row.etag !== info.etag) this.setRow({ etag: info.etag }); // one of our own uploads
       return;
     }
     if (this.row.etag !== null && this.dirty) {

@@ -153,10 +153,12 @@ export class Namespace {
     const loc = this.locate(path);
     const writable = !this.options.readOnly && info.kind !== 'append';
     const ref = { container: loc.container ?? '', name: loc.name };
-    const open = await this.images.peek(ref);
-    if (open) return { type: 'file', size: open.size, blocks: Math.ceil((await open.allocatedBytes()) / 512), mtime: open.mtime, writable };
-    if (info.kind === 'page') {
-      const image = await this.images.get(ref, info, false);
+    const image = (await this.images.peek(ref)) ?? (info.kind === 'page' ? await this.images.get(ref, info, false) : undefined);
+    if (image) {
+      // The listing is at most attrTtlMs old. When it shows a newer blob than the image last
+      // heard of, the blob changed elsewhere: let the image adopt it (revalidate keeps local
+      // changes and reports a conflict), or stat keeps the old size until the next open.
+      if (info.etag !== image.etag && info.lastModified > image.remote.lastModified) await image.revalidate(info);
       return { type: 'file', size: image.size, blocks: Math.ceil((await image.allocatedBytes()) / 512), mtime: image.mtime, writable };
     }
     const size = logicalSize(info);
@@ -174,6 +176,19 @@ export class Namespace {
 
   private checkWritable(path: string): void {
     if (this.options.readOnly) throw new BlobdiskError('EROFS', `the mount is read-only (${path})`);
+  }
+
+  /** Mode, owner and times are not kept in Azure: accepted (and ignored) on a writable
+   *  mount, EROFS on a read-only one, ENOENT when nothing is at `path`. */
+  async setAttributes(path: string): Promise<void> {
+    this.checkWritable(path);
+    await this.lookup(path);
+  }
+
+  /** Renaming is not implemented yet: EROFS on a read-only mount, else ENOTSUP. */
+  async rename(path: string, _dest: string): Promise<void> {
+    this.checkWritable(path);
+    throw new BlobdiskError('ENOTSUP', `renaming is not supported yet (${path})`);
   }
 
   /** A blob reference for a new entry at `path`; EINVAL for names Azure cannot take. */
@@ -291,6 +306,17 @@ export class Namespace {
     const entry = await this.lookup(path);
     if (entry.type === 'dir') throw new BlobdiskError('EISDIR', `${path} is a directory`);
     const ref = { container: loc.container, name: loc.name };
-    return this.images.get(ref, await this.store.getInfo(ref), true);
+    let info: BlobInfo;
+    try {
+      info = await this.store.getInfo(ref);
+    } catch (e) {
+      // Azure unreachable: an image this mount already knows keeps working from the cache
+      // (reads of cached data, writes until the cache is full of data not yet uploaded).
+      const known = isBlobdiskError(e) && e.code === 'EIO' ? await this.images.peek(ref) : undefined;
+      if (!known) throw e;
+      this.log.warn(`cannot reach Azure to check ${loc.container}/${loc.name} (${(e as Error).message}); using what this mount knows of it`);
+      return known;
+    }
+    return this.images.get(ref, info, true);
   }
 }
