@@ -85,8 +85,15 @@ export class Namespace {
     const key = `${container}\0${prefix}`;
     const cached = this.listings.get(key);
     if (cached) {
-      const fresh = cached.then((l) => (l.expires >= Date.now() ? l : undefined));
-      return fresh.then((l) => l ?? this.relist(key, container, prefix));
+      return cached.then((old) => {
+        if (old.expires >= Date.now()) return old;
+        // Past its time: ask again, but when Azure cannot be reached the old answer beats none.
+        return this.relist(key, container, prefix).catch((e: unknown) => {
+          if (!isBlobdiskError(e) || e.code !== 'EIO') throw e;
+          this.listings.set(key, Promise.resolve(old));
+          return old;
+        });
+      });
     }
     return this.relist(key, container, prefix);
   }
