@@ -165,7 +165,7 @@ export class Namespace {
       // The listing is at most attrTtlMs old. When it shows a newer blob than the image last
       // heard of, the blob changed elsewhere: let the image adopt it (revalidate keeps local
       // changes and reports a conflict), or stat keeps the old size until the next open.
-      if (info.etag !== image.etag && info.lastModified > image.remote.lastModified) await image.revalidate(info);
+      if (info.etag !== image.etag && info.lastModified >= image.remote.lastModified) await image.revalidate(info);
       return { type: 'file', size: image.size, blocks: Math.ceil((await image.allocatedBytes()) / 512), mtime: image.mtime, writable };
     }
     const size = logicalSize(info);
