@@ -220,7 +220,15 @@ export class Image {
     const pendingBytes = this.deps.cache.dirtyOf(this.row.id).bytes;
     if (this.row.allocatedEtag === this.info.etag && this.row.allocated !== null) return Math.min(this.size, this.row.allocated + pendingBytes);
     const etag = this.info.etag;
-    const allocated = await this.pages().allocatedBytes();
+    let allocated: number;
+    try {
+      allocated = await this.pages().allocatedBytes();
+    } catch (e) {
+      // st_blocks is advisory: with Azure unreachable, stat (and so every open) answers from
+      // what this mount last knew instead of failing with EIO.
+      if (!isBlobdiskError(e) || e.code !== 'EIO') throw e;
+      return Math.min(this.size, Math.max(this.row.allocated ?? 0, this.cachedBytes()) + pendingBytes);
+    }
     if (this.info.etag === etag) this.setRow({ allocated, allocatedEtag: etag });
     return Math.min(this.size, allocated + pendingBytes);
   }
