@@ -1,0 +1,150 @@
+/* The write benchmark (issue: write-behind). In one run on this machine, as ratios against
+ * baselines measured in the same run:
+ *   1. sequential write acknowledged by blobdisk vs the bare in-memory FUSE filesystem
+ *   2. drain rate of `blobdisk flush` vs a parallel SDK Put Page of the same bytes
+ *   3. fio 4 KiB random writes for 20 s: IOPS, and bytes uploaded per byte written
+ *   4. bytes uploaded for `truncate -s 10G` (none) and for mkfs.ext4 of it
+ * Writes .bench/write.json. Run: npm run bench (after the read benchmark) or
+ * node dist/bench/write.js. */
+
+import { BlobServiceClient } from '@azure/storage-blob';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startAzurite } from '../lib/azurite';
+import { Daemon, MB, MiB, median, round, run, runOk, table } from './lib';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const BIN = path.join(ROOT, 'bin', 'blobdisk');
+const SIZE = 256 * MiB;
+const REPEAT = 3;
+
+async function status(mnt: string): Promise<{ bytesUp: number; totals: { bytesUp: number; bytesCleared: number } }> {
+  const r = await runOk(process.execPath, [BIN, 'status', mnt, '--json']);
+  return JSON.parse(r.stdout) as { bytesUp: number; totals: { bytesUp: number; bytesCleared: number } };
+}
+
+async function mountBlobdisk(mnt: string, cs: string, cacheDir: string): Promise<Daemon> {
+  fs.mkdirSync(mnt, { recursive: true });
+  return Daemon.start('blobdisk', process.execPath, [BIN, 'mount', mnt, '--connection-string', cs, '--container', 'bench', '--cache-dir', cacheDir, '--log-level', 'warn'], /blobdisk: mounted /, process.env);
+}
+
+async function ddWrite(file: string, source: string, extra: string[] = []): Promise<number> {
+  const r = await runOk('dd', [`if=${source}`, `of=${file}`, 'bs=1M', ...extra], { timeoutMs: 600_000 });
+  return SIZE / MB / (r.ms / 1000);
+}
+
+async function main(): Promise<void> {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'blobdisk-wbench-'));
+  const source = path.join(work, 'source.bin');
+  fs.writeFileSync(source, Buffer.concat(Array.from({ length: SIZE / MiB }, () => require('node:crypto').randomBytes(MiB))));
+  const azurite = await startAzurite({ inMemory: true });
+  const service = BlobServiceClient.fromConnectionString(azurite.connectionString);
+  await service.getContainerClient('bench').create();
+  const results: Record<string, unknown> = {};
+  const daemons: Daemon[] = [];
+  try {
+    // 1. sequential writes: bare FUSE vs blobdisk (acknowledged, before any upload finishes)
+    const bareMnt = path.join(work, 'bare');
+    fs.mkdirSync(bareMnt);
+    const bare = await Daemon.start('barewrite', process.execPath, [path.join(__dirname, 'barewrite.js'), bareMnt], /barewrite: mounted/, process.env);
+    daemons.push(bare);
+    const bareRates: number[] = [];
+    for (let i = 0; i < REPEAT; i++) bareRates.push(await ddWrite(path.join(bareMnt, 'file'), source, ['conv=notrunc']));
+    await bare.stop();
+
+    const mnt = path.join(work, 'mnt');
+    const blob = await mountBlobdisk(mnt, azurite.connectionString, path.join(work, 'cache'));
+    daemons.push(blob);
+    const writeRates: number[] = [];
+    const drainRates: number[] = [];
+    for (let i = 0; i < REPEAT; i++) {
+      const file = path.join(mnt, `seq-${i}.img`);
+      writeRates.push(await ddWrite(file, source));
+      const before = (await status(mnt)).bytesUp;
+      const flush = await runOk(process.execPath, [BIN, 'flush', mnt], { timeoutMs: 600_000 });
+      const up = (await status(mnt)).bytesUp - before;
+      drainRates.push(up / MB / (flush.ms / 1000));
+    }
+
+    // 2. the SDK's own parallel Put Page of the same bytes
+    const sdkRates: number[] = [];
+    const data = fs.readFileSync(source);
+    for (let i = 0; i < REPEAT; i++) {
+      const client = service.getContainerClient('bench').getPageBlobClient(`sdk-${i}.img`);
+      await client.create(SIZE);
+      const started = process.hrtime.bigint();
+      const parts = Array.from({ length: SIZE / (4 * MiB) }, (_, k) => k);
+      let next = 0;
+      await Promise.all(
+        Array.from({ length: 8 }, async () => {
+          while (next < parts.length) {
+            const k = parts[next++] as number;
+            await client.uploadPages(data.subarray(k * 4 * MiB, (k + 1) * 4 * MiB), k * 4 * MiB, 4 * MiB);
+          }
+        }),
+      );
+      sdkRates.push(SIZE / MB / (Number(process.hrtime.bigint() - started) / 1e9));
+    }
+
+    // 3. fio random 4 KiB writes for 20 s on a 1 GiB image, then the upload they caused
+    await runOk('truncate', ['-s', '1G', path.join(mnt, 'fio.img')]);
+    await runOk(process.execPath, [BIN, 'flush', mnt]);
+    const upBefore = (await status(mnt)).totals;
+    const fio = await runOk(
+      'fio',
+      ['--name=rand', `--filename=${path.join(mnt, 'fio.img')}`, '--rw=randwrite', '--bs=4k', '--size=1G', '--runtime=20', '--time_based', '--ioengine=psync', '--direct=1', '--output-format=json'],
+      { timeoutMs: 120_000 },
+    );
+    const job = (JSON.parse(fio.stdout) as { jobs: { write: { iops: number; io_bytes: number } }[] }).jobs[0];
+    await runOk(process.execPath, [BIN, 'flush', mnt], { timeoutMs: 600_000 });
+    const upAfter = (await status(mnt)).totals;
+    const fioUp = upAfter.bytesUp + upAfter.bytesCleared - upBefore.bytesUp - upBefore.bytesCleared;
+
+    // 4. truncate -s 10G uploads nothing; mkfs.ext4 uploads little
+    const t0 = (await status(mnt)).totals.bytesUp;
+    await runOk('truncate', ['-s', '10G', path.join(mnt, 'fs.img')]);
+    await runOk(process.execPath, [BIN, 'flush', mnt]);
+    const t1 = (await status(mnt)).totals.bytesUp;
+    await runOk('mkfs.ext4', ['-q', '-F', path.join(mnt, 'fs.img')], { timeoutMs: 300_000 });
+    await runOk(process.execPath, [BIN, 'flush', mnt], { timeoutMs: 300_000 });
+    const t2 = (await status(mnt)).totals.bytesUp;
+    await blob.stop();
+
+    const w = median(writeRates);
+    const b = median(bareRates);
+    const d = median(drainRates);
+    const s = median(sdkRates);
+    Object.assign(results, {
+      sequentialWriteMBps: round(w, 1), bareFuseWriteMBps: round(b, 1), writeRatio: round(w / b),
+      drainMBps: round(d, 1), sdkPutPageMBps: round(s, 1), drainRatio: round(d / s),
+      fioIops: round(job?.write.iops ?? 0, 0), fioBytesWritten: job?.write.io_bytes ?? 0, fioBytesUploaded: fioUp,
+      uploadAmplification: round(fioUp / Math.max(1, job?.write.io_bytes ?? 1)),
+      truncate10GBytesUp: t1 - t0, mkfsBytesUp: t2 - t1,
+    });
+    process.stdout.write(
+      `${table(
+        ['measure', 'blobdisk', 'baseline', 'ratio'],
+        [
+          ['sequential write, MB/s (256 MiB, dd bs=1M)', round(w, 1), `${round(b, 1)} bare FUSE`, round(w / b)],
+          ['drain by blobdisk flush, MB/s', round(d, 1), `${round(s, 1)} SDK Put Page x8`, round(d / s)],
+          ['fio randwrite 4k, 20 s, IOPS', round(job?.write.iops ?? 0, 0), '-', '-'],
+          ['bytes uploaded / bytes written by fio', `${round(fioUp / MiB, 1)} MiB / ${round((job?.write.io_bytes ?? 0) / MiB, 1)} MiB`, '-', round(fioUp / Math.max(1, job?.write.io_bytes ?? 1))],
+          ['bytes uploaded by truncate -s 10G', t1 - t0, '-', '-'],
+          ['bytes uploaded by mkfs.ext4 of it', `${round((t2 - t1) / MiB, 1)} MiB`, '-', '-'],
+        ],
+      )}\n`,
+    );
+    fs.mkdirSync(path.join(ROOT, '.bench'), { recursive: true });
+    fs.writeFileSync(path.join(ROOT, '.bench', 'write.json'), `${JSON.stringify(results, null, 2)}\n`);
+  } finally {
+    for (const dmn of daemons) if (dmn.running) await dmn.stop();
+    await azurite.stop();
+    await run('rm', ['-rf', work]);
+  }
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`write benchmark failed: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exitCode = 1;
+});
