@@ -10,6 +10,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
+import { isAlive } from './pid';
 
 export interface AzuriteOptions {
   /** Data directory (disk mode). Ignored with `inMemory`. */
@@ -92,14 +93,6 @@ function waitForExit(child: ChildProcess, ms: number): Promise<boolean> {
   });
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** One Azurite per data directory: an earlier one (say, of a mount that was killed) may
  *  still be saving its state; starting a second one on the same files would read them
@@ -108,7 +101,7 @@ async function waitForPreviousAzurite(pidFile: string, ms: number): Promise<void
   const pid = Number(await readFile(pidFile, 'utf8').catch(() => ''));
   if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return;
   const until = Date.now() + ms;
-  while (alive(pid)) {
+  while (isAlive(pid)) {
     if (Date.now() > until) throw new Error(`the Azurite data in ${path.dirname(pidFile)} is in use by process ${pid}; stop it or use another data directory`);
     await new Promise((r) => setTimeout(r, 100));
   }

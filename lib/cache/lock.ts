@@ -5,15 +5,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../errors';
+import { isAlive } from '../pid';
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 export class CacheLock {
   private constructor(private readonly file: string) {}
@@ -33,7 +26,7 @@ export class CacheLock {
       } catch {
         // A torn lock file: its writer died while writing it.
       }
-      if (typeof owner.pid === 'number' && owner.pid !== process.pid && alive(owner.pid)) {
+      if (typeof owner.pid === 'number' && owner.pid !== process.pid && isAlive(owner.pid)) {
         throw new UsageError(
           `cache directory ${dir} is in use by blobdisk (pid ${owner.pid}, mounted at ${owner.mountpoint ?? '?'}); give another --cache-dir or unmount that one`,
         );
