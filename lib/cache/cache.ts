@@ -146,13 +146,6 @@ export class GrainCache {
     return out.sort((a, b) => a - b);
   }
 
-  /** Ids of images holding dirty grains. */
-  dirtyImages(): number[] {
-    const ids = new Set<number>();
-    for (const e of this.lru.values()) if (e.dirty) ids.add(e.imageId);
-    return [...ids];
-  }
-
   /** Dirty bytes of one image and when its oldest dirty grain became dirty (0: none). */
   dirtyOf(imageId: number): { bytes: number; since: number } {
     let bytes = 0;

@@ -148,11 +148,6 @@ export class GrainMap {
     return r && toImage(r);
   }
 
-  imageById(id: number): ImageRow | undefined {
-    const r = this.sql('SELECT * FROM images WHERE id = ?').get(id) as RawImage | undefined;
-    return r && toImage(r);
-  }
-
   /** Returns the image's row, inserting it (with no ETag: nothing cached yet) when new. */
   ensureImage(account: string, container: string, name: string, kind: BlobKind, size: number): ImageRow {
     this.sql('INSERT INTO images (account, container, name, kind, size) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING')
@@ -246,16 +241,6 @@ export class GrainMap {
       this.setMeta('lease_id', id);
     }
     return id;
-  }
-
-  /** Records a complete, clean grain in the cache. */
-  putClean(imageId: number, idx: number, length: number, checksum: number, now: number): void {
-    this.sql(
-        `INSERT INTO grains (image_id, idx, length, checksum, valid, dirty, last_access) VALUES (?, ?, ?, ?, NULL, NULL, ?)
-         ON CONFLICT (image_id, idx) DO UPDATE SET length = excluded.length, checksum = excluded.checksum,
-           valid = NULL, dirty = NULL, last_access = excluded.last_access`,
-      )
-      .run(imageId, idx, length, checksum, now);
   }
 
   /** Forgets grains (their files are gone or about to go). */

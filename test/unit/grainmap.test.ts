@@ -35,8 +35,8 @@ describe('GrainMap', () => {
     const img = a.ensureImage('acct', 'c', 'disk.img', 'page', 1 << 30);
     expect(a.ensureImage('acct', 'c', 'disk.img', 'page', 1 << 30).id).toBe(img.id);
     a.updateImage(img.id, { etag: '"e1"', allocated: 4096, allocatedEtag: '"e1"' });
-    a.putClean(img.id, 3, 1 << 20, 1234, 10);
-    a.putClean(img.id, 1, 1 << 20, 99, 5);
+    a.putGrain({ imageId: img.id, idx: 3, length: 1 << 20, checksum: 1234, valid: null, dirty: null, lastAccess: 10 });
+    a.putGrain({ imageId: img.id, idx: 1, length: 1 << 20, checksum: 99, valid: null, dirty: null, lastAccess: 5 });
     a.close();
 
     const b = GrainMap.open(file, 1 << 20);
@@ -54,7 +54,7 @@ describe('GrainMap', () => {
     const file = path.join(tmp(), 'g.db');
     const a = GrainMap.open(file, 1 << 20);
     const img = a.ensureImage('acct', 'c', 'x', 'block', 100);
-    a.putClean(img.id, 0, 100, 1, 1);
+    a.putGrain({ imageId: img.id, idx: 0, length: 100, checksum: 1, valid: null, dirty: null, lastAccess: 1 });
     a.close();
     const b = GrainMap.open(file, 1 << 22);
     expect(b.grainSize).toBe(1 << 22);
