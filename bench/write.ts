@@ -24,9 +24,15 @@ async function status(mnt: string): Promise<{ bytesUp: number; totals: { bytesUp
   return JSON.parse(r.stdout) as { bytesUp: number; totals: { bytesUp: number; bytesCleared: number } };
 }
 
-async function mountBlobdisk(mnt: string, cs: string, cacheDir: string): Promise<Daemon> {
+async function mountBlobdisk(mnt: string, cs: string, cacheDir: string, extra: string[] = []): Promise<Daemon> {
   fs.mkdirSync(mnt, { recursive: true });
-  return Daemon.start('blobdisk', process.execPath, [BIN, 'mount', mnt, '--connection-string', cs, '--container', 'bench', '--cache-dir', cacheDir, '--log-level', 'warn'], /blobdisk: mounted /, process.env);
+  return Daemon.start(
+    'blobdisk',
+    process.execPath,
+    [BIN, 'mount', mnt, '--connection-string', cs, '--container', 'bench', '--cache-dir', cacheDir, '--log-level', 'warn', ...extra],
+    /blobdisk: mounted /,
+    process.env,
+  );
 }
 
 async function ddWrite(file: string, source: string, extra: string[] = []): Promise<number> {
@@ -57,34 +63,9 @@ async function main(): Promise<void> {
     const blob = await mountBlobdisk(mnt, azurite.connectionString, path.join(work, 'cache'));
     daemons.push(blob);
     const writeRates: number[] = [];
-    const drainRates: number[] = [];
     for (let i = 0; i < REPEAT; i++) {
-      const file = path.join(mnt, `seq-${i}.img`);
-      writeRates.push(await ddWrite(file, source));
-      const before = (await status(mnt)).bytesUp;
-      const flush = await runOk(process.execPath, [BIN, 'flush', mnt], { timeoutMs: 600_000 });
-      const up = (await status(mnt)).bytesUp - before;
-      drainRates.push(up / MB / (flush.ms / 1000));
-    }
-
-    // 2. the SDK's own parallel Put Page of the same bytes
-    const sdkRates: number[] = [];
-    const data = fs.readFileSync(source);
-    for (let i = 0; i < REPEAT; i++) {
-      const client = service.getContainerClient('bench').getPageBlobClient(`sdk-${i}.img`);
-      await client.create(SIZE);
-      const started = process.hrtime.bigint();
-      const parts = Array.from({ length: SIZE / (4 * MiB) }, (_, k) => k);
-      let next = 0;
-      await Promise.all(
-        Array.from({ length: 8 }, async () => {
-          while (next < parts.length) {
-            const k = parts[next++] as number;
-            await client.uploadPages(data.subarray(k * 4 * MiB, (k + 1) * 4 * MiB), k * 4 * MiB, 4 * MiB);
-          }
-        }),
-      );
-      sdkRates.push(SIZE / MB / (Number(process.hrtime.bigint() - started) / 1e9));
+      writeRates.push(await ddWrite(path.join(mnt, `seq-${i}.img`), source));
+      await runOk(process.execPath, [BIN, 'flush', mnt], { timeoutMs: 600_000 });
     }
 
     // 3. fio random 4 KiB writes for 20 s on a 1 GiB image, then the upload they caused
@@ -110,6 +91,41 @@ async function main(): Promise<void> {
     await runOk(process.execPath, [BIN, 'flush', mnt], { timeoutMs: 300_000 });
     const t2 = (await status(mnt)).totals.bytesUp;
     await blob.stop();
+
+    // Drain: a mount that holds uploads back, so `blobdisk flush` uploads all of it.
+    const held = await mountBlobdisk(mnt, azurite.connectionString, path.join(work, 'cache-held'), ['--write-back-delay', '3600']);
+    daemons.push(held);
+    const drainRates: number[] = [];
+    for (let i = 0; i < REPEAT; i++) {
+      await ddWrite(path.join(mnt, `drain-${i}.img`), source);
+      const before = (await status(mnt)).bytesUp;
+      const started = process.hrtime.bigint();
+      await runOk(process.execPath, [BIN, 'flush', mnt], { timeoutMs: 600_000 });
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      drainRates.push(((await status(mnt)).bytesUp - before) / MB / seconds);
+    }
+
+    // 2. the SDK's own parallel Put Page of the same bytes
+    const sdkRates: number[] = [];
+    const data = fs.readFileSync(source);
+    for (let i = 0; i < REPEAT; i++) {
+      const client = service.getContainerClient('bench').getPageBlobClient(`sdk-${i}.img`);
+      await client.create(SIZE);
+      const started = process.hrtime.bigint();
+      const parts = Array.from({ length: SIZE / (4 * MiB) }, (_, k) => k);
+      let next = 0;
+      await Promise.all(
+        Array.from({ length: 8 }, async () => {
+          while (next < parts.length) {
+            const k = parts[next++] as number;
+            await client.uploadPages(data.subarray(k * 4 * MiB, (k + 1) * 4 * MiB), k * 4 * MiB, 4 * MiB);
+          }
+        }),
+      );
+      sdkRates.push(SIZE / MB / (Number(process.hrtime.bigint() - started) / 1e9));
+    }
+
+    await held.stop();
 
     const w = median(writeRates);
     const b = median(bareRates);

@@ -100,6 +100,7 @@ export interface MountArgs {
   logLevel?: string | undefined;
   sync?: string | undefined;
   drainTimeout?: number | undefined;
+  writeBackDelay?: number | undefined;
   pageBlobPattern?: string[] | undefined;
 }
 
@@ -181,6 +182,7 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
   const sync = (args.sync ?? DEFAULTS.sync) as SyncMode;
   if (sync !== 'local' && sync !== 'cloud') throw new UsageError('--sync must be local (fsync waits for the local disk) or cloud (fsync waits for Azure)');
   if (args.drainTimeout !== undefined && !(args.drainTimeout >= 0)) throw new UsageError('--drain-timeout takes seconds, e.g. 60');
+  if (args.writeBackDelay !== undefined && !(args.writeBackDelay >= 0)) throw new UsageError('--write-back-delay takes seconds, e.g. 0.5');
   const patterns = args.pageBlobPattern ?? DEFAULTS.pageBlobPatterns;
   for (const p of patterns) {
     if (p === '' || p.includes('/')) throw new UsageError(`--page-blob-pattern ${JSON.stringify(p)} must be a file-name pattern like '*.img'`);
@@ -205,7 +207,7 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
       sync,
       drainTimeoutMs: args.drainTimeout !== undefined ? args.drainTimeout * 1000 : DEFAULTS.drainTimeoutMs,
       dirtyWaitMs: DEFAULTS.dirtyWaitMs,
-      writeBackDelayMs: DEFAULTS.writeBackDelayMs,
+      writeBackDelayMs: args.writeBackDelay !== undefined ? args.writeBackDelay * 1000 : DEFAULTS.writeBackDelayMs,
       uploadConcurrency: DEFAULTS.uploadConcurrency,
       pageBlobPatterns: Object.freeze([...patterns]),
     }),

@@ -35,6 +35,7 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
           .option('read-ahead', { type: 'string', describe: 'how far to read ahead of a sequential reader, e.g. 16M (default 16 grains)' })
           .option('read-only', { type: 'boolean', describe: 'refuse every change with EROFS' })
           .option('sync', { type: 'string', choices: ['local', 'cloud'], describe: 'what fsync waits for: the local disk (default; uploaded later) or Azure' })
+          .option('write-back-delay', { type: 'number', describe: 'seconds written data waits before its background upload (default 0.5)' })
           .option('drain-timeout', { type: 'number', describe: 'unmount gives up after this many seconds without upload progress (default 60)' })
           .option('page-blob-pattern', {
             type: 'string',

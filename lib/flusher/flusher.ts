@@ -42,7 +42,7 @@ export interface FlushProgress {
   readonly startBytes: number;
 }
 
-const BATCH_GRAINS = 32;
+const BATCH_GRAINS = 64;
 const MIN_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 30_000;
 const POLL_MS = 50;
@@ -204,12 +204,14 @@ export class Flusher {
       const batch = dirty.slice(b, b + BATCH_GRAINS);
       const grains: { idx: number; gen: number; data: Buffer }[] = [];
       const pieces: { offset: number; data: Buffer }[] = [];
-      for (const idx of batch) {
+      // Generations and bitmaps first, then the grain files read side by side.
+      const snapshots = batch.flatMap((idx) => {
         const state = this.cache.state(image.id, idx);
-        if (!state?.dirty) continue;
-        const gen = state.gen;
-        const bitmap = Buffer.from(state.dirty);
-        const data = await this.cache.readWhole(image.id, idx);
+        return state?.dirty ? [{ idx, gen: state.gen, bitmap: Buffer.from(state.dirty) }] : [];
+      });
+      const contents = await Promise.all(snapshots.map((snap) => this.cache.readWhole(image.id, snap.idx)));
+      for (const [i, { idx, gen, bitmap }] of snapshots.entries()) {
+        const data = contents[i] as Buffer;
         let whole = true;
         for (const [from, to] of runs(bitmap, sectorsOf(g))) {
           const start = idx * g + from * SECTOR;
