@@ -136,10 +136,6 @@ class Bench {
     readonly azurite: RunningAzurite,
   ) {}
 
-  private get file(): string {
-    return IMAGE;
-  }
-
   note(key: string, c: StatusCounters): void {
     (this.counters[key] ??= []).push(c);
   }
@@ -148,7 +144,7 @@ class Bench {
     await dropCaches();
     let data: Buffer | undefined;
     const { r, cpu, quiet } = await withCpu({ azurite: this.azurite.pid }, async () => {
-      const d = await sdkDownload(this.azurite.connectionString, CONTAINER, this.file, this.args.sizeBytes, SDK_BLOCK, concurrency);
+      const d = await sdkDownload(this.azurite.connectionString, CONTAINER, IMAGE, this.args.sizeBytes, SDK_BLOCK, concurrency);
       data = d.data;
       return d;
     });
@@ -160,7 +156,7 @@ class Bench {
 
   async bare(m: Mount): Promise<void> {
     await dropCaches();
-    const { r, cpu, quiet } = await withCpu({ mount: m.pid }, () => timedRead(path.join(m.mountpoint, this.file), this.args.sizeBytes));
+    const { r, cpu, quiet } = await withCpu({ mount: m.pid }, () => timedRead(path.join(m.mountpoint, IMAGE), this.args.sizeBytes));
     this.rec.add('bare fuse', r, cpu, quiet);
   }
 
@@ -191,7 +187,7 @@ class Bench {
   async readThrough(m: Mount, name: string, drop = true): Promise<void> {
     if (drop) await dropCaches();
     const before = await m.status();
-    const { r, cpu, quiet } = await withCpu({ mount: m.pid, azurite: this.azurite.pid }, () => timedRead(path.join(m.mountpoint, this.file), this.args.sizeBytes));
+    const { r, cpu, quiet } = await withCpu({ mount: m.pid, azurite: this.azurite.pid }, () => timedRead(path.join(m.mountpoint, IMAGE), this.args.sizeBytes));
     this.rec.add(name, r, cpu, quiet);
     this.note(name, countersBetween(before, await m.status()));
   }
@@ -230,15 +226,15 @@ class Bench {
   /** Checks that both mounts serve exactly the blob's bytes (cold and from the cache). */
   async verify(settings: BlobdiskSettings, bare: Mount): Promise<Record<string, boolean>> {
     const out: Record<string, boolean> = {};
-    out.bare = (await sha256File(path.join(bare.mountpoint, this.file))) === this.sha256;
+    out.bare = (await sha256File(path.join(bare.mountpoint, IMAGE))) === this.sha256;
     const cacheDir = path.join(this.work, 'cache-verify');
     await fsp.rm(cacheDir, { recursive: true, force: true });
     const m = await this.mountBlobdisk(settings, cacheDir);
     try {
       await dropCaches();
-      out.blobdiskCold = (await sha256File(path.join(m.mountpoint, this.file))) === this.sha256;
+      out.blobdiskCold = (await sha256File(path.join(m.mountpoint, IMAGE))) === this.sha256;
       await dropCaches();
-      out.blobdiskWarm = (await sha256File(path.join(m.mountpoint, this.file))) === this.sha256;
+      out.blobdiskWarm = (await sha256File(path.join(m.mountpoint, IMAGE))) === this.sha256;
     } finally {
       await this.unmount(m);
     }
@@ -328,12 +324,16 @@ async function main(): Promise<void> {
     await azurite?.stop();
     if (!args.keep) await fsp.rm(work, { recursive: true, force: true });
   };
-  const onSignal = (): void => {
-    process.stderr.write('bench: interrupted; unmounting and stopping Azurite\n');
+  let interrupted = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    // Stay for the cleanup even when the signal comes again (Ctrl-C twice, kill twice).
+    if (interrupted) return;
+    interrupted = true;
+    process.stderr.write(`bench: ${signal}; unmounting and stopping Azurite\n`);
     void cleanup().finally(() => process.exit(130));
   };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
 
   const log = (line: string): void => void process.stderr.write(`bench: ${line}\n`);
   const t0 = Date.now();
