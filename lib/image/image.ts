@@ -31,6 +31,8 @@ export const LOGICAL_SIZE_KEY = 'blobdisk_size';
 
 /** Page ranges are listed in windows of this many grains. */
 const PAGE_WINDOW_GRAINS = 256;
+/** How far a read may start from where the last one ended and still count as sequential. */
+const SEQUENTIAL_SLACK = 1024 * 1024;
 /** Leases last this long and are renewed at a third of it. */
 const LEASE_SECONDS = 60;
 
@@ -79,6 +81,13 @@ export class Image {
   private localSize: number;
   private pageMap: PageMap | undefined;
   private readonly pending = new Map<number, PendingGrain>();
+  /** Whole cached grains read into memory ahead of a sequential reader (a read-ahead of the
+   *  cache directory: one large read per grain, in parallel, instead of a 128 KiB pread per
+   *  FUSE request). Dropped behind the reader, on any write to the grain, and on a new epoch. */
+  private readonly staged = new Map<number, { epoch: number; data: Promise<Buffer | undefined> }>();
+  /** Grain buffers of staged grains, reused: a fresh 1 MiB buffer costs an mmap, page
+   *  faults and garbage collection, far more than the copy it serves. */
+  private readonly spare: Buffer[] = [];
   private readonly locks = new Map<number, Promise<void>>();
   /** Fetches under way, so that closing waits until their grains are in the cache. */
   private readonly fetching = new Set<Promise<void>>();
@@ -165,6 +174,7 @@ export class Image {
     }
     this.info = info;
     this.epoch++;
+    this.staged.clear();
     if (this.row.etag !== null) {
       const dropped = await this.deps.cache.dropClean(this.row.id);
       if (dropped > 0) this.deps.log.info(`${this.ref.container}/${this.ref.name} changed in Azure; dropped ${dropped} cached grains`);
@@ -331,8 +341,11 @@ export class Image {
     const end = Math.min(offset + length, this.size);
     if (offset >= end) return 0;
     if (reader) {
-      this.streak = offset === this.lastEnd ? this.streak + (end - offset) : 0;
-      this.lastEnd = end;
+      // The kernel sends a sequential reader's requests a few at a time, and they may arrive
+      // out of order: a read starting near where the last one ended continues the streak.
+      const near = this.lastEnd >= 0 && Math.abs(offset - this.lastEnd) <= SEQUENTIAL_SLACK;
+      this.streak = near ? this.streak + (end - offset) : 0;
+      this.lastEnd = near ? Math.max(this.lastEnd, end) : end;
     }
     const g = this.deps.grainSize;
     const parts: Promise<void>[] = [];
@@ -359,6 +372,15 @@ export class Image {
   private async readGrain(idx: number, start: number, end: number, target: Buffer, at: number): Promise<void> {
     const cache = this.deps.cache;
     const g = this.deps.grainSize;
+    const staged = this.staged.get(idx);
+    if (staged && staged.epoch === this.epoch) {
+      const data = await staged.data;
+      if (data && this.staged.get(idx) === staged) {
+        data.copy(target, at, start, end);
+        this.counters.hits++;
+        return;
+      }
+    }
     for (let attempt = 0; attempt < 4; attempt++) {
       if (cache.covers(this.row.id, idx, start, end)) {
         if (await cache.read(this.row.id, idx, start, end - start, target, at)) {
@@ -421,10 +443,20 @@ export class Image {
     const g = this.deps.grainSize;
     const window = Math.min(this.deps.read.readAheadGrains, Math.max(2, 2 * Math.ceil(this.streak / g)));
     if (window === 0) return;
-    const maxRun = Math.max(1, Math.floor(this.deps.read.maxFetchBytes / g));
     const first = Math.floor(end / g);
+    const limit = first + window;
+    // One GET per maxFetchBytes: a GET costs far more CPU (here and in the server) than the
+    // bytes it carries, so the moving edge of the window waits until a whole run is missing.
+    const batch = Math.min(window, Math.max(1, Math.floor(this.deps.read.maxFetchBytes / g)));
+    const lastGrain = Math.ceil(Math.min(this.size, this.remoteEnd) / g);
+    for (const idx of this.staged.keys()) if (idx < first - 1) this.unstage(idx);
     let idx = first;
-    while (idx < first + window && this.deps.budget.available) {
+    while (idx < limit) {
+      if (this.stage(idx)) {
+        idx++;
+        continue;
+      }
+      if (!this.deps.budget.available) return;
       const state = this.fetchable(idx);
       if (state === 'unknown') {
         // List this window's page ranges now; the next sequential read continues from here.
@@ -436,10 +468,43 @@ export class Image {
         continue;
       }
       let count = 1;
-      while (count < maxRun && idx + count < first + window && this.fetchable(idx + count) === 'yes') count++;
+      while (count < batch && idx + count < limit && this.fetchable(idx + count) === 'yes') count++;
+      if (count < batch && idx + count === limit && limit < lastGrain && idx > first) return;
       this.startFetch(idx, count, true);
       idx += count;
     }
+  }
+
+  /** Forgets staged grain `idx`; its buffer is reused once its read is over. A reader
+   *  copies only while the grain is still staged, in the same tick, so none holds it. */
+  private unstage(idx: number): void {
+    const staged = this.staged.get(idx);
+    if (!staged) return;
+    this.staged.delete(idx);
+    void staged.data.then((buf) => {
+      if (buf && this.spare.length < 4) this.spare.push(buf);
+    });
+  }
+
+  /** Reads cached grain `idx` whole into memory for a sequential reader; false when the
+   *  cache does not hold all of it. */
+  private stage(idx: number): boolean {
+    if (this.staged.has(idx)) return true;
+    const g = this.deps.grainSize;
+    if (this.locks.has(idx) || idx * g >= this.size || !this.deps.cache.covers(this.row.id, idx, 0, Math.min(g, this.size - idx * g))) return false;
+    const buf = this.spare.pop() ?? Buffer.allocUnsafe(g);
+    const data = this.deps.cache.read(this.row.id, idx, 0, g, buf, 0).then(
+      (ok) => (ok ? buf : undefined),
+      () => undefined,
+    );
+    this.staged.set(idx, { epoch: this.epoch, data });
+    // Bounded: a reader that jumped around leaves stale grains behind; the oldest go first.
+    while (this.staged.size > 2 * this.deps.read.readAheadGrains + 2) {
+      const oldest = this.staged.keys().next().value;
+      if (oldest === undefined) break;
+      this.unstage(oldest);
+    }
+    return true;
   }
 
   /** Starts one ranged GET for grains [first, first + count) and returns the first's pending state. */
@@ -579,6 +644,8 @@ export class Image {
     const end = start + chunk.length;
     const alignedStart = Math.floor(start / SECTOR) * SECTOR;
     const alignedEnd = Math.min(g, Math.ceil(end / SECTOR) * SECTOR);
+    // Staged copies of the grain go stale; one staged while the write runs is dropped after.
+    this.staged.delete(idx);
     await this.withGrainLock(idx, async () => {
       let data = chunk;
       if (alignedStart !== start || alignedEnd !== end) {
@@ -591,6 +658,7 @@ export class Image {
       }
       await this.deps.cache.write(this.row.id, idx, alignedStart, data, this.deps.dirtyWaitMs);
     });
+    this.staged.delete(idx);
   }
 
   /** The sector at `start` of grain `idx` as it reads now, into `target` at `at` (under the grain lock). */
@@ -622,6 +690,7 @@ export class Image {
         await this.writeGrain(Math.floor(sectorStart / g), sectorStart % g, keep);
       }
       this.epoch++;
+      this.staged.clear();
       for (const [idx, p] of this.pending) {
         if ((idx + 1) * this.deps.grainSize > size) {
           this.pending.delete(idx);
