@@ -5,23 +5,15 @@
 
 import path from 'node:path';
 import { Daemon, ensureUnmounted, runOk, setFuseReadAhead } from './lib';
+import type { ImageCounters } from '../lib/metrics';
+import type { MountStatus } from '../lib/mount';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const BLOBDISK = path.join(ROOT, 'bin', 'blobdisk');
 const BAREFS = path.join(__dirname, 'barefs.js');
 
 /** The counters `blobdisk status --json` reports (the part the benchmark reads). */
-export interface StatusCounters {
-  hits: number;
-  misses: number;
-  zeroReads: number;
-  bytesRead: number;
-  fetches: number;
-  readAheadFetches: number;
-  bytesDown: number;
-  requests: number;
-  cacheUsedBytes: number;
-}
+export type StatusCounters = ImageCounters & { requests: number; cacheUsedBytes: number };
 
 export interface BlobdiskSettings {
   readonly grainSize: number;
@@ -93,7 +85,7 @@ export class Mount {
   /** Counters of a blobdisk mount, summed over its images. */
   async status(): Promise<StatusCounters> {
     const r = await runOk(process.execPath, [BLOBDISK, 'status', this.mountpoint, '--json'], { timeoutMs: 30_000 });
-    const s = JSON.parse(r.stdout) as { requests: number; bytesDown: number; cacheUsedBytes: number; totals: Omit<StatusCounters, 'requests' | 'cacheUsedBytes'> };
+    const s = JSON.parse(r.stdout) as MountStatus;
     return { ...s.totals, requests: s.requests, bytesDown: s.bytesDown, cacheUsedBytes: s.cacheUsedBytes };
   }
 
