@@ -98,6 +98,9 @@ export class Image {
   private leaseTimer: NodeJS.Timeout | undefined;
   private leaseTaking: Promise<void> | undefined;
   leaseId: string | undefined;
+  /** When `info` was last known to be what Azure holds (Date.now()): a description of the
+   *  blob asked for before then is older than `info`. */
+  knownAt = Date.now();
   /** Set when the blob changed in Azure while we hold data not yet uploaded: nothing is overwritten. */
   conflict: string | undefined;
   mtime: Date;
@@ -151,6 +154,7 @@ export class Image {
    *  read under means the blob changed elsewhere: clean grains are dropped; with data not
    *  yet uploaded that is a conflict. While we hold the lease, changes are our own. */
   async revalidate(info: BlobInfo): Promise<void> {
+    this.knownAt = Date.now();
     const changed = this.row.etag !== info.etag && !this.deps.map.isOurEtag(this.row.id, info.etag);
     // Under our lease every change is ours, and the flusher keeps `info` current; a listing
     // or a HEAD that raced with an upload could only be older.
@@ -202,6 +206,7 @@ export class Image {
   /** The flusher's report of what Azure holds now (after an upload, a resize, a commit). */
   uploaded(info: BlobInfo, sizeSynced: boolean): void {
     this.info = info;
+    this.knownAt = Date.now();
     this.setRow({ etag: info.etag, ...(sizeSynced ? { remoteEnd: null } : {}) });
     this.pageMap?.reset(info.etag, info.size);
   }

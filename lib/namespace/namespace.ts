@@ -28,7 +28,9 @@ export function globToRegExp(glob: string): RegExp {
 
 const MAX_BLOB_NAME = 1024;
 
-export type Entry = { readonly type: 'dir'; readonly mtime: Date } | { readonly type: 'file'; readonly info: BlobInfo };
+/** A file entry carries `askedAt`: when the request that described it was sent (Date.now()),
+ *  so that an open image can tell whether the entry is newer than what it knows. */
+export type Entry = { readonly type: 'dir'; readonly mtime: Date } | { readonly type: 'file'; readonly info: BlobInfo; readonly askedAt: number };
 
 export interface Attributes {
   readonly type: 'dir' | 'file';
@@ -99,6 +101,7 @@ export class Namespace {
   }
 
   private relist(key: string, container: string, prefix: string): Promise<Listed> {
+    const askedAt = Date.now();
     const listed = this.store.listDirectory(container, prefix === '' ? '' : `${prefix}/`).then((listing) => {
       const entries = new Map<string, Entry>();
       const base = prefix === '' ? 0 : prefix.length + 1;
@@ -114,7 +117,7 @@ export class Namespace {
         } else if (entries.has(name)) {
           this.warnOnce(container, info.name, 'is also a directory; showing the directory');
         } else {
-          entries.set(name, { type: 'file', info });
+          entries.set(name, { type: 'file', info, askedAt });
         }
       }
       return { expires: Date.now() + this.options.attrTtlMs, entries };
@@ -162,10 +165,12 @@ export class Namespace {
     const ref = { container: loc.container ?? '', name: loc.name };
     const image = (await this.images.peek(ref)) ?? (info.kind === 'page' ? await this.images.get(ref, info, false) : undefined);
     if (image) {
-      // The listing is at most attrTtlMs old. When it shows a newer blob than the image last
-      // heard of, the blob changed elsewhere: let the image adopt it (revalidate keeps local
-      // changes and reports a conflict), or stat keeps the old size until the next open.
-      if (info.etag !== image.etag && info.lastModified >= image.remote.lastModified) await image.revalidate(info);
+      // The listing is at most attrTtlMs old. When it was asked for after the image last
+      // heard of the blob and shows another ETag, the blob changed elsewhere: let the image
+      // adopt it (revalidate keeps local changes and reports a conflict), or stat keeps the
+      // old size until the next open. An older listing says nothing new (Last-Modified has
+      // one-second resolution, so it cannot order two changes within a second).
+      if (info.etag !== image.etag && entry.askedAt > image.knownAt) await image.revalidate(info);
       return { type: 'file', size: image.size, blocks: Math.ceil((await image.allocatedBytes()) / 512), mtime: image.mtime, writable };
     }
     const size = logicalSize(info);
@@ -239,7 +244,7 @@ export class Namespace {
     if (page) await this.store.createPageBlob(ref, 0);
     else await this.store.createBlockBlob(ref);
     const info = await this.store.getInfo(ref);
-    await this.remember(container, parent, base, { type: 'file', info });
+    await this.remember(container, parent, base, { type: 'file', info, askedAt: Date.now() });
     const image = await this.images.get(ref, info, true);
     await image.takeLease();
     return image;

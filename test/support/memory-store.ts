@@ -115,7 +115,8 @@ export class MemoryStore implements BlobStore {
 
   private touch(b: MemBlob): string {
     b.etag = `"0x${(++this.seq).toString(16).toUpperCase().padStart(15, '0')}"`;
-    b.lastModified = new Date();
+    // Azure's Last-Modified has one-second resolution: two changes within a second look alike.
+    b.lastModified = new Date(Math.floor(Date.now() / 1000) * 1000);
     return b.etag;
   }
 
