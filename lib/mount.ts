@@ -177,6 +177,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         onDirty: (image) => flusher.notify(image),
         sync: options.write.sync,
         flushNow: (image) => flusher.flush([image]),
+        exclusive: (image, fn) => flusher.exclusive(image, fn),
       },
       account,
     );

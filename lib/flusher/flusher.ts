@@ -29,6 +29,8 @@ import { Logger } from '../log';
 import { BlobStore, MAX_PAGE_BLOB_BYTES } from '../store/types';
 import { CommittedBlock, PageUpload, blockSizeFor, planBlocks, planPageUploads } from './plan';
 
+const HELD_RETRY_MS = 100;
+
 export interface FlusherOptions {
   readonly grainSize: number;
   /** Uploads in flight per image. */
@@ -76,6 +78,10 @@ export class Flusher {
   private running: Promise<void> | undefined;
   private urgent = false;
   private stopped = false;
+  /** Images no upload may start for (a rename is moving their blob). */
+  private readonly held = new Set<Image>();
+  /** The upload under way, if any. */
+  private flushing: { image: Image; done: Promise<void> } | undefined;
 
   constructor(
     private readonly store: BlobStore,
@@ -112,6 +118,8 @@ export class Flusher {
   }
 
   private nextAttemptIn(): number {
+    // Held images are skipped: do not spin on them while a rename copies their blob.
+    if ([...this.queued].every((i) => this.held.has(i))) return HELD_RETRY_MS;
     let soonest = this.urgent ? 0 : this.options.delayMs;
     for (const image of this.queued) {
       const b = this.backoff.get(image);
@@ -127,8 +135,11 @@ export class Flusher {
     const ready = [...this.queued].filter((i) => (this.backoff.get(i)?.until ?? 0) <= now);
     for (const image of ready) {
       if (this.stopped) return;
+      if (this.held.has(image)) continue;
       try {
-        await this.flushImage(image);
+        const done = this.flushImage(image);
+        this.flushing = { image, done };
+        await done.finally(() => (this.flushing = undefined));
         this.backoff.delete(image);
         if (!image.needsUpload()) this.queued.delete(image);
       } catch (e) {
@@ -152,6 +163,19 @@ export class Flusher {
     this.backoff.set(image, b);
     const code = isBlobdiskError(e) ? e.code : 'error';
     this.log.warn(`uploading ${name} failed (${code}: ${(e as Error).message}); trying again in ${(wait / 1000).toFixed(1)} s (attempt ${b.failures})`);
+  }
+
+  /** Runs `fn` while no upload of `image` is under way or may start; uploads resume after. */
+  async exclusive<T>(image: Image, fn: () => Promise<T>): Promise<T> {
+    if (this.held.has(image)) throw new BlobdiskError('EBUSY', `${image.ref.container}/${image.ref.name} is being moved`);
+    this.held.add(image);
+    try {
+      while (this.flushing?.image === image) await this.flushing.done.catch(() => undefined);
+      return await fn();
+    } finally {
+      this.held.delete(image);
+      if (image.needsUpload()) this.notify(image);
+    }
   }
 
   /** Notes an ETag our request produced, so a later mount does not mistake it for someone else's change. */

@@ -218,6 +218,11 @@ export class GrainMap {
   }
 
   /** Forgets an image and all its grains (the blob was deleted). */
+  /** Gives the image's row another blob name (a rename); the grains stay with the row. */
+  renameImage(id: number, container: string, name: string): void {
+    this.sql('UPDATE images SET container = ?, name = ? WHERE id = ?').run(container, name, id);
+  }
+
   deleteImage(id: number): void {
     this.sql('DELETE FROM images WHERE id = ?').run(id);
   }

@@ -72,6 +72,8 @@ export interface ImageDeps {
   readonly sync: SyncMode;
   /** Uploads everything dirty in the image now (fsync with --sync cloud). */
   readonly flushNow: (image: Image) => Promise<void>;
+  /** Runs `fn` while no upload of the image is under way or may start (a rename). */
+  readonly exclusive: <T>(image: Image, fn: () => Promise<T>) => Promise<T>;
 }
 
 export class Image {
@@ -105,12 +107,15 @@ export class Image {
   conflict: string | undefined;
   mtime: Date;
 
+  private where: BlobRef;
+
   private constructor(
     private readonly deps: ImageDeps,
-    readonly ref: BlobRef,
+    ref: BlobRef,
     row: ImageRow,
     info: BlobInfo,
   ) {
+    this.where = ref;
     this.row = row;
     this.info = info;
     this.localSize = row.size;
@@ -127,6 +132,10 @@ export class Image {
 
   get id(): number {
     return this.row.id;
+  }
+  /** The blob behind the image (it changes when the file is renamed). */
+  get ref(): BlobRef {
+    return this.where;
   }
   get size(): number {
     return this.localSize;
@@ -186,6 +195,38 @@ export class Image {
     this.localSize = logicalSize(info);
     this.setRow({ etag: info.etag, kind: info.kind, size: this.localSize, remoteEnd: null });
     this.pageMap?.reset(info.etag, info.size);
+  }
+
+  /** The image now lives in `dest`, a server-side copy of its blob that Azure describes as
+   *  `info`: the same bytes, so cached and dirty grains stay and the grain map row follows.
+   *  Returns what deleting the old blob needs (our lease on it, if we held one); the lease
+   *  is not renewed any more, takeLease() takes one on `dest`. */
+  movedTo(dest: BlobRef, info: BlobInfo): WriteConditions {
+    const old = this.writeConditions();
+    this.dropLease();
+    this.where = dest;
+    this.deps.map.renameImage(this.row.id, dest.container, dest.name);
+    this.row = { ...this.row, container: dest.container, name: dest.name };
+    this.info = info;
+    this.knownAt = Date.now();
+    this.setRow({ etag: info.etag });
+    this.pageMap = undefined;
+    return old;
+  }
+
+  /** Resolves when the fetches under way (possibly from the blob's old name) are done. */
+  async settled(): Promise<void> {
+    await Promise.all(this.fetching);
+  }
+
+  /** Another blob replaced this one (a rename onto its name): what the cache holds of it
+   *  goes, and handles still open on it fail from now on. */
+  async forget(): Promise<void> {
+    this.dropLease();
+    this.epoch++;
+    this.conflict = `${this.ref.container}/${this.ref.name} was replaced by a rename`;
+    await this.deps.cache.dropImage(this.row.id);
+    this.deps.map.deleteImage(this.row.id);
   }
 
   private setRow(fields: Partial<Pick<ImageRow, 'etag' | 'kind' | 'size' | 'allocated' | 'allocatedEtag' | 'remoteEnd'>>): void {

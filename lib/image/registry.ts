@@ -2,7 +2,8 @@
  * the mount runs (an Image is small: the grain data lives in the cache directory). */
 
 import { ImageCounters, addCounters, newImageCounters } from '../metrics';
-import { BlobInfo, BlobRef } from '../store/types';
+import { BlobdiskError, isBlobdiskError } from '../errors';
+import { BlobInfo, BlobRef, WriteConditions } from '../store/types';
 import { Image, ImageDeps } from './image';
 
 const keyOf = (ref: BlobRef): string => `${ref.container}/${ref.name}`;
@@ -43,6 +44,61 @@ export class Images {
     const image = await this.get(ref, info, true);
     if (image.conflict) throw new Error(image.conflict);
     this.deps.onDirty(image);
+  }
+
+  /** Renames blob `src` to `dest` in the same account, replacing `dest`: a server-side copy,
+   *  then the old blob is deleted, so the file is never under neither name. An image of
+   *  `src` moves along with its cached and dirty grains (its uploads wait meanwhile and go
+   *  to `dest` after): nothing is lost and nothing is uploaded twice. */
+  async rename(src: BlobRef, dest: BlobRef): Promise<void> {
+    const { store, map, cache, log } = this.deps;
+    const image = await this.peek(src);
+    if (image?.conflict) throw new BlobdiskError('EIO', image.conflict);
+    // A blob another writer holds could be copied but not deleted: refuse before copying.
+    if (image?.leaseId === undefined && (await store.getInfo(src)).leased === true) {
+      throw new BlobdiskError('EBUSY', `${src.container}/${src.name} is leased by another writer; it cannot be renamed`);
+    }
+    const move = async (): Promise<WriteConditions> => {
+      const replaced = await this.peek(dest);
+      // Our own lease on the blob being replaced would refuse the copy.
+      if (replaced) await replaced.releaseLease();
+      await store.copyBlob(src, dest);
+      const info = await store.getInfo(dest);
+      if (replaced) {
+        await replaced.forget();
+        this.images.delete(keyOf(dest));
+      } else {
+        const row = map.image(this.account, dest.container, dest.name);
+        if (row) {
+          await cache.dropImage(row.id);
+          map.deleteImage(row.id);
+        }
+      }
+      if (image) {
+        const conditions = image.movedTo(dest, info);
+        this.images.delete(keyOf(src));
+        this.images.set(keyOf(dest), Promise.resolve(image));
+        return conditions;
+      }
+      // Not open here: clean grains cached under the old name are dropped (they would be
+      // refetched under the new one); dirty ones, of an image recovery could not reopen, stay.
+      const row = map.image(this.account, src.container, src.name);
+      if (row && cache.dirtyGrains(row.id).length === 0) {
+        await cache.dropImage(row.id);
+        map.deleteImage(row.id);
+      }
+      return {};
+    };
+    const conditions = image ? await this.deps.exclusive(image, move) : await move();
+    if (image) await image.settled();
+    try {
+      await store.deleteBlob(src, conditions);
+    } catch (e) {
+      if (!isBlobdiskError(e) || e.code !== 'ENOENT') {
+        log.warn(`renamed ${src.container}/${src.name} to ${dest.container}/${dest.name}, but deleting the old blob failed (${isBlobdiskError(e) ? e.code : 'error'}: ${(e as Error).message}); delete it by hand`);
+      }
+    }
+    if (image && conditions.leaseId !== undefined) await image.takeLease();
   }
 
   /** Deletes the blob and everything the cache holds of it (dirty data too). */

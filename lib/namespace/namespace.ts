@@ -9,8 +9,8 @@ import { BlobdiskError, isBlobdiskError } from '../errors';
 import { Image, logicalSize } from '../image/image';
 import { Images } from '../image/registry';
 import { Logger } from '../log';
-import { BlobInfo, BlobStore } from '../store/types';
-import { Location, isShowableComponent, locate, parentAndBase } from './paths';
+import { BlobInfo, BlobRef, BlobStore } from '../store/types';
+import { Location, blobComponentProblem, isShowableComponent, locate, parentAndBase } from './paths';
 
 export interface NamespaceOptions {
   readonly container: string | undefined;
@@ -197,10 +197,68 @@ export class Namespace {
     await this.lookup(path);
   }
 
-  /** Renaming is not implemented yet: EROFS on a read-only mount, else ENOTSUP. */
-  async rename(path: string, _dest: string): Promise<void> {
+  /** Renames the file or directory at `path` to `dest`, within a container or across
+   *  containers: every blob is copied server-side, then deleted (see Images.rename), so a
+   *  file is never under neither name. A file replaces a file at `dest`; a directory may
+   *  replace an empty directory. Directory renames move one blob at a time: interrupted,
+   *  some blobs are under the new name and the rest under the old, none lost. */
+  async rename(path: string, dest: string): Promise<void> {
     this.checkWritable(path);
-    throw new BlobdiskError('ENOTSUP', `renaming is not supported yet (${path})`);
+    for (const p of [path, dest]) {
+      const loc = this.locate(p);
+      if (loc.container === undefined || loc.name === '') throw new BlobdiskError('EPERM', `${p}: containers cannot be renamed; move the files inside instead`);
+    }
+    const from = this.newRef(path);
+    const to = this.newRef(dest);
+    if (from.container === to.container && from.name === to.name) return;
+    const blob = (r: { container: string; name: string }): BlobRef => ({ container: r.container, name: r.name });
+    const source = await this.lookup(path);
+    await this.parentIsDirectory(to.container, to.parent);
+    const target = await this.lookup(dest).catch((e: unknown) => {
+      if (isBlobdiskError(e) && e.code === 'ENOENT') return undefined;
+      throw e;
+    });
+    try {
+      if (source.type === 'file') {
+        if (target?.type === 'dir') throw new BlobdiskError('EISDIR', `${dest} is a directory`);
+        await this.images.rename(blob(from), blob(to));
+        return;
+      }
+      if (target?.type === 'file') throw new BlobdiskError('ENOTDIR', `${dest} is a file`);
+      if (from.container === to.container && to.name.startsWith(`${from.name}/`)) {
+        throw new BlobdiskError('EINVAL', `cannot move ${path} into itself`);
+      }
+      if (target?.type === 'dir' && (await this.blobsUnder(to.container, to.name)).length > 0) {
+        throw new BlobdiskError('ENOTEMPTY', `${dest} is not empty`);
+      }
+      // Deepest first, the directory's own marker last: an interrupted rename leaves the
+      // source directory in place for whatever was not moved yet.
+      const names = (await this.blobsUnder(from.container, from.name)).sort((a, b) => b.length - a.length);
+      for (const name of names) {
+        await this.images.rename({ container: from.container, name }, { container: to.container, name: to.name + name.slice(from.name.length) });
+      }
+      const marker = await this.store.getInfo(blob(from)).catch(() => undefined);
+      if (marker && isFolderMarker(marker)) await this.images.rename(blob(from), blob(to));
+    } finally {
+      this.forgetListings(from.container);
+      this.forgetListings(to.container);
+    }
+  }
+
+  /** Names of every blob under directory `name` (at any depth; not its own marker). */
+  private async blobsUnder(container: string, name: string): Promise<string[]> {
+    const names: string[] = [];
+    const walk = async (prefix: string): Promise<void> => {
+      const listing = await this.store.listDirectory(container, prefix);
+      for (const info of listing.blobs) names.push(info.name);
+      for (const p of listing.prefixes) await walk(p.endsWith('/') ? p : `${p}/`);
+    };
+    await walk(`${name}/`);
+    return names;
+  }
+
+  private forgetListings(container: string): void {
+    for (const key of [...this.listings.keys()]) if (key.startsWith(`${container}\0`)) this.listings.delete(key);
   }
 
   /** A blob reference for a new entry at `path`; EINVAL for names Azure cannot take. */
@@ -209,6 +267,8 @@ export class Namespace {
     if (loc.container === undefined || loc.name === '') throw new BlobdiskError('EPERM', `${path}: containers are directories; create files inside one`);
     const { parent, base } = parentAndBase(loc.name);
     if (!isShowableComponent(base)) throw new BlobdiskError('EINVAL', `${JSON.stringify(base)} cannot be a blob name`);
+    const problem = blobComponentProblem(base);
+    if (problem !== undefined) throw new BlobdiskError('EINVAL', `${JSON.stringify(base)} cannot be a blob name: it ${problem}`);
     if (loc.name.length > MAX_BLOB_NAME) throw new BlobdiskError('ENAMETOOLONG', `blob names have at most ${MAX_BLOB_NAME} characters`);
     return { container: loc.container, name: loc.name, parent, base };
   }

@@ -49,6 +49,7 @@ export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
       onDirty: (image) => flusher.notify(image),
       sync: o.sync ?? 'local',
       flushNow: (image) => flusher.flush([image]),
+      exclusive: (image, fn) => flusher.exclusive(image, fn),
     },
     'acct',
   );

@@ -55,3 +55,115 @@ describe('Namespace attributes', () => {
     }
   });
 });
+
+describe('Namespace rename', () => {
+  const G = 64 * 1024;
+  const setup = (): { store: MemoryStore; h: ReturnType<typeof harness>; ns: Namespace } => {
+    const store = new MemoryStore({ containers: ['c', 'd'] });
+    const h = harness(store, { writeBackDelayMs: 60_000 });
+    const ns = new Namespace(store, h.images, { container: undefined, attrTtlMs: 5_000, readOnly: false, pageBlobPatterns: ['*.img'] }, silentLogger);
+    return { store, h, ns };
+  };
+  const names = async (store: MemoryStore, container: string): Promise<string[]> => {
+    const all: string[] = [];
+    const walk = async (prefix: string): Promise<void> => {
+      const l = await store.listDirectory(container, prefix);
+      all.push(...l.blobs.map((b) => b.name));
+      for (const p of l.prefixes) await walk(p);
+    };
+    await walk('');
+    return all.sort();
+  };
+
+  it('carries data not yet uploaded to the new name: uploaded once, to the new blob only', async () => {
+    const { store, h, ns } = setup();
+    try {
+      const image = await ns.create('/c/a.img');
+      await image.truncate(8 * G);
+      await h.flusher.flush([image]);
+      const data = crypto.randomBytes(3 * G + 100);
+      await image.write(data, G + 7);
+      await ns.mkdir('/d/vms');
+      const upBefore = store.counters.bytesUp;
+      await ns.rename('/c/a.img', '/d/vms/b.img');
+      expect(await names(store, 'c')).toEqual([]);
+      expect(await names(store, 'd')).toEqual(['vms', 'vms/b.img']);
+      expect(image.ref).toEqual({ container: 'd', name: 'vms/b.img' });
+      // A handle opened before the rename writes on, to the new name.
+      await image.write(Buffer.from('tail'), 8 * G - 4);
+      await h.flusher.flush([image]);
+      const want = Buffer.alloc(8 * G);
+      data.copy(want, G + 7);
+      Buffer.from('tail').copy(want, 8 * G - 4);
+      expect(store.contentOf({ container: 'd', name: 'vms/b.img' }).equals(want)).toBe(true);
+      expect(store.counters.bytesUp - upBefore).toBeLessThanOrEqual(4 * G + 2 * 512);
+      expect((await ns.getattr('/d/vms/b.img')).size).toBe(8 * G);
+      await expect(ns.getattr('/c/a.img')).rejects.toMatchObject({ code: 'ENOENT' });
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('replaces a file at the destination, keeps the cached grains, and refuses what POSIX refuses', async () => {
+    const { store, h, ns } = setup();
+    try {
+      const a = await ns.create('/c/a.bin');
+      const bytes = crypto.randomBytes(2 * G);
+      await a.write(bytes, 0);
+      await h.flusher.flush([a]);
+      const b = await ns.create('/c/b.bin');
+      await b.write(Buffer.from('old'), 0);
+      await ns.mkdir('/c/dir');
+      await ns.rename('/c/a.bin', '/c/b.bin');
+      expect(await names(store, 'c')).toEqual(['b.bin', 'dir']);
+      expect(store.contentOf({ container: 'c', name: 'b.bin' }).equals(bytes)).toBe(true);
+      const requests = store.counters.requests;
+      const seen: string[] = [];
+      const enter = (store as unknown as { enter: (m: string) => Promise<void> }).enter.bind(store);
+      (store as unknown as { enter: (m: string) => Promise<void> }).enter = (m) => { seen.push(m); return enter(m); };
+      const moved = await ns.open('/c/b.bin');
+      expect(moved).toBe(a);
+      expect((await moved.read(0, 2 * G)).equals(bytes)).toBe(true);
+      // The open lists the folder again (the rename forgot it) and asks for the blob's
+      // properties; the grains come from the cache.
+      expect(seen.sort()).toEqual(['getInfo', 'listDirectory']);
+      expect(store.counters.requests - requests).toBe(2);
+      await expect(b.write(Buffer.from('x'), 0)).rejects.toMatchObject({ code: 'EIO' });
+      await expect(ns.rename('/c/b.bin', '/c/dir')).rejects.toMatchObject({ code: 'EISDIR' });
+      await expect(ns.rename('/c/dir', '/c/b.bin')).rejects.toMatchObject({ code: 'ENOTDIR' });
+      await expect(ns.rename('/c/dir', '/c/dir/sub')).rejects.toMatchObject({ code: 'EINVAL' });
+      await expect(ns.rename('/c/nothing', '/c/x')).rejects.toMatchObject({ code: 'ENOENT' });
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('moves every blob under a directory, markers included, within and across containers', async () => {
+    const { store, h, ns } = setup();
+    try {
+      await ns.mkdir('/c/vms');
+      await ns.mkdir('/c/vms/empty');
+      await ns.mkdir('/c/vms/web');
+      for (const p of ['/c/vms/web/disk.img', '/c/vms/web/disk.vmdk', '/c/vms/db.img']) {
+        const img = await ns.create(p);
+        await img.write(Buffer.from(p), 0);
+      }
+      await ns.mkdir('/c/full');
+      await (await ns.create('/c/full/x.bin')).write(Buffer.from('x'), 0);
+      await expect(ns.rename('/c/vms', '/c/full')).rejects.toMatchObject({ code: 'ENOTEMPTY' });
+      await expect(ns.rename('/c/vms', '/c/old/vms2')).rejects.toMatchObject({ code: 'ENOENT' });
+      await ns.mkdir('/c/old');
+      await ns.rename('/c/vms', '/c/old/vms2');
+      expect(await names(store, 'c')).toEqual(['full', 'full/x.bin', 'old', 'old/vms2', 'old/vms2/db.img', 'old/vms2/empty', 'old/vms2/web', 'old/vms2/web/disk.img', 'old/vms2/web/disk.vmdk']);
+      expect(await ns.readdir('/c/old/vms2')).toEqual(expect.arrayContaining(['db.img', 'empty', 'web']));
+      await ns.rename('/c/old/vms2', '/d/vms');
+      expect(await names(store, 'd')).toEqual(['vms', 'vms/db.img', 'vms/empty', 'vms/web', 'vms/web/disk.img', 'vms/web/disk.vmdk']);
+      const disk = await ns.open('/d/vms/web/disk.img');
+      await h.flusher.flush([disk]);
+      expect(store.contentOf({ container: 'd', name: 'vms/web/disk.img' }).subarray(0, 19).toString()).toBe('/c/vms/web/disk.img');
+      await expect(ns.readdir('/c/old/vms2')).rejects.toMatchObject({ code: 'ENOENT' });
+    } finally {
+      await h.close();
+    }
+  });
+});
