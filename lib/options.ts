@@ -101,6 +101,7 @@ export interface MountArgs {
   sync?: string | undefined;
   drainTimeout?: number | undefined;
   writeBackDelay?: number | undefined;
+  dirCacheTime?: number | undefined;
   pageBlobPattern?: string[] | undefined;
 }
 
@@ -183,6 +184,7 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
   if (sync !== 'local' && sync !== 'cloud') throw new UsageError('--sync must be local (fsync waits for the local disk) or cloud (fsync waits for Azure)');
   if (args.drainTimeout !== undefined && !(args.drainTimeout >= 0)) throw new UsageError('--drain-timeout takes seconds, e.g. 60');
   if (args.writeBackDelay !== undefined && !(args.writeBackDelay >= 0)) throw new UsageError('--write-back-delay takes seconds, e.g. 0.5');
+  if (args.dirCacheTime !== undefined && !(args.dirCacheTime >= 0)) throw new UsageError('--dir-cache-time takes seconds, e.g. 5');
   const patterns = args.pageBlobPattern ?? DEFAULTS.pageBlobPatterns;
   for (const p of patterns) {
     if (p === '' || p.includes('/')) throw new UsageError(`--page-blob-pattern ${JSON.stringify(p)} must be a file-name pattern like '*.img'`);
@@ -215,7 +217,7 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
     logLevel,
     maxTries: DEFAULTS.maxTries,
     tryTimeoutMs: DEFAULTS.tryTimeoutMs,
-    attrTtlMs: DEFAULTS.attrTtlMs,
+    attrTtlMs: args.dirCacheTime !== undefined ? args.dirCacheTime * 1000 : DEFAULTS.attrTtlMs,
   };
   return Object.freeze(options);
 }

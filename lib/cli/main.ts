@@ -36,6 +36,7 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
           .option('read-only', { type: 'boolean', describe: 'refuse every change with EROFS' })
           .option('sync', { type: 'string', choices: ['local', 'cloud'], describe: 'what fsync waits for: the local disk (default; uploaded later) or Azure' })
           .option('write-back-delay', { type: 'number', describe: 'seconds written data waits before its background upload (default 0.5)' })
+          .option('dir-cache-time', { type: 'number', describe: 'seconds listings and attributes are trusted before Azure is asked again (default 5)' })
           .option('drain-timeout', { type: 'number', describe: 'unmount gives up after this many seconds without upload progress (default 60)' })
           .option('page-blob-pattern', {
             type: 'string',

@@ -21,6 +21,16 @@ export function isShowableComponent(name: string): boolean {
   return name !== '' && name !== '.' && name !== '..' && Buffer.byteLength(name) <= 255;
 }
 
+/** Why `component` cannot be part of a new blob's name, or undefined when it can. Azure
+ *  drops dots that end a path segment and treats a backslash like '/', so such a name would not
+ *  come back as written; control characters are refused or mangled on the way. */
+export function blobComponentProblem(component: string): string | undefined {
+  if (component.endsWith('.')) return 'ends with a dot, which Azure drops from blob names';
+  if (component.includes('\\')) return "contains '\\', which Azure reads as '/'";
+  if (/[\u0000-\u001f\u007f]/.test(component)) return 'contains a control character';
+  return undefined;
+}
+
 export function parentAndBase(name: string): { parent: string; base: string } {
   const i = name.lastIndexOf('/');
   return i < 0 ? { parent: '', base: name } : { parent: name.slice(0, i), base: name.slice(i + 1) };

@@ -56,6 +56,8 @@ describe('parseMountOptions', () => {
     expect(o.dataDir).toBe('/home/u/.local/share/blobdisk');
     expect(o.cache).toEqual({ dir: '/home/u/.local/share/blobdisk/cache', sizeBytes: DEFAULTS.cacheSize, grainSize: DEFAULTS.grainSize });
     expect(o.read.readAheadGrains).toBe(16);
+    expect(o.attrTtlMs).toBe(DEFAULTS.attrTtlMs);
+    expect(parseMountOptions({ mountpoint: 'mnt', dirCacheTime: 60 }, env).attrTtlMs).toBe(60_000);
     expect(Object.isFrozen(o)).toBe(true);
     expect(Object.isFrozen(o.cache)).toBe(true);
   });
@@ -83,6 +85,7 @@ describe('parseMountOptions', () => {
     [{ logLevel: 'loud' }, /--log-level must be one of/],
     [{ sync: 'sometimes' }, /--sync must be local .* or cloud/],
     [{ pageBlobPattern: ['vms/*.img'] }, /must be a file-name pattern/],
+    [{ dirCacheTime: -1 }, /--dir-cache-time takes seconds/],
   ])('rejects %p with one clear line', (args, message) => {
     expect(() => parseMountOptions({ mountpoint: 'm', ...args }, env)).toThrow(message);
   });
