@@ -30,7 +30,7 @@ import { BlobdiskError } from '../errors';
 import { GrainMap, GrainRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { CacheOptions } from '../options';
-import { SECTOR, allSet, anySet, clearBitsFrom, emptyBitmap, runs, sectorSpan, sectorsOf, setBits } from './sectors';
+import { SECTOR, allSet, anySet, clearBitsFrom, emptyBitmap, fullBitmap, runs, sectorSpan, sectorsOf, setBits } from './sectors';
 
 const TOUCH_FLUSH_MS = 5_000;
 const MAX_OPEN_FILES = 128;
@@ -50,6 +50,9 @@ interface Entry {
   unsynced: boolean;
   /** When the grain last went from clean to dirty (ms), for "oldest dirty age". */
   dirtySince: number;
+  /** The grain map holds this grain as wholly valid and wholly dirty (see write()), which
+   *  covers every later write to it until the next persist(). */
+  persistedWhole?: boolean;
 }
 
 /** What the image and the flusher may know of a grain. */
@@ -115,6 +118,7 @@ export class GrainCache {
   }
 
   private persist(e: Entry): void {
+    e.persistedWhole = false;
     const row: GrainRow = {
       imageId: e.imageId, idx: e.idx, length: this.grainSize, checksum: e.checksum, valid: e.valid, dirty: e.dirty,
       lastAccess: e.dirty ? e.dirtySince : Date.now(),
@@ -279,10 +283,13 @@ export class GrainCache {
 
   /** Writes `data` at `offset` within the grain and marks it dirty. Sectors the write only
    *  partly covers must already be valid (the image fetches them first). Waits up to
-   *  `waitMs` for room when the cache is full of dirty data, then fails with ENOSPC. */
-  async write(imageId: number, idx: number, offset: number, data: Buffer, waitMs: number): Promise<void> {
+   *  `waitMs` for room when the cache is full of dirty data, then fails with ENOSPC.
+   *  `blank`: Azure holds nothing for this grain (it lies past the blob's end), so sectors
+   *  never written read as zeros, from Azure as from a sparse cache file. */
+  async write(imageId: number, idx: number, offset: number, data: Buffer, waitMs: number, blank = false): Promise<void> {
     const key = keyOf(imageId, idx);
     let entry = this.lru.get(key);
+    let created = false;
     if (!entry) {
       if (!(await this.makeRoom(this.grainSize, true, waitMs))) {
         throw new BlobdiskError('ENOSPC', `the cache is full of data not yet uploaded (${this.stats.dirtyBytes} bytes); the upload to Azure is not keeping up or Azure is unreachable`);
@@ -292,17 +299,19 @@ export class GrainCache {
       if (!entry) {
         entry = { imageId, idx, checksum: null, valid: emptyBitmap(this.grainSize), dirty: null, gen: 0, uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
         this.insert(entry);
+        created = true;
       }
     }
     // Bump the generation before the bytes land: an upload that read the grain while this
     // write was under way then cannot mark it clean.
     entry.gen++;
     const handle = await this.open(imageId, idx);
+    // A file left behind by an earlier process must not show through the sectors not written.
+    if (created && blank) await handle.truncate(0);
+    // One synchronous pwrite into the page cache costs less than a round trip through the
+    // thread pool, and the FUSE request waits for it either way.
     let written = 0;
-    while (written < data.length) {
-      const { bytesWritten } = await handle.write(data, written, data.length - written, offset + written);
-      written += bytesWritten;
-    }
+    while (written < data.length) written += fs.writeSync(handle.fd, data, written, data.length - written, offset + written);
     const [from, to] = sectorSpan(offset, offset + data.length);
     if (entry.valid) {
       setBits(entry.valid, from, to);
@@ -319,6 +328,15 @@ export class GrainCache {
     // And once more now that the bits are set: an upload that saw the bitmap without them
     // (while the bytes were landing) must not mark the grain clean either.
     entry.gen++;
+    if (entry.persistedWhole) return;
+    if (created && blank) {
+      // A blank grain written for the first time is recorded as wholly valid and dirty:
+      // after a crash its unwritten sectors upload as the zeros Azure holds anyway, and a
+      // sequential writer costs the grain map one row per grain instead of one per write.
+      this.map.putGrain({ imageId, idx, length: this.grainSize, checksum: null, valid: null, dirty: fullBitmap(this.grainSize), lastAccess: entry.dirtySince });
+      entry.persistedWhole = true;
+      return;
+    }
     this.persist(entry);
   }
 
@@ -367,6 +385,18 @@ export class GrainCache {
     boundary.gen++;
     boundary.unsynced = true;
     this.persist(boundary);
+  }
+
+  /** Drops what a crash may have left past the image's recorded end `size`: a grain
+   *  recorded as wholly dirty (see write()) reaches past the end, and a write that grew the
+   *  image may have died before its new size was recorded (it was never acknowledged). */
+  async clipPast(imageId: number, size: number): Promise<void> {
+    const g = this.grainSize;
+    const beyond = [...this.lru.values()].some((e) => e.imageId === imageId && e.idx * g >= size);
+    const boundary = this.lru.get(keyOf(imageId, Math.floor(size / g)));
+    const firstPast = Math.ceil((size % g) / SECTOR);
+    const past = boundary?.dirty ? runs(boundary.dirty, sectorsOf(g)).some(([, to]) => to > firstPast) : false;
+    if (beyond || past) await this.truncate(imageId, size);
   }
 
   /** Makes the image's written grains durable on local disk (--sync local fsync). */

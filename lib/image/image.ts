@@ -125,6 +125,7 @@ export class Image {
   /** The image of `ref` as Azure described it in `info`; drops cached grains of an older ETag. */
   static async open(deps: ImageDeps, account: string, ref: BlobRef, info: BlobInfo): Promise<Image> {
     const row = deps.map.ensureImage(account, ref.container, ref.name, info.kind, logicalSize(info));
+    await deps.cache.clipPast(row.id, row.size);
     const image = new Image(deps, ref, row, info);
     await image.revalidate(info);
     return image;
@@ -702,7 +703,7 @@ export class Image {
         }
         chunk.copy(data, start - alignedStart);
       }
-      await this.deps.cache.write(this.row.id, idx, alignedStart, data, this.deps.dirtyWaitMs);
+      await this.deps.cache.write(this.row.id, idx, alignedStart, data, this.deps.dirtyWaitMs, idx * g >= this.remoteEnd);
     });
     this.staged.delete(idx);
   }

@@ -174,4 +174,63 @@ describe('Image writes and the flusher', () => {
     expect(store.contentOf(page).subarray(G, 2 * G)).toEqual(Buffer.alloc(G, 3));
     await second.close();
   });
+
+  it('records a sequential writer past the blob end once per grain, and a crash still uploads exactly what was written', async () => {
+    for (const ref of [page, block]) {
+      const store = new MemoryStore({ containers: ['c'] });
+      if (ref === page) await store.createPageBlob(ref, 0);
+      else await store.commitBlockList(ref, []);
+      const first = harness(store);
+      const image = await first.open(ref);
+      let puts = 0;
+      const putGrain = first.map.putGrain.bind(first.map);
+      first.map.putGrain = (row) => {
+        puts++;
+        putGrain(row);
+      };
+      const data = crypto.randomBytes(5 * G + 300); // 16 KiB writes; the last grain ends unaligned
+      for (let at = 0; at < data.length; at += 16 * 1024) await image.write(data.subarray(at, Math.min(data.length, at + 16 * 1024)), at);
+      expect({ ref: ref.name, puts }).toEqual({ ref: ref.name, puts: 6 });
+      await image.fsync();
+      // The process dies: nothing uploaded, only the cache files and the grain map remain.
+      first.flusher.stop();
+      first.map.close();
+
+      const second = harness(store, { dir: first.dir });
+      const again = await second.open(ref);
+      expect(again.size).toBe(data.length);
+      expect((await again.read(0, data.length)).equals(data)).toBe(true);
+      await second.flusher.flush([again]);
+      const azure = store.contentOf(ref);
+      expect(azure.subarray(0, data.length).equals(data)).toBe(true);
+      expect(azure.length).toBe(ref === page ? Math.ceil(data.length / 512) * 512 : data.length);
+      expect(second.cache.dirtyGrains(again.id)).toEqual([]);
+      await second.close();
+    }
+  });
+
+  it('a write that grew the image but died before the new size was recorded is dropped, not uploaded forever', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    await store.createPageBlob(page, 0);
+    const first = harness(store);
+    const image = await first.open(page);
+    await image.write(Buffer.alloc(G, 1), 0);
+    // The grain of the next write is recorded, then the process dies before the size is.
+    const updateImage = first.map.updateImage.bind(first.map);
+    first.map.updateImage = () => {
+      throw new Error('killed');
+    };
+    await expect(image.write(Buffer.alloc(G, 2), G)).rejects.toThrow('killed');
+    first.map.updateImage = updateImage;
+    first.flusher.stop();
+    first.map.close();
+
+    const second = harness(store, { dir: first.dir });
+    const again = await second.open(page);
+    expect(again.size).toBe(G);
+    await second.flusher.flush([again]);
+    expect(store.contentOf(page)).toEqual(Buffer.alloc(G, 1));
+    expect(second.cache.dirtyGrains(again.id)).toEqual([]);
+    await second.close();
+  });
 });
