@@ -44,7 +44,8 @@ export interface FlushProgress {
   readonly startBytes: number;
 }
 
-const BATCH_GRAINS = 64;
+/** Dirty grains of a page blob are read and planned this many bytes at a time. */
+const WINDOW_BYTES = 8 * 1024 * 1024;
 const MIN_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 30_000;
 const POLL_MS = 50;
@@ -223,17 +224,28 @@ export class Flusher {
     }
     if (sized || image.remoteEnd < image.size) image.uploaded(info, true);
 
+    // Grains are read a window at a time, just ahead of the uploads, so reading the cache,
+    // planning and marking grains clean overlap with requests in flight instead of
+    // stalling the pipeline between batches.
     const dirty = this.cache.dirtyGrains(image.id);
-    for (let b = 0; b < dirty.length; b += BATCH_GRAINS) {
-      const batch = dirty.slice(b, b + BATCH_GRAINS);
-      const grains: { idx: number; gen: number; data: Buffer }[] = [];
-      const pieces: { offset: number; data: Buffer }[] = [];
+    const perWindow = Math.max(1, Math.floor(WINDOW_BYTES / g));
+    interface Job { readonly upload: PageUpload; readonly window: Window }
+    interface Window { left: number; readonly grains: { idx: number; gen: number; data: Buffer }[] }
+    const ready: Job[] = [];
+    let failure: unknown;
+    let nextGrain = 0;
+    let reading: Promise<void> | undefined;
+    const readWindow = async (): Promise<void> => {
+      const batch = dirty.slice(nextGrain, nextGrain + perWindow);
+      nextGrain += batch.length;
       // Generations and bitmaps first, then the grain files read side by side.
       const snapshots = batch.flatMap((idx) => {
         const state = this.cache.state(image.id, idx);
         return state?.dirty ? [{ idx, gen: state.gen, bitmap: Buffer.from(state.dirty) }] : [];
       });
       const contents = await Promise.all(snapshots.map((snap) => this.cache.readWhole(image.id, snap.idx)));
+      const window: Window = { left: 0, grains: [] };
+      const pieces: { offset: number; data: Buffer }[] = [];
       for (const [i, { idx, gen, bitmap }] of snapshots.entries()) {
         const data = contents[i] as Buffer;
         let whole = true;
@@ -244,27 +256,66 @@ export class Flusher {
           if (end < idx * g + to * SECTOR) whole = false;
           if (end > start) pieces.push({ offset: start, data: data.subarray(start - idx * g, end - idx * g) });
         }
-        if (whole) grains.push({ idx, gen, data });
+        if (whole) window.grains.push({ idx, gen, data });
       }
       const uploads = planPageUploads(pieces);
-      let etag = info.etag;
-      await bounded(uploads, this.options.concurrency, async (u: PageUpload) => {
-        const conditions = image.writeConditions();
-        etag = this.ours(
-          image,
-          u.zero ? await this.store.clearPages(ref, u.offset, u.data.length, conditions) : await this.store.putPages(ref, u.offset, u.data, conditions),
-        );
-        image.counters.uploads++;
-        if (u.zero) image.counters.bytesCleared += u.data.length;
-        else image.counters.bytesUp += u.data.length;
-      });
-      for (const grain of grains) this.cache.markUploaded(image.id, grain.idx, grain.gen, grain.data);
-      if (uploads.length > 0) {
+      window.left = uploads.length;
+      if (uploads.length === 0) this.markClean(image, window.grains);
+      for (const upload of uploads) ready.push({ upload, window });
+    };
+    const next = async (): Promise<Job | undefined> => {
+      for (;;) {
+        // Keep a window read ahead of the requests in flight.
+        if (ready.length <= this.options.concurrency && nextGrain < dirty.length) {
+          reading ??= readWindow()
+            .catch((e: unknown) => void (failure ??= e))
+            .finally(() => (reading = undefined));
+        }
+        const job = ready.shift();
+        if (job) return job;
+        if (!reading) return undefined;
+        await reading;
+        if (failure !== undefined) return undefined;
+      }
+    };
+    let etag = info.etag;
+    let sent = 0;
+    const worker = async (): Promise<void> => {
+      while (failure === undefined) {
+        try {
+          const job = await next();
+          if (!job) return;
+          const { upload: u, window } = job;
+          const conditions = image.writeConditions();
+          etag = this.ours(image, u.zero ? await this.store.clearPages(ref, u.offset, u.data.length, conditions) : await this.store.putPages(ref, u.offset, u.data, conditions));
+          sent++;
+          image.counters.uploads++;
+          if (u.zero) image.counters.bytesCleared += u.data.length;
+          else image.counters.bytesUp += u.data.length;
+          if (--window.left === 0) this.markClean(image, window.grains);
+        } catch (e) {
+          failure ??= e;
+        }
+      }
+    };
+    // Workers never reject: a failure stops them all, after the requests in flight.
+    await Promise.all(Array.from({ length: this.options.concurrency }, worker));
+    await reading;
+    if (sent > 0) {
+      try {
         // Concurrent calls finish in any order: ask which ETag the blob ended with.
-        info = uploads.length === 1 ? { ...info, etag } : await this.store.getInfo(ref);
+        info = sent === 1 && failure === undefined ? { ...info, etag } : await this.store.getInfo(ref);
         image.uploaded(info, false);
+      } catch (e) {
+        failure ??= e;
       }
     }
+    if (failure !== undefined) throw failure;
+  }
+
+  /** Marks grains clean that went up whole (unless written again since their snapshot). */
+  private markClean(image: Image, grains: readonly { idx: number; gen: number; data: Buffer }[]): void {
+    for (const grain of grains) this.cache.markUploaded(image.id, grain.idx, grain.gen, grain.data);
   }
 
   private async flushBlockBlob(image: Image): Promise<void> {
