@@ -5,10 +5,15 @@
 import yargs from 'yargs';
 import { UsageError, errorMessage, isBlobdiskError, isUsageError } from '../errors';
 import { Io, say } from './io';
-import { flushCommand } from './flush';
-import { mountCommand } from './mount';
-import { statusCommand } from './status';
-import { unmountCommand } from './unmount';
+
+// Each command's module is loaded when it runs: the Azure SDK alone takes most of a second
+// to load, which `flush`, `status` and `unmount` (a control-socket request) do not need.
+const commands = {
+  mount: (): typeof import('./mount') => require('./mount') as typeof import('./mount'),
+  unmount: (): typeof import('./unmount') => require('./unmount') as typeof import('./unmount'),
+  flush: (): typeof import('./flush') => require('./flush') as typeof import('./flush'),
+  status: (): typeof import('./status') => require('./status') as typeof import('./status'),
+};
 
 export async function main(argv: string[], io: Io = { stdout: process.stdout, stderr: process.stderr, env: process.env }): Promise<number> {
   let exitCode = 0;
@@ -44,25 +49,25 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
             describe: "new files matching these names become page blobs (default '*.img' '*.raw' '*.vhd' '*.vmdk' '*.qcow2' '*.vdi')",
           })
           .option('log-level', { type: 'string', choices: ['debug', 'info', 'warn', 'error', 'silent'], describe: 'default info' }),
-      (args) => run(mountCommand(args, io)),
+      (args) => run(commands.mount().mountCommand(args, io)),
     )
     .command(
       'unmount <mountpoint>',
       'unmount a running blobdisk mount cleanly',
       (y) => y.positional('mountpoint', { type: 'string', demandOption: true }),
-      (args) => run(unmountCommand(args.mountpoint, io)),
+      (args) => run(commands.unmount().unmountCommand(args.mountpoint, io)),
     )
     .command(
       'flush <mountpoint> [path]',
       'wait until everything written so far is in Azure',
       (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).positional('path', { type: 'string', describe: 'only this file' }),
-      (args) => run(flushCommand(args.mountpoint, args.path, io)),
+      (args) => run(commands.flush().flushCommand(args.mountpoint, args.path, io)),
     )
     .command(
       'status <mountpoint>',
       'show per-image size, cached bytes and traffic of a running mount',
       (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).option('json', { type: 'boolean', describe: 'print JSON for scripts' }),
-      (args) => run(statusCommand(args.mountpoint, args.json === true, io)),
+      (args) => run(commands.status().statusCommand(args.mountpoint, args.json === true, io)),
     )
     .demandCommand(1, 'give a command: mount, unmount, flush or status')
     .strict()
