@@ -89,6 +89,11 @@ export class GrainCache {
   private readonly grainSize: number;
   readonly stats: CacheStats = { usedBytes: 0, dirtyBytes: 0, grains: 0, evictions: 0, corruptions: 0 };
 
+  /** The bound of the cache (--cache-size). */
+  get sizeBytes(): number {
+    return this.options.sizeBytes;
+  }
+
   constructor(
     private readonly options: CacheOptions,
     private readonly map: GrainMap,

@@ -30,6 +30,10 @@ import { BlobStore, MAX_PAGE_BLOB_BYTES } from '../store/types';
 import { CommittedBlock, PageUpload, blockSizeFor, planBlocks, planPageUploads } from './plan';
 
 const HELD_RETRY_MS = 100;
+/** A writer that never pauses still gets its changes uploaded once the oldest has waited
+ *  this many write-back delays (and at least MIN_MAX_AGE_MS). */
+const MAX_AGE_FACTOR = 10;
+const MIN_MAX_AGE_MS = 5_000;
 
 export interface FlusherOptions {
   readonly grainSize: number;
@@ -79,6 +83,8 @@ export class Flusher {
   private running: Promise<void> | undefined;
   private urgent = false;
   private stopped = false;
+  /** When each queued image was last written (ms). */
+  private readonly lastWrite = new Map<Image, number>();
   /** Images no upload may start for (a rename is moving their blob). */
   private readonly held = new Set<Image>();
   /** The upload under way, if any. */
@@ -91,10 +97,31 @@ export class Flusher {
     private readonly log: Logger,
   ) {}
 
-  /** The image has something to upload. */
+  /** The image has something to upload. Uploads wait until it has been quiet for the
+   *  write-back delay, so a burst of writes is acknowledged at local speed and goes up
+   *  after; see due(). */
   notify(image: Image): void {
     this.queued.add(image);
-    this.schedule(this.options.delayMs);
+    this.lastWrite.set(image, Date.now());
+    this.schedule(this.underPressure() ? 0 : this.options.delayMs);
+  }
+
+  /** Half the cache is dirty: writes would soon wait for room. */
+  private underPressure(): boolean {
+    return this.cache.stats.dirtyBytes * 2 >= this.cache.sizeBytes;
+  }
+
+  /** Whether the image's upload should start now: it has been quiet for the write-back
+   *  delay, or its oldest change has waited MAX_AGE_FACTOR delays (a writer that never
+   *  pauses), or half the cache is dirty (writes would soon wait for room), or someone
+   *  waits for it (flush, fsync with --sync cloud, unmount). */
+  private due(image: Image, now: number): boolean {
+    if (this.urgent) return true;
+    const delay = this.options.delayMs;
+    if (now - (this.lastWrite.get(image) ?? 0) >= delay) return true;
+    const since = this.cache.dirtyOf(image.id).since;
+    if (since > 0 && now - since >= Math.max(MIN_MAX_AGE_MS, delay * MAX_AGE_FACTOR)) return true;
+    return this.underPressure();
   }
 
   private schedule(ms: number): void {
@@ -121,19 +148,22 @@ export class Flusher {
   private nextAttemptIn(): number {
     // Held images are skipped: do not spin on them while a rename copies their blob.
     if ([...this.queued].every((i) => this.held.has(i))) return HELD_RETRY_MS;
-    let soonest = this.urgent ? 0 : this.options.delayMs;
+    if (this.urgent) return 0;
+    const now = Date.now();
+    let soonest = this.options.delayMs;
     for (const image of this.queued) {
       const b = this.backoff.get(image);
-      if (b) soonest = Math.max(0, Math.min(soonest, b.until - Date.now()));
+      if (b) soonest = Math.min(soonest, b.until - now);
+      else soonest = Math.min(soonest, (this.lastWrite.get(image) ?? 0) + this.options.delayMs - now);
     }
-    return soonest;
+    return Math.max(0, soonest);
   }
 
   /** One pass over the images that are due; run() schedules the next one. */
   private async loop(): Promise<void> {
     const now = Date.now();
     for (const image of this.queued) if (image.conflict) this.queued.delete(image);
-    const ready = [...this.queued].filter((i) => (this.backoff.get(i)?.until ?? 0) <= now);
+    const ready = [...this.queued].filter((i) => (this.backoff.get(i)?.until ?? 0) <= now && this.due(i, now));
     for (const image of ready) {
       if (this.stopped) return;
       if (this.held.has(image)) continue;
@@ -142,7 +172,10 @@ export class Flusher {
         this.flushing = { image, done };
         await done.finally(() => (this.flushing = undefined));
         this.backoff.delete(image);
-        if (!image.needsUpload()) this.queued.delete(image);
+        if (!image.needsUpload()) {
+          this.queued.delete(image);
+          this.lastWrite.delete(image);
+        }
       } catch (e) {
         this.failed(image, e);
       }

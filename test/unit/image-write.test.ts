@@ -253,4 +253,30 @@ describe('Image writes and the flusher', () => {
     expect(h.cache.dirtyGrains(image.id)).toEqual([]);
     await h.close();
   });
+
+  it('uploads once the image has been quiet for the write-back delay, or at once when half the cache is dirty', async () => {
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const store = new MemoryStore({ containers: ['c'] });
+    await store.createPageBlob(page, 64 * G);
+    const h = harness(store, { writeBackDelayMs: 300, cacheBytes: 32 * G });
+    const image = await h.open(page);
+    for (let i = 0; i < 10; i++) {
+      await image.write(crypto.randomBytes(512), i * 512);
+      await sleep(100);
+    }
+    expect(store.counters.bytesUp).toBe(0); // a writer that keeps writing is not interrupted
+    await sleep(900);
+    expect(store.counters.bytesUp).toBe(5 * 1024);
+    expect(h.cache.dirtyGrains(image.id)).toEqual([]);
+    await h.close();
+
+    const busy = new MemoryStore({ containers: ['c'] });
+    await busy.createPageBlob(page, 64 * G);
+    const h2 = harness(busy, { writeBackDelayMs: 60_000, cacheBytes: 32 * G });
+    const image2 = await h2.open(page);
+    await image2.write(crypto.randomBytes(17 * G), 0); // over half the cache
+    for (let i = 0; i < 50 && busy.counters.bytesUp < 17 * G; i++) await sleep(100);
+    expect(busy.counters.bytesUp).toBe(17 * G);
+    await h2.close();
+  });
 });
