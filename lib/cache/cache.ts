@@ -30,7 +30,7 @@ import { BlobdiskError } from '../errors';
 import { GrainMap, GrainRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { CacheOptions } from '../options';
-import { SECTOR, allSet, anySet, clearBitsFrom, emptyBitmap, fullBitmap, runs, sectorSpan, sectorsOf, setBits } from './sectors';
+import { SECTOR, allSet, anySet, clearBitsFrom, countBits, emptyBitmap, fullBitmap, runs, sectorSpan, sectorsOf, setBits } from './sectors';
 
 const TOUCH_FLUSH_MS = 5_000;
 const MAX_OPEN_FILES = 128;
@@ -161,7 +161,7 @@ export class GrainCache {
     let since = 0;
     for (const e of this.lru.values()) {
       if (e.imageId !== imageId || !e.dirty) continue;
-      bytes += runs(e.dirty, sectorsOf(this.grainSize)).reduce((n, [a, b]) => n + (b - a) * SECTOR, 0);
+      bytes += countBits(e.dirty) * SECTOR;
       if (since === 0 || e.dirtySince < since) since = e.dirtySince;
     }
     return { bytes, since };

@@ -42,6 +42,19 @@ export function anySet(bm: Buffer): boolean {
   return false;
 }
 
+const POPCOUNT = Uint8Array.from({ length: 256 }, (_, b) => {
+  let n = 0;
+  for (let v = b; v !== 0; v >>= 1) n += v & 1;
+  return n;
+});
+
+/** How many sectors are set (a byte at a time: status and flush progress ask often). */
+export function countBits(bm: Buffer): number {
+  let n = 0;
+  for (const byte of bm) n += POPCOUNT[byte] ?? 0;
+  return n;
+}
+
 /** Runs of set sectors as [first, end) sector pairs. */
 export function runs(bm: Buffer, sectors: number): [number, number][] {
   const out: [number, number][] = [];
