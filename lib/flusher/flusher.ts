@@ -276,11 +276,15 @@ export class Flusher {
         const state = this.cache.state(image.id, idx);
         return state?.dirty ? [{ idx, gen: state.gen, bitmap: Buffer.from(state.dirty) }] : [];
       });
-      const contents = await Promise.all(snapshots.map((snap) => this.cache.readWhole(image.id, snap.idx)));
+      // One buffer for the window: neighbouring grains' runs join into a Put Page as a view of it.
+      const buffer = Buffer.allocUnsafe(snapshots.length * g);
+      const present = await Promise.all(snapshots.map((snap, i) => this.cache.read(image.id, snap.idx, 0, g, buffer, i * g)));
       const window: Window = { left: 0, grains: [] };
       const pieces: { offset: number; data: Buffer }[] = [];
       for (const [i, { idx, gen, bitmap }] of snapshots.entries()) {
-        const data = contents[i] as Buffer;
+        // A grain gone meanwhile (a truncate) is looked at again by the next flush.
+        if (!present[i]) continue;
+        const data = buffer.subarray(i * g, (i + 1) * g);
         let whole = true;
         for (const [from, to] of runs(bitmap, sectorsOf(g))) {
           const start = idx * g + from * SECTOR;

@@ -23,13 +23,19 @@ export function isZero(buf: Buffer): boolean {
   return true;
 }
 
-/** Joins byte runs (sorted by offset, sector-aligned) into Put Page / Clear Pages calls. */
+/** Joins byte runs (sorted by offset, sector-aligned) into Put Page / Clear Pages calls.
+ *  Runs that lie side by side in one buffer are joined as a view, without a copy. */
 export function planPageUploads(runs: ReadonlyArray<{ offset: number; data: Buffer }>): PageUpload[] {
   const joined: { offset: number; parts: Buffer[]; length: number }[] = [];
   for (const run of runs) {
     const last = joined[joined.length - 1];
     if (last && last.offset + last.length === run.offset && last.length + run.data.length <= MAX_PUT_PAGE_BYTES) {
-      last.parts.push(run.data);
+      const tail = last.parts[last.parts.length - 1] as Buffer;
+      if (tail.buffer === run.data.buffer && tail.byteOffset + tail.length === run.data.byteOffset) {
+        last.parts[last.parts.length - 1] = Buffer.from(tail.buffer, tail.byteOffset, tail.length + run.data.length);
+      } else {
+        last.parts.push(run.data);
+      }
       last.length += run.data.length;
     } else {
       for (let at = 0; at < run.data.length; at += MAX_PUT_PAGE_BYTES) {

@@ -19,6 +19,24 @@ describe('planPageUploads', () => {
     ]);
     expect(plan.every((u) => u.data.length <= 4 * M)).toBe(true);
   });
+
+  it('joins runs that lie side by side in one buffer as a view of it, not a copy', () => {
+    const window = Buffer.alloc(6 * M, 7);
+    const plan = planPageUploads([
+      { offset: 10 * M, data: window.subarray(0, M) },
+      { offset: 11 * M, data: window.subarray(M, 3 * M) },
+      { offset: 13 * M, data: window.subarray(3 * M, 5 * M) }, // would pass 4 MiB: its own call
+      { offset: 15 * M, data: Buffer.alloc(M, 7) }, // another buffer: joined by a copy
+    ]);
+    expect(plan.map((u) => [u.offset / M, u.data.length / M])).toEqual([
+      [10, 3],
+      [13, 3],
+    ]);
+    expect(plan[0]?.data.buffer).toBe(window.buffer);
+    expect(plan[0]?.data.equals(Buffer.alloc(3 * M, 7))).toBe(true);
+    expect(plan[1]?.data.buffer).not.toBe(window.buffer);
+    expect(plan[1]?.data.equals(Buffer.alloc(3 * M, 7))).toBe(true);
+  });
 });
 
 describe('blockSizeFor', () => {
