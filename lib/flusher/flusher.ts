@@ -83,6 +83,8 @@ export class Flusher {
   private running: Promise<void> | undefined;
   private urgent = false;
   private stopped = false;
+  /** Window buffers of finished uploads, for the next ones. */
+  private readonly spareWindows: Buffer[] = [];
   /** When each queued image was last written (ms). */
   private readonly lastWrite = new Map<Image, number>();
   /** Images no upload may start for (a rename is moving their blob). */
@@ -263,7 +265,7 @@ export class Flusher {
     const dirty = this.cache.dirtyGrains(image.id);
     const perWindow = Math.max(1, Math.floor(WINDOW_BYTES / g));
     interface Job { readonly upload: PageUpload; readonly window: Window }
-    interface Window { left: number; readonly grains: { idx: number; gen: number; data: Buffer }[] }
+    interface Window { left: number; readonly grains: { idx: number; gen: number; data: Buffer }[]; buffer?: Buffer }
     const ready: Job[] = [];
     let failure: unknown;
     let nextGrain = 0;
@@ -277,7 +279,7 @@ export class Flusher {
         return state?.dirty ? [{ idx, gen: state.gen, bitmap: Buffer.from(state.dirty) }] : [];
       });
       // One buffer for the window: neighbouring grains' runs join into a Put Page as a view of it.
-      const buffer = Buffer.allocUnsafe(snapshots.length * g);
+      const buffer = this.windowBuffer(perWindow * g);
       const present = await Promise.all(snapshots.map((snap, i) => this.cache.read(image.id, snap.idx, 0, g, buffer, i * g)));
       const window: Window = { left: 0, grains: [] };
       const pieces: { offset: number; data: Buffer }[] = [];
@@ -297,7 +299,8 @@ export class Flusher {
       }
       const uploads = planPageUploads(pieces);
       window.left = uploads.length;
-      if (uploads.length === 0) this.markClean(image, window.grains);
+      window.buffer = buffer;
+      if (uploads.length === 0) this.windowDone(image, window);
       for (const upload of uploads) ready.push({ upload, window });
     };
     const next = async (): Promise<Job | undefined> => {
@@ -329,7 +332,7 @@ export class Flusher {
           image.counters.uploads++;
           if (u.zero) image.counters.bytesCleared += u.data.length;
           else image.counters.bytesUp += u.data.length;
-          if (--window.left === 0) this.markClean(image, window.grains);
+          if (--window.left === 0) this.windowDone(image, window);
         } catch (e) {
           failure ??= e;
         }
@@ -350,9 +353,18 @@ export class Flusher {
     if (failure !== undefined) throw failure;
   }
 
-  /** Marks grains clean that went up whole (unless written again since their snapshot). */
-  private markClean(image: Image, grains: readonly { idx: number; gen: number; data: Buffer }[]): void {
-    for (const grain of grains) this.cache.markUploaded(image.id, grain.idx, grain.gen, grain.data);
+  /** Every upload of a window went through: marks its grains clean that went up whole
+   *  (unless written again since their snapshot) and keeps its buffer for the next one. */
+  private windowDone(image: Image, window: { grains: readonly { idx: number; gen: number; data: Buffer }[]; buffer?: Buffer }): void {
+    for (const grain of window.grains) this.cache.markUploaded(image.id, grain.idx, grain.gen, grain.data);
+    if (window.buffer && this.spareWindows.length < this.options.concurrency + 2) this.spareWindows.push(window.buffer);
+  }
+
+  /** A window buffer of `bytes`, reused: fresh ones of 8 MiB per window kept the garbage
+   *  collector busy for a tenth of a drain. */
+  private windowBuffer(bytes: number): Buffer {
+    const spare = this.spareWindows.pop();
+    return spare && spare.length === bytes ? spare : Buffer.allocUnsafe(bytes);
   }
 
   private async flushBlockBlob(image: Image): Promise<void> {
