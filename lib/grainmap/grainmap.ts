@@ -52,9 +52,15 @@ const toGrain = (r: RawGrain): GrainRow => ({
   valid: r.valid, dirty: r.dirty, lastAccess: r.last_access,
 });
 
+/** ETags of our own uploads kept per image (see recordEtag). */
+const KEPT_ETAGS = 64;
+
 export class GrainMap {
   private readonly db: Database.Database;
   private readonly statements = new Map<string, Database.Statement>();
+  /** ETags recorded per image since the last pruning. */
+  private readonly etagsRecorded = new Map<number, number>();
+  private etagClock = 0;
 
   private constructor(db: Database.Database) {
     this.db = db;
@@ -199,10 +205,17 @@ export class GrainMap {
       .run(row.imageId, row.idx, row.length, row.checksum, row.valid, row.dirty, row.lastAccess);
   }
 
-  /** Remembers an ETag one of our uploads produced (the last 64 per image are kept). */
+  /** Remembers an ETag one of our uploads produced (at least the last 64 per image are
+   *  kept; older ones are pruned every 64 uploads, not at each: a flush of small random
+   *  writes records thousands). */
   recordEtag(imageId: number, etag: string): void {
-    this.sql('INSERT OR REPLACE INTO etags (image_id, etag, at) VALUES (?, ?, ?)').run(imageId, etag, Date.now());
-    this.sql('DELETE FROM etags WHERE image_id = ? AND etag NOT IN (SELECT etag FROM etags WHERE image_id = ? ORDER BY at DESC LIMIT 64)')
+    // Strictly increasing, so that pruning keeps the newest even within one millisecond.
+    this.etagClock = Math.max(Date.now(), this.etagClock + 1);
+    this.sql('INSERT OR REPLACE INTO etags (image_id, etag, at) VALUES (?, ?, ?)').run(imageId, etag, this.etagClock);
+    const recorded = (this.etagsRecorded.get(imageId) ?? 0) + 1;
+    this.etagsRecorded.set(imageId, recorded % KEPT_ETAGS);
+    if (recorded < KEPT_ETAGS) return;
+    this.sql(`DELETE FROM etags WHERE image_id = ? AND etag NOT IN (SELECT etag FROM etags WHERE image_id = ? ORDER BY at DESC LIMIT ${KEPT_ETAGS})`)
       .run(imageId, imageId);
   }
 
@@ -217,12 +230,12 @@ export class GrainMap {
     ).map(toImage);
   }
 
-  /** Forgets an image and all its grains (the blob was deleted). */
   /** Gives the image's row another blob name (a rename); the grains stay with the row. */
   renameImage(id: number, container: string, name: string): void {
     this.sql('UPDATE images SET container = ?, name = ? WHERE id = ?').run(container, name, id);
   }
 
+  /** Forgets an image and all its grains (the blob was deleted). */
   deleteImage(id: number): void {
     this.sql('DELETE FROM images WHERE id = ?').run(id);
   }

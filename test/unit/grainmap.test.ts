@@ -71,4 +71,16 @@ describe('GrainMap', () => {
     db.close();
     expect(() => GrainMap.open(file, 1 << 20)).toThrow(/another blobdisk version \(grain map schema 99/);
   });
+
+  it('remembers at least the last 64 ETags of our uploads per image, pruning older ones in batches', () => {
+    const map = GrainMap.open(path.join(tmp(), 'g.db'), 1 << 20);
+    const img = map.ensureImage('acct', 'c', 'disk.img', 'page', 1 << 30);
+    for (let i = 0; i < 300; i++) {
+      map.recordEtag(img.id, `"0x${i}"`);
+      for (const back of [0, 1, 63]) if (i - back >= 0) expect(map.isOurEtag(img.id, `"0x${i - back}"`)).toBe(true);
+    }
+    expect(map.isOurEtag(img.id, '"0x0"')).toBe(false);
+    expect(map.isOurEtag(img.id, '"0x100"')).toBe(false);
+    map.close();
+  });
 });
