@@ -328,6 +328,7 @@ export class Flusher {
           const { upload: u, window } = job;
           const conditions = image.writeConditions();
           etag = this.ours(image, u.zero ? await this.store.clearPages(ref, u.offset, u.data.length, conditions) : await this.store.putPages(ref, u.offset, u.data, conditions));
+          image.pagesChanged(u.offset, u.offset + u.data.length);
           sent++;
           image.counters.uploads++;
           if (u.zero) image.counters.bytesCleared += u.data.length;

@@ -253,6 +253,11 @@ export class Image {
     this.pageMap?.reset(info.etag, info.size);
   }
 
+  /** The flusher's report that one of its Put Page / Clear Pages calls changed [start, end). */
+  pagesChanged(start: number, end: number): void {
+    this.pageMap?.changed(start, end);
+  }
+
   private pages(): PageMap {
     if (!this.pageMap) {
       this.pageMap = new PageMap(this.deps.store, this.ref, PAGE_WINDOW_GRAINS * this.deps.grainSize, this.info.etag, this.info.size, () => this.leaseId === undefined);
@@ -744,8 +749,13 @@ export class Image {
           p.stored();
         }
       }
-      await this.deps.cache.truncate(this.row.id, size);
+      // The new end holds before the cache is cut: a read while it is being cut must not
+      // fetch (and cache) what Azure still holds past it.
       if (size < this.remoteEnd) this.setRow({ remoteEnd: size });
+      this.localSize = size;
+      this.setRow({ size });
+      await this.deps.cache.truncate(this.row.id, size);
+      this.epoch++;
     }
     this.localSize = size;
     this.setRow({ size });

@@ -8,6 +8,11 @@ import { BlobRef, BlobStore, ByteRange } from '../store/types';
 export class PageMap {
   private readonly windows = new Map<number, ByteRange[]>();
   private readonly loading = new Map<number, Promise<ByteRange[]>>();
+  /** Bumped by every change we make to the blob's pages (per window, and in all): a
+   *  listing asked for before a change landed may not show it, so its answer is not kept. */
+  private generation = 0;
+  private readonly windowGenerations = new Map<number, number>();
+  private resets = 0;
 
   constructor(
     private readonly store: BlobStore,
@@ -27,8 +32,23 @@ export class PageMap {
   reset(etag: string, size: number): void {
     this.windows.clear();
     this.loading.clear();
+    this.windowGenerations.clear();
+    this.generation++;
+    this.resets++;
     this.etag = etag;
     this.size = size;
+  }
+
+  /** One of our Put Page or Clear Pages calls changed [start, end): what was known of the
+   *  windows it touches is forgotten, and listings under way are not kept. Called as the
+   *  call returns, before the grains it carried may leave the cache. */
+  changed(start: number, end: number): void {
+    this.generation++;
+    for (let w = Math.floor(start / this.windowBytes); w * this.windowBytes < end; w++) {
+      this.windowGenerations.set(w, (this.windowGenerations.get(w) ?? 0) + 1);
+      this.windows.delete(w);
+      this.loading.delete(w);
+    }
   }
 
   /** Allocated ranges intersecting [start, end), clipped to it; undefined when not known without a request. */
@@ -44,12 +64,14 @@ export class PageMap {
 
   /** Allocated ranges intersecting [start, end), listing the windows not yet known. */
   async ranges(start: number, end: number): Promise<ByteRange[]> {
-    const known = this.known(start, end);
-    if (known) return known;
-    const loads: Promise<ByteRange[]>[] = [];
-    for (let w = Math.floor(start / this.windowBytes); w * this.windowBytes < end; w++) loads.push(this.load(w));
-    await Promise.all(loads);
-    return this.known(start, end) ?? [];
+    for (;;) {
+      const known = this.known(start, end);
+      if (known) return known;
+      const loads: Promise<ByteRange[]>[] = [];
+      for (let w = Math.floor(start / this.windowBytes); w * this.windowBytes < end; w++) loads.push(this.load(w));
+      await Promise.all(loads);
+      // Unknown still: a change of ours landed while listing; ask again.
+    }
   }
 
   private load(w: number): Promise<ByteRange[]> {
@@ -60,17 +82,20 @@ export class PageMap {
       const start = w * this.windowBytes;
       const end = Math.min(this.size, start + this.windowBytes);
       const etag = this.etag;
-      loading = this.store.pageRanges(this.ref, start, end, this.condition(etag)).then(
+      const resets = this.resets;
+      const generation = this.windowGenerations.get(w) ?? 0;
+      const current = this.store.pageRanges(this.ref, start, end, this.condition(etag)).then(
         (ranges) => {
-          if (this.etag === etag) this.windows.set(w, ranges);
-          this.loading.delete(w);
+          if (this.resets === resets && (this.windowGenerations.get(w) ?? 0) === generation) this.windows.set(w, ranges);
+          if (this.loading.get(w) === current) this.loading.delete(w);
           return ranges;
         },
         (e: unknown) => {
-          this.loading.delete(w);
+          if (this.loading.get(w) === current) this.loading.delete(w);
           throw e;
         },
       );
+      loading = current;
       this.loading.set(w, loading);
     }
     return loading;
@@ -79,8 +104,9 @@ export class PageMap {
   /** Lists the whole blob once and returns the allocated byte count. */
   async allocatedBytes(): Promise<number> {
     const etag = this.etag;
+    const generation = this.generation;
     const all = await this.store.pageRanges(this.ref, 0, this.size, this.condition(etag));
-    if (this.etag === etag) {
+    if (this.generation === generation) {
       for (let w = 0; w * this.windowBytes < this.size; w++) this.windows.set(w, []);
       for (const r of all) {
         for (let w = Math.floor(r.start / this.windowBytes); w * this.windowBytes < r.end; w++) {
