@@ -89,6 +89,14 @@ export class GrainCache {
   private readonly grainSize: number;
   readonly stats: CacheStats = { usedBytes: 0, dirtyBytes: 0, grains: 0, evictions: 0, corruptions: 0 };
 
+  /** Generations come from one counter for the whole cache, so a grain dropped and
+   *  made anew (a truncate, then a write) never repeats a generation an upload of its
+   *  old content saw, and that upload cannot mark the new content clean. */
+  private lastGen = 0;
+  private nextGen(): number {
+    return ++this.lastGen;
+  }
+
   /** The bound of the cache (--cache-size). */
   get sizeBytes(): number {
     return this.options.sizeBytes;
@@ -251,14 +259,15 @@ export class GrainCache {
 
   /** Takes a grain's whole content as fetched from Azure. Sectors the cache already holds
    *  (written locally) are kept; the others are taken from `data`. Returns false when the
-   *  cache had no room (the grain is then not cached). */
-  async fill(imageId: number, idx: number, data: Buffer): Promise<boolean> {
+   *  cache had no room, or `stillValid()` says the content went stale while it was being
+   *  stored (the grain is then not cached). */
+  async fill(imageId: number, idx: number, data: Buffer, stillValid: () => boolean = () => true): Promise<boolean> {
     const key = keyOf(imageId, idx);
     const entry = this.lru.get(key);
     if (!entry) {
       if (!(await this.makeRoom(this.grainSize, false))) return false;
       try {
-        if (this.lru.has(key)) return await this.fill(imageId, idx, data);
+        if (this.lru.has(key)) return await this.fill(imageId, idx, data, stillValid);
         const file = this.fileOf(imageId, idx);
         await this.ensureDir(path.dirname(file));
         // Write aside and rename, so a reader holding the old file never sees a half-written one.
@@ -267,7 +276,12 @@ export class GrainCache {
         await fsp.rename(partial, file);
         this.closeFile(key);
         if (this.lru.has(key)) return true; // a write arrived meanwhile; it owns the grain now
-        const fresh: Entry = { imageId, idx, checksum: zlib.crc32(data), valid: null, dirty: null, gen: 0, uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
+        if (!stillValid()) {
+          // The image was cut (or changed) while the grain was on its way: it is stale.
+          await fsp.rm(file, { force: true });
+          return false;
+        }
+        const fresh: Entry = { imageId, idx, checksum: zlib.crc32(data), valid: null, dirty: null, gen: this.nextGen(), uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
         this.insert(fresh);
         this.persist(fresh);
         return true;
@@ -276,9 +290,12 @@ export class GrainCache {
       }
     }
     if (entry.valid === null) return true;
+    if (!stillValid()) return false;
     const handle = await this.open(imageId, idx);
     const holes = runs(entry.valid.map((b) => ~b & 0xff) as Buffer, sectorsOf(this.grainSize));
     for (const [a, b] of holes) await handle.write(data, a * SECTOR, (b - a) * SECTOR, a * SECTOR);
+    // Dropped meanwhile (a truncate): its file and row are gone and must stay gone.
+    if (this.lru.get(key) !== entry) return false;
     entry.valid = null;
     if (!entry.dirty) entry.checksum = zlib.crc32(await this.readWhole(imageId, idx));
     entry.verified = true;
@@ -302,14 +319,14 @@ export class GrainCache {
       this.reserved -= this.grainSize;
       entry = this.lru.get(key);
       if (!entry) {
-        entry = { imageId, idx, checksum: null, valid: emptyBitmap(this.grainSize), dirty: null, gen: 0, uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
+        entry = { imageId, idx, checksum: null, valid: emptyBitmap(this.grainSize), dirty: null, gen: this.nextGen(), uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
         this.insert(entry);
         created = true;
       }
     }
     // Bump the generation before the bytes land: an upload that read the grain while this
     // write was under way then cannot mark it clean.
-    entry.gen++;
+    entry.gen = this.nextGen();
     const handle = await this.open(imageId, idx);
     // A file left behind by an earlier process must not show through the sectors not written.
     if (created && blank) await handle.truncate(0);
@@ -332,7 +349,7 @@ export class GrainCache {
     entry.unsynced = true;
     // And once more now that the bits are set: an upload that saw the bitmap without them
     // (while the bytes were landing) must not mark the grain clean either.
-    entry.gen++;
+    entry.gen = this.nextGen();
     if (entry.persistedWhole) return;
     if (created && blank) {
       // A blank grain written for the first time is recorded as wholly valid and dirty:
@@ -387,7 +404,7 @@ export class GrainCache {
       this.stats.dirtyBytes -= g;
     }
     boundary.checksum = boundary.dirty ? null : zlib.crc32(await this.readWhole(imageId, boundary.idx));
-    boundary.gen++;
+    boundary.gen = this.nextGen();
     boundary.unsynced = true;
     this.persist(boundary);
   }

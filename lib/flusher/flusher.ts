@@ -234,6 +234,7 @@ export class Flusher {
     const g = this.options.grainSize;
     let info = image.remote;
     const size = image.size;
+    const cuts = image.cuts;
     const physical = roundUp(size);
     if (physical > MAX_PAGE_BLOB_BYTES) throw new BlobdiskError('EFBIG', `${ref.name} would exceed the 8 TiB page blob limit`);
     let sized = false;
@@ -257,7 +258,7 @@ export class Flusher {
       sized = true;
       image.counters.uploads++;
     }
-    if (sized || image.remoteEnd < image.size) image.uploaded(info, true);
+    if (sized || image.remoteEnd < image.size) image.uploaded(info, true, cuts);
 
     // Grains are read a window at a time, just ahead of the uploads, so reading the cache,
     // planning and marking grains clean overlap with requests in flight instead of
@@ -373,6 +374,7 @@ export class Flusher {
     const g = this.options.grainSize;
     const info = image.remote;
     const size = image.size;
+    const cuts = image.cuts;
     const grains = this.cache.dirtyGrains(image.id).map((idx) => ({ idx, gen: this.cache.state(image.id, idx)?.gen ?? -1 }));
     // Changed bytes by dirty sector runs, so a small write does not restage a neighbouring block.
     const changed: { start: number; end: number }[] = [];
@@ -422,7 +424,7 @@ export class Flusher {
       if ((idx + 1) * g > size && this.dirtyPast(image, idx, size)) continue;
       if (this.cache.state(image.id, idx)?.gen === gen) this.cache.markUploaded(image.id, idx, gen, await this.cache.readWhole(image.id, idx));
     }
-    image.uploaded({ ...info, size, etag }, size === image.size);
+    image.uploaded({ ...info, size, etag }, size === image.size, cuts);
   }
 
   /** Resolves once everything dirty in `images` now is in Azure. `onProgress` sees the

@@ -100,6 +100,8 @@ export class Image {
   private leaseTimer: NodeJS.Timeout | undefined;
   private leaseTaking: Promise<void> | undefined;
   leaseId: string | undefined;
+  /** Truncates so far: the flusher reads it with the size it makes Azure's. */
+  cuts = 0;
   /** When `info` was last known to be what Azure holds (Date.now()): a description of the
    *  blob asked for before then is older than `info`. */
   knownAt = Date.now();
@@ -245,11 +247,14 @@ export class Image {
     this.deps.map.recordEtag(this.row.id, etag);
   }
 
-  /** The flusher's report of what Azure holds now (after an upload, a resize, a commit). */
-  uploaded(info: BlobInfo, sizeSynced: boolean): void {
+  /** The flusher's report of what Azure holds now (after an upload, a resize, a commit).
+   *  `sizeSynced`: Azure has the size `cuts` (see below) was read with; it only counts when
+   *  no truncate happened since, or the cut that truncate recorded would be forgotten. */
+  uploaded(info: BlobInfo, sizeSynced: boolean, cuts = this.cuts): void {
     this.info = info;
     this.knownAt = Date.now();
-    this.setRow({ etag: info.etag, ...(sizeSynced ? { remoteEnd: null } : {}) });
+    const synced = sizeSynced && cuts === this.cuts;
+    this.setRow({ etag: info.etag, ...(synced ? { remoteEnd: null } : {}) });
     this.pageMap?.reset(info.etag, info.size);
   }
 
@@ -450,7 +455,8 @@ export class Image {
             return;
           }
           // Part of the grain is local, the rest is zeros in Azure: complete it with zeros.
-          await this.withGrainLock(idx, () => cache.fill(this.row.id, idx, Buffer.alloc(g)));
+          const epoch = this.epoch;
+          await this.withGrainLock(idx, () => cache.fill(this.row.id, idx, Buffer.alloc(g), () => epoch === this.epoch));
           continue;
         }
         p = this.pending.get(idx) ?? this.startFetch(idx, this.runAfter(idx), false);
@@ -622,7 +628,10 @@ export class Image {
       for (const p of grains) p.complete();
       for (const p of grains) {
         try {
-          if (epoch === this.epoch) await this.withGrainLock(p.idx, () => this.deps.cache.fill(this.row.id, p.idx, p.data));
+          // Checked under the grain lock, and again by the cache just before it keeps the
+          // grain: a truncate or a change of the blob meanwhile makes these bytes stale.
+          const valid = (): boolean => epoch === this.epoch;
+          await this.withGrainLock(p.idx, async () => (valid() ? this.deps.cache.fill(this.row.id, p.idx, p.data, valid) : false));
         } catch (e) {
           this.deps.log.warn(`could not cache grain ${p.idx} of ${this.ref.name}: ${(e as Error).message}`);
         } finally {
@@ -733,6 +742,7 @@ export class Image {
   async truncate(size: number): Promise<void> {
     this.checkWritable(size);
     if (size === this.localSize) return;
+    this.cuts++;
     if (size < this.localSize) {
       if (size % SECTOR !== 0) {
         // Keep the bytes of the last sector before the cut; it becomes dirty and its tail zeros.
@@ -754,7 +764,9 @@ export class Image {
       if (size < this.remoteEnd) this.setRow({ remoteEnd: size });
       this.localSize = size;
       this.setRow({ size });
-      await this.deps.cache.truncate(this.row.id, size);
+      // Under the lock of the grain holding the new end: a fill of it under way finishes
+      // before the cut, a later one sees the new epoch.
+      await this.withGrainLock(Math.floor(size / this.deps.grainSize), () => this.deps.cache.truncate(this.row.id, size));
       this.epoch++;
     }
     this.localSize = size;
