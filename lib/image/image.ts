@@ -77,6 +77,13 @@ export interface ImageDeps {
   readonly exclusive: <T>(image: Image, fn: () => Promise<T>) => Promise<T>;
 }
 
+/** A cached grain read whole into memory ahead of the reader; `ready` once it is there. */
+interface Staged {
+  readonly epoch: number;
+  readonly data: Promise<Buffer | undefined>;
+  ready?: Buffer;
+}
+
 export class Image {
   readonly counters: ImageCounters = newImageCounters();
   private row: ImageRow;
@@ -87,7 +94,7 @@ export class Image {
   /** Whole cached grains read into memory ahead of a sequential reader (a read-ahead of the
    *  cache directory: one large read per grain, in parallel, instead of a 128 KiB pread per
    *  FUSE request). Dropped behind the reader, on any write to the grain, and on a new epoch. */
-  private readonly staged = new Map<number, { epoch: number; data: Promise<Buffer | undefined> }>();
+  private readonly staged = new Map<number, Staged>();
   /** Grain buffers of fetches and staged grains, reused (see pool.ts). */
   private readonly buffers: BufferPool;
   private readonly locks = new Map<number, Promise<void>>();
@@ -402,10 +409,13 @@ export class Image {
     for (let idx = Math.floor(offset / g); idx * g < end; idx++) {
       const from = Math.max(offset, idx * g);
       const to = Math.min(end, (idx + 1) * g);
-      parts.push(this.readGrain(idx, from - idx * g, to - idx * g, target, from - offset));
+      // A staged grain already in memory answers without a turn through promises.
+      if (!this.copyStaged(idx, from - idx * g, to - idx * g, target, from - offset)) {
+        parts.push(this.readGrain(idx, from - idx * g, to - idx * g, target, from - offset));
+      }
     }
     if (reader && this.streak > 0) this.readAhead(end);
-    await Promise.all(parts);
+    if (parts.length > 0) await Promise.all(parts);
     if (reader) this.counters.bytesRead += end - offset;
     return end - offset;
   }
@@ -416,6 +426,16 @@ export class Image {
     if (stop <= start) return false;
     if (this.info.kind !== 'page') return true;
     return (await this.pages().ranges(start, stop)).length > 0;
+  }
+
+  /** Copies [start, end) of grain `idx` into target at `at` when it is staged and in
+   *  memory; false otherwise. */
+  private copyStaged(idx: number, start: number, end: number, target: Buffer, at: number): boolean {
+    const staged = this.staged.get(idx);
+    if (staged?.ready === undefined || staged.epoch !== this.epoch) return false;
+    staged.ready.copy(target, at, start, end);
+    this.counters.hits++;
+    return true;
   }
 
   /** Copies [start, end) of grain `idx` into target at `at`. */
@@ -540,11 +560,17 @@ export class Image {
     const g = this.deps.grainSize;
     if (this.locks.has(idx) || idx * g >= this.size || !this.deps.cache.covers(this.row.id, idx, 0, Math.min(g, this.size - idx * g))) return false;
     const buf = this.buffers.take();
-    const data = this.deps.cache.read(this.row.id, idx, 0, g, buf, 0).then(
-      (ok) => (ok ? buf : undefined),
-      () => undefined,
-    );
-    this.staged.set(idx, { epoch: this.epoch, data });
+    const staged: Staged = {
+      epoch: this.epoch,
+      data: this.deps.cache.read(this.row.id, idx, 0, g, buf, 0).then(
+        (ok) => {
+          if (ok && this.staged.get(idx) === staged) staged.ready = buf;
+          return ok ? buf : undefined;
+        },
+        () => undefined,
+      ),
+    };
+    this.staged.set(idx, staged);
     // Bounded: a reader that jumped around leaves stale grains behind; the oldest go first.
     while (this.staged.size > 2 * this.deps.read.readAheadGrains + 2) {
       const oldest = this.staged.keys().next().value;
