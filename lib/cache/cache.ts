@@ -30,6 +30,7 @@ import { BlobdiskError } from '../errors';
 import { GrainMap, GrainRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { CacheOptions } from '../options';
+import { Crc32 } from './crc';
 import { SECTOR, allSet, anySet, clearBitsFrom, emptyBitmap, runs, sectorSpan, sectorsOf, setBits } from './sectors';
 
 const TOUCH_FLUSH_MS = 5_000;
@@ -82,6 +83,7 @@ export class GrainCache {
   private readonly dirs = new Set<string>();
   /** Checksum checks under way: concurrent first reads of a grain share one whole read. */
   private readonly verifying = new Map<string, Promise<Buffer | undefined>>();
+  private readonly crc = new Crc32();
   /** Room makeRoom() promised to grains whose files are still being written (not yet in usedBytes). */
   private reserved = 0;
   private readonly timer: NodeJS.Timeout;
@@ -209,7 +211,10 @@ export class GrainCache {
   private async check(key: string, entry: Entry, checksum: number, data: Buffer): Promise<boolean> {
     if (this.lru.get(key) !== entry || entry.dirty || entry.checksum !== checksum) return false;
     if (entry.verified) return true;
-    if (zlib.crc32(data) !== checksum) {
+    const crc = await this.crc.of(data);
+    if (this.lru.get(key) !== entry || entry.dirty || entry.checksum !== checksum) return false;
+    if (entry.verified) return true;
+    if (crc !== checksum) {
       this.stats.corruptions++;
       this.log.warn(`cached grain ${entry.idx} of image ${entry.imageId} failed its checksum; fetching it again`);
       await this.drop([entry]);
@@ -498,5 +503,6 @@ export class GrainCache {
     const handles = [...this.files.values()];
     this.files.clear();
     await Promise.all(handles.map((h) => h.then((f) => f.close()).catch(() => undefined)));
+    await this.crc.close();
   }
 }

@@ -14,7 +14,8 @@ export class BufferPool {
 
   /** A buffer of `size` bytes with arbitrary content. */
   take(): Buffer {
-    return this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
+    // Shared memory, so that the cache can checksum a grain in a worker thread without a copy.
+    return this.free.pop() ?? Buffer.from(new SharedArrayBuffer(this.size));
   }
 
   /** Returns `buf` for reuse; nobody may read or write it afterwards. */
