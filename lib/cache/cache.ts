@@ -30,6 +30,7 @@ import { BlobdiskError } from '../errors';
 import { GrainMap, GrainRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { CacheOptions } from '../options';
+import { Crc32 } from './crc';
 import { SECTOR, allSet, anySet, clearBitsFrom, countBits, emptyBitmap, fullBitmap, runs, sectorSpan, sectorsOf, setBits } from './sectors';
 
 const TOUCH_FLUSH_MS = 5_000;
@@ -83,6 +84,9 @@ export class GrainCache {
   private readonly touched = new Map<string, { imageId: number; idx: number; at: number }>();
   private readonly files = new Map<string, Promise<fsp.FileHandle>>();
   private readonly dirs = new Set<string>();
+  /** Checksum checks under way: concurrent first reads of a grain share one whole read. */
+  private readonly verifying = new Map<string, Promise<Buffer | undefined>>();
+  private readonly crc = new Crc32();
   /** Room makeRoom() promised to grains whose files are still being written (not yet in usedBytes). */
   private reserved = 0;
   private readonly timer: NodeJS.Timeout;
@@ -177,7 +181,7 @@ export class GrainCache {
 
   /** Copies [offset, offset + length) of a cached grain into `target` at `targetOffset`.
    *  The caller checked covers(). Returns false when the grain failed its checksum (it is
-   *  then dropped) or vanished. */
+   *  then dropped), vanished, or was written while its checksum was being checked. */
   async read(imageId: number, idx: number, offset: number, length: number, target: Buffer, targetOffset: number): Promise<boolean> {
     const key = keyOf(imageId, idx);
     const entry = this.lru.get(key);
@@ -187,15 +191,21 @@ export class GrainCache {
     this.touched.set(key, { imageId, idx, at: Date.now() });
     try {
       if (!entry.verified && !entry.dirty && entry.checksum !== null) {
-        const data = await this.readWhole(imageId, idx);
-        if (this.lru.get(key) !== entry) return false;
-        if (zlib.crc32(data) !== entry.checksum) {
-          this.stats.corruptions++;
-          this.log.warn(`cached grain ${idx} of image ${imageId} failed its checksum; fetching it again`);
-          await this.drop([entry]);
-          return false;
+        if (offset === 0 && length === this.grainSize && !this.verifying.has(key)) {
+          // A whole grain (a staged one): check it where it lands, no second buffer.
+          await this.readFull(imageId, idx, target, targetOffset);
+          return await this.check(key, entry, entry.checksum, target.subarray(targetOffset, targetOffset + length));
         }
-        entry.verified = true;
+        let verifying = this.verifying.get(key);
+        if (!verifying) {
+          const checksum = entry.checksum;
+          verifying = this.readFull(imageId, idx, Buffer.allocUnsafe(this.grainSize), 0)
+            .then(async (data) => ((await this.check(key, entry, checksum, data)) ? data : undefined))
+            .finally(() => this.verifying.delete(key));
+          this.verifying.set(key, verifying);
+        }
+        const data = await verifying;
+        if (!data) return false;
         data.copy(target, targetOffset, offset, offset + length);
         return true;
       }
@@ -210,6 +220,39 @@ export class GrainCache {
       if (!entry.dirty) await this.drop([entry]);
       return false;
     }
+  }
+
+  /** Whether `data`, read from the file of `entry` while it carried `checksum`, passes;
+   *  a grain that fails is dropped. One written or replaced meanwhile is left for the
+   *  caller to read again. */
+  private async check(key: string, entry: Entry, checksum: number, data: Buffer): Promise<boolean> {
+    if (this.lru.get(key) !== entry || entry.dirty || entry.checksum !== checksum) return false;
+    if (entry.verified) return true;
+    const crc = await this.crc.of(data);
+    if (this.lru.get(key) !== entry || entry.dirty || entry.checksum !== checksum) return false;
+    if (entry.verified) return true;
+    if (crc !== checksum) {
+      this.stats.corruptions++;
+      this.log.warn(`cached grain ${entry.idx} of image ${entry.imageId} failed its checksum; fetching it again`);
+      await this.drop([entry]);
+      return false;
+    }
+    entry.verified = true;
+    return true;
+  }
+
+  /** Reads the whole grain file into `target` at `at` (grain-size bytes; the part the file
+   *  lacks reads as zeros). Returns `target`. */
+  private async readFull(imageId: number, idx: number, target: Buffer, at: number): Promise<Buffer> {
+    const handle = await this.open(imageId, idx);
+    let done = 0;
+    while (done < this.grainSize) {
+      const { bytesRead } = await handle.read(target, at + done, this.grainSize - done, done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    if (done < this.grainSize) target.fill(0, at + done, at + this.grainSize);
+    return target;
   }
 
   /** The whole grain as the file holds it (grain-size bytes; holes and the missing tail as zeros). */
@@ -512,5 +555,6 @@ export class GrainCache {
     const handles = [...this.files.values()];
     this.files.clear();
     await Promise.all(handles.map((h) => h.then((f) => f.close()).catch(() => undefined)));
+    await this.crc.close();
   }
 }

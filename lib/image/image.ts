@@ -25,6 +25,7 @@ import { ReadOptions, SyncMode } from '../options';
 import { BlobInfo, BlobRef, BlobStore, MAX_PAGE_BLOB_BYTES, WriteConditions } from '../store/types';
 import { PageMap } from './pagemap';
 import { PendingGrain } from './pending';
+import { BufferPool } from './pool';
 
 /** Metadata key holding a page blob's logical size when it is not a multiple of 512. */
 export const LOGICAL_SIZE_KEY = 'blobdisk_size';
@@ -76,6 +77,13 @@ export interface ImageDeps {
   readonly exclusive: <T>(image: Image, fn: () => Promise<T>) => Promise<T>;
 }
 
+/** A cached grain read whole into memory ahead of the reader; `ready` once it is there. */
+interface Staged {
+  readonly epoch: number;
+  readonly data: Promise<Buffer | undefined>;
+  ready?: Buffer;
+}
+
 export class Image {
   readonly counters: ImageCounters = newImageCounters();
   private row: ImageRow;
@@ -86,10 +94,9 @@ export class Image {
   /** Whole cached grains read into memory ahead of a sequential reader (a read-ahead of the
    *  cache directory: one large read per grain, in parallel, instead of a 128 KiB pread per
    *  FUSE request). Dropped behind the reader, on any write to the grain, and on a new epoch. */
-  private readonly staged = new Map<number, { epoch: number; data: Promise<Buffer | undefined> }>();
-  /** Grain buffers of staged grains, reused: a fresh 1 MiB buffer costs an mmap, page
-   *  faults and garbage collection, far more than the copy it serves. */
-  private readonly spare: Buffer[] = [];
+  private readonly staged = new Map<number, Staged>();
+  /** Grain buffers of fetches and staged grains, reused (see pool.ts). */
+  private readonly buffers: BufferPool;
   private readonly locks = new Map<number, Promise<void>>();
   /** Fetches under way, so that closing waits until their grains are in the cache. */
   private readonly fetching = new Set<Promise<void>>();
@@ -122,6 +129,10 @@ export class Image {
     this.info = info;
     this.localSize = row.size;
     this.mtime = info.lastModified;
+    // Enough for the grains of a full read-ahead window in flight and staged, at most 64 MiB.
+    const g = deps.grainSize;
+    const window = deps.read.readAheadGrains + Math.ceil(deps.read.maxFetchBytes / g) + 2;
+    this.buffers = new BufferPool(g, Math.max(2, Math.min(window, Math.floor((64 * 1024 * 1024) / g))));
   }
 
   /** The image of `ref` as Azure described it in `info`; drops cached grains of an older ETag. */
@@ -409,10 +420,13 @@ export class Image {
     for (let idx = Math.floor(offset / g); idx * g < end; idx++) {
       const from = Math.max(offset, idx * g);
       const to = Math.min(end, (idx + 1) * g);
-      parts.push(this.readGrain(idx, from - idx * g, to - idx * g, target, from - offset));
+      // A staged grain already in memory answers without a turn through promises.
+      if (!this.copyStaged(idx, from - idx * g, to - idx * g, target, from - offset)) {
+        parts.push(this.readGrain(idx, from - idx * g, to - idx * g, target, from - offset));
+      }
     }
     if (reader && this.streak > 0) this.readAhead(end);
-    await Promise.all(parts);
+    if (parts.length > 0) await Promise.all(parts);
     if (reader) this.counters.bytesRead += end - offset;
     return end - offset;
   }
@@ -423,6 +437,16 @@ export class Image {
     if (stop <= start) return false;
     if (this.info.kind !== 'page') return true;
     return (await this.pages().ranges(start, stop)).length > 0;
+  }
+
+  /** Copies [start, end) of grain `idx` into target at `at` when it is staged and in
+   *  memory; false otherwise. */
+  private copyStaged(idx: number, start: number, end: number, target: Buffer, at: number): boolean {
+    const staged = this.staged.get(idx);
+    if (staged?.ready === undefined || staged.epoch !== this.epoch) return false;
+    staged.ready.copy(target, at, start, end);
+    this.counters.hits++;
+    return true;
   }
 
   /** Copies [start, end) of grain `idx` into target at `at`. */
@@ -467,8 +491,7 @@ export class Image {
         await p.finished;
         continue;
       }
-      await p.waitFor(start, end);
-      p.data.copy(target, at, start, end);
+      await p.copyTo(start, end, target, at);
       return;
     }
     throw new BlobdiskError('EIO', `grain ${idx} of ${this.ref.name} kept leaving the cache while being read`);
@@ -539,9 +562,7 @@ export class Image {
     const staged = this.staged.get(idx);
     if (!staged) return;
     this.staged.delete(idx);
-    void staged.data.then((buf) => {
-      if (buf && this.spare.length < 4) this.spare.push(buf);
-    });
+    void staged.data.then((buf) => buf && this.buffers.give(buf));
   }
 
   /** Reads cached grain `idx` whole into memory for a sequential reader; false when the
@@ -550,12 +571,18 @@ export class Image {
     if (this.staged.has(idx)) return true;
     const g = this.deps.grainSize;
     if (this.locks.has(idx) || idx * g >= this.size || !this.deps.cache.covers(this.row.id, idx, 0, Math.min(g, this.size - idx * g))) return false;
-    const buf = this.spare.pop() ?? Buffer.allocUnsafe(g);
-    const data = this.deps.cache.read(this.row.id, idx, 0, g, buf, 0).then(
-      (ok) => (ok ? buf : undefined),
-      () => undefined,
-    );
-    this.staged.set(idx, { epoch: this.epoch, data });
+    const buf = this.buffers.take();
+    const staged: Staged = {
+      epoch: this.epoch,
+      data: this.deps.cache.read(this.row.id, idx, 0, g, buf, 0).then(
+        (ok) => {
+          if (ok && this.staged.get(idx) === staged) staged.ready = buf;
+          return ok ? buf : undefined;
+        },
+        () => undefined,
+      ),
+    };
+    this.staged.set(idx, staged);
     // Bounded: a reader that jumped around leaves stale grains behind; the oldest go first.
     while (this.staged.size > 2 * this.deps.read.readAheadGrains + 2) {
       const oldest = this.staged.keys().next().value;
@@ -585,7 +612,7 @@ export class Image {
       const base = idx * g;
       const from = Math.min(g, Math.max(0, start - base));
       const to = Math.max(from, Math.min(g, end - base));
-      const p = new PendingGrain(idx, g, from, to);
+      const p = new PendingGrain(idx, this.buffers.take(), from, to);
       this.pending.set(idx, p);
       grains.push(p);
     }
@@ -595,6 +622,11 @@ export class Image {
     const fetching = this.runFetch(grains, start, end).finally(() => {
       this.deps.budget.inFlight--;
       this.fetching.delete(fetching);
+      for (const p of grains) {
+        // Only grains that left the pending table: a reader may still find the others.
+        const buf = this.pending.get(p.idx) === p ? undefined : p.recycle();
+        if (buf) this.buffers.give(buf);
+      }
     });
     this.fetching.add(fetching);
     const head = grains[0];
@@ -812,5 +844,6 @@ export class Image {
   async close(): Promise<void> {
     this.dropLease();
     await Promise.all(this.fetching);
+    this.buffers.clear();
   }
 }

@@ -1,29 +1,53 @@
 /* One grain on its way from Azure. The ranged GET streams into `data`; a reader waiting
  * for part of the grain is released as soon as its bytes have arrived, not when the
  * whole grain has (DESIGN: partial reads return early). Bytes of the grain outside
- * [from, to) are not fetched: they are known zeros (unallocated pages, or past the end). */
+ * [from, to) are not fetched: they are known zeros (unallocated pages, or past the end).
+ *
+ * `data` comes from the image's buffer pool and goes back once the fetch is over. Readers
+ * therefore take their bytes through copyTo(), which copies the moment they have arrived,
+ * so none holds the buffer afterwards; a caller that reads `data` itself after waitFor()
+ * makes the buffer its own for good (it is then not reused). */
+
+interface Waiter {
+  readonly start: number;
+  readonly end: number;
+  /** Where the bytes go when they are there (copyTo), or nothing (waitFor). */
+  readonly target: Buffer | undefined;
+  readonly at: number;
+  readonly resolve: () => void;
+  readonly reject: (e: unknown) => void;
+}
 
 export class PendingGrain {
-  readonly data: Buffer;
   private received = 0;
   private done = false;
+  private lent = false;
+  private released = false;
   private failure: unknown;
-  private waiters: { end: number; start: number; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private waiters: Waiter[] = [];
   private settle: { resolve: () => void; reject: (e: unknown) => void } | undefined;
   /** Settles when the fetch is over and its bytes are in the cache (or could not be kept). */
   readonly finished: Promise<void>;
 
   constructor(
     readonly idx: number,
-    length: number,
+    /** The grain's bytes; a pooled buffer of any content (zeroed here outside [from, to)). */
+    private buf: Buffer,
     /** First fetched byte within the grain. */
     readonly from: number,
     /** End of the fetched bytes within the grain. */
     readonly to: number,
   ) {
-    this.data = Buffer.alloc(length);
+    if (from > 0) buf.fill(0, 0, from);
+    if (to < buf.length) buf.fill(0, to);
     this.finished = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
     this.finished.catch(() => undefined);
+  }
+
+  /** The grain's bytes, for the fetch that fills them and the cache that stores them. */
+  get data(): Buffer {
+    if (this.released) throw new Error(`grain ${this.idx}: its fetch buffer was already reused`);
+    return this.buf;
   }
 
   /** The bytes are stored (or dropped): late readers go to the cache from now on. */
@@ -37,26 +61,43 @@ export class PendingGrain {
     return Math.min(end, this.to) <= this.from + this.received;
   }
 
-  /** Resolves once [start, end) of the grain is in `data`; rejects when the fetch fails first. */
+  /** Resolves once [start, end) of the grain is in `data`; rejects when the fetch fails
+   *  first. The caller may read `data` afterwards: the buffer is then never reused. */
   waitFor(start: number, end: number): Promise<void> {
+    this.lent = true;
+    return this.wait(start, end, undefined, 0);
+  }
+
+  /** Copies [start, end) of the grain into `target` at `at` as soon as it has arrived;
+   *  rejects when the fetch fails first. */
+  copyTo(start: number, end: number, target: Buffer, at: number): Promise<void> {
+    return this.wait(start, end, target, at);
+  }
+
+  private wait(start: number, end: number, target: Buffer | undefined, at: number): Promise<void> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
-    if (this.ready(start, end)) return Promise.resolve();
-    return new Promise((resolve, reject) => this.waiters.push({ start, end, resolve, reject }));
+    if (this.ready(start, end)) {
+      if (target) this.data.copy(target, at, start, end);
+      return Promise.resolve();
+    }
+    return new Promise((resolve, reject) => this.waiters.push({ start, end, target, at, resolve, reject }));
   }
 
   /** Appends the next bytes of the stream (the fetch writes them in order from `from`). */
   append(chunk: Buffer, chunkStart: number, chunkEnd: number): void {
-    chunk.copy(this.data, this.from + this.received, chunkStart, chunkEnd);
+    chunk.copy(this.buf, this.from + this.received, chunkStart, chunkEnd);
     this.received += chunkEnd - chunkStart;
     this.release();
   }
 
   private release(): void {
     if (this.waiters.length === 0) return;
-    const still: typeof this.waiters = [];
+    const still: Waiter[] = [];
     for (const w of this.waiters) {
-      if (this.ready(w.start, w.end)) w.resolve();
-      else still.push(w);
+      if (this.ready(w.start, w.end)) {
+        if (w.target) this.buf.copy(w.target, w.at, w.start, w.end);
+        w.resolve();
+      } else still.push(w);
     }
     this.waiters = still;
   }
@@ -77,5 +118,14 @@ export class PendingGrain {
     this.waiters = [];
     for (const w of waiters) w.reject(e);
     this.settle?.reject(e);
+  }
+
+  /** Hands the buffer back once the fetch is over and the grain left the pending table:
+   *  every reader has copied its bytes or failed. Returns it unless a waitFor() caller
+   *  may still read it. */
+  recycle(): Buffer | undefined {
+    if (this.released || this.lent || this.waiters.length > 0) return undefined;
+    this.released = true;
+    return this.buf;
   }
 }
