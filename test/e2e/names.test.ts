@@ -92,6 +92,18 @@ describe('one mount of the whole account (uploads held back, so renamed files ca
     expect(await blobNames(main)).toEqual(['vms', 'vms/web']);
   });
 
+  test('rm deletes the blob and what the cache holds of it, data not yet uploaded included', async () => {
+    const before = await mount.status();
+    ok(await ddWrite(at(`${MAIN}/rmme.img`), 0, randomData(700 * KiB)), 'dd rmme.img');
+    expect((await imageStatus(mount, `${MAIN}/rmme.img`)).dirtyBytes).toBeGreaterThan(0);
+    ok(await bash(mount.mnt, `rm "$1/${MAIN}/rmme.img"`), 'rm');
+    expect((await bash(mount.mnt, `ls "$1/${MAIN}"`)).stdout.split('\n')).not.toContain('rmme.img');
+    const after = await mount.status();
+    expect(after.images.map((i) => i.path)).not.toContain(`${MAIN}/rmme.img`);
+    expect({ dirty: after.cacheDirtyBytes, used: after.cacheUsedBytes }).toEqual({ dirty: before.cacheDirtyBytes, used: before.cacheUsedBytes });
+    expect(await main.getBlobClient('rmme.img').exists()).toBe(false);
+  });
+
   test('a file open across its rename keeps reading and writing, under the new name', async () => {
     const data = randomData(200 * KiB);
     ok(await ddWrite(at(`${MAIN}/open.bin`), 0, data), 'dd open.bin');
