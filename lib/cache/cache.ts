@@ -31,7 +31,7 @@ import { GrainMap, GrainRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { CacheOptions } from '../options';
 import { Crc32 } from './crc';
-import { SECTOR, allSet, anySet, clearBitsFrom, countBits, emptyBitmap, fullBitmap, runs, sectorSpan, sectorsOf, setBits } from './sectors';
+import { SECTOR, allSet, anySet, clearBitsFrom, countBits, emptyBitmap, runs, sectorSpan, sectorsOf, setBits } from './sectors';
 
 const TOUCH_FLUSH_MS = 5_000;
 const MAX_OPEN_FILES = 128;
@@ -51,9 +51,6 @@ interface Entry {
   unsynced: boolean;
   /** When the grain last went from clean to dirty (ms), for "oldest dirty age". */
   dirtySince: number;
-  /** The grain map holds this grain as wholly valid and wholly dirty (see write()), which
-   *  covers every later write to it until the next persist(). */
-  persistedWhole?: boolean;
 }
 
 /** What the image and the flusher may know of a grain. */
@@ -83,6 +80,8 @@ export class GrainCache {
   private readonly lru = new Map<string, Entry>();
   private readonly touched = new Map<string, { imageId: number; idx: number; at: number }>();
   private readonly files = new Map<string, Promise<fsp.FileHandle>>();
+  /** Files of dropped grains whose removal is under way. */
+  private readonly removing = new Map<string, Promise<void>>();
   private readonly dirs = new Set<string>();
   /** Checksum checks under way: concurrent first reads of a grain share one whole read. */
   private readonly verifying = new Map<string, Promise<Buffer | undefined>>();
@@ -135,7 +134,6 @@ export class GrainCache {
   }
 
   private persist(e: Entry): void {
-    e.persistedWhole = false;
     const row: GrainRow = {
       imageId: e.imageId, idx: e.idx, length: this.grainSize, checksum: e.checksum, valid: e.valid, dirty: e.dirty,
       lastAccess: e.dirty ? e.dirtySince : Date.now(),
@@ -277,7 +275,10 @@ export class GrainCache {
       return handle;
     }
     const file = this.fileOf(imageId, idx);
-    handle = this.ensureDir(path.dirname(file)).then(() => fsp.open(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600));
+    // A file still being removed (its grain was just dropped) must be gone before the new
+    // grain's file is opened, or the removal would unlink the new one's bytes.
+    const removing = this.removing.get(key) ?? Promise.resolve();
+    handle = removing.then(() => this.ensureDir(path.dirname(file))).then(() => fsp.open(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600));
     handle.catch(() => this.files.delete(key));
     this.files.set(key, handle);
     while (this.files.size > MAX_OPEN_FILES) {
@@ -316,6 +317,7 @@ export class GrainCache {
         // Write aside and rename, so a reader holding the old file never sees a half-written one.
         const partial = `${file}.partial`;
         await fsp.writeFile(partial, data);
+        await this.removing.get(key);
         await fsp.rename(partial, file);
         this.closeFile(key);
         if (this.lru.has(key)) return true; // a write arrived meanwhile; it owns the grain now
@@ -348,13 +350,10 @@ export class GrainCache {
 
   /** Writes `data` at `offset` within the grain and marks it dirty. Sectors the write only
    *  partly covers must already be valid (the image fetches them first). Waits up to
-   *  `waitMs` for room when the cache is full of dirty data, then fails with ENOSPC.
-   *  `blank`: Azure holds nothing for this grain (it lies past the blob's end), so sectors
-   *  never written read as zeros, from Azure as from a sparse cache file. */
-  async write(imageId: number, idx: number, offset: number, data: Buffer, waitMs: number, blank = false): Promise<void> {
+   *  `waitMs` for room when the cache is full of dirty data, then fails with ENOSPC. */
+  async write(imageId: number, idx: number, offset: number, data: Buffer, waitMs: number): Promise<void> {
     const key = keyOf(imageId, idx);
     let entry = this.lru.get(key);
-    let created = false;
     if (!entry) {
       if (!(await this.makeRoom(this.grainSize, true, waitMs))) {
         throw new BlobdiskError('ENOSPC', `the cache is full of data not yet uploaded (${this.stats.dirtyBytes} bytes); the upload to Azure is not keeping up or Azure is unreachable`);
@@ -364,15 +363,12 @@ export class GrainCache {
       if (!entry) {
         entry = { imageId, idx, checksum: null, valid: emptyBitmap(this.grainSize), dirty: null, gen: this.nextGen(), uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
         this.insert(entry);
-        created = true;
       }
     }
     // Bump the generation before the bytes land: an upload that read the grain while this
     // write was under way then cannot mark it clean.
     entry.gen = this.nextGen();
     const handle = await this.open(imageId, idx);
-    // A file left behind by an earlier process must not show through the sectors not written.
-    if (created && blank) await handle.truncate(0);
     // One synchronous pwrite into the page cache costs less than a round trip through the
     // thread pool, and the FUSE request waits for it either way.
     let written = 0;
@@ -393,15 +389,6 @@ export class GrainCache {
     // And once more now that the bits are set: an upload that saw the bitmap without them
     // (while the bytes were landing) must not mark the grain clean either.
     entry.gen = this.nextGen();
-    if (entry.persistedWhole) return;
-    if (created && blank) {
-      // A blank grain written for the first time is recorded as wholly valid and dirty:
-      // after a crash its unwritten sectors upload as the zeros Azure holds anyway, and a
-      // sequential writer costs the grain map one row per grain instead of one per write.
-      this.map.putGrain({ imageId, idx, length: this.grainSize, checksum: null, valid: null, dirty: fullBitmap(this.grainSize), lastAccess: entry.dirtySince });
-      entry.persistedWhole = true;
-      return;
-    }
     this.persist(entry);
   }
 
@@ -452,9 +439,9 @@ export class GrainCache {
     this.persist(boundary);
   }
 
-  /** Drops what a crash may have left past the image's recorded end `size`: a grain
-   *  recorded as wholly dirty (see write()) reaches past the end, and a write that grew the
-   *  image may have died before its new size was recorded (it was never acknowledged). */
+  /** Drops what a crash may have left past the image's recorded end `size`: a write that
+   *  grew the image may have died before its new size was recorded (it was never
+   *  acknowledged), and its grain would otherwise never count as uploaded. */
   async clipPast(imageId: number, size: number): Promise<void> {
     const g = this.grainSize;
     const beyond = [...this.lru.values()].some((e) => e.imageId === imageId && e.idx * g >= size);
@@ -512,7 +499,19 @@ export class GrainCache {
   private async drop(entries: Entry[]): Promise<void> {
     for (const e of entries) this.remove(keyOf(e.imageId, e.idx), e);
     this.map.deleteGrains(entries);
-    await Promise.all(entries.map((e) => fsp.rm(this.fileOf(e.imageId, e.idx), { force: true })));
+    await Promise.all(entries.map((e) => this.removeFile(keyOf(e.imageId, e.idx), this.fileOf(e.imageId, e.idx))));
+  }
+
+  /** Removes a dropped grain's file; opening that grain's file again waits for it. */
+  private removeFile(key: string, file: string): Promise<void> {
+    const before = this.removing.get(key) ?? Promise.resolve();
+    const removal: Promise<void> = before
+      .then(() => fsp.rm(file, { force: true }))
+      .finally(() => {
+        if (this.removing.get(key) === removal) this.removing.delete(key);
+      });
+    this.removing.set(key, removal);
+    return removal;
   }
 
   /** Drops every clean grain of an image (its blob changed remotely). Returns how many. */

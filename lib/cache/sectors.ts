@@ -12,13 +12,6 @@ export function emptyBitmap(length: number): Buffer {
   return Buffer.alloc(Math.ceil(sectorsOf(length) / 8));
 }
 
-/** Every sector of a grain of `length` bytes set. */
-export function fullBitmap(length: number): Buffer {
-  const bm = emptyBitmap(length);
-  setBits(bm, 0, sectorsOf(length));
-  return bm;
-}
-
 export function setBits(bm: Buffer, from: number, to: number): void {
   for (let s = from; s < to; s++) bm[s >> 3] = (bm[s >> 3] ?? 0) | (1 << (s & 7));
 }

@@ -749,7 +749,7 @@ export class Image {
         }
         chunk.copy(data, start - alignedStart);
       }
-      await this.deps.cache.write(this.row.id, idx, alignedStart, data, this.deps.dirtyWaitMs, idx * g >= this.remoteEnd);
+      await this.deps.cache.write(this.row.id, idx, alignedStart, data, this.deps.dirtyWaitMs);
     });
     this.staged.delete(idx);
   }

@@ -175,22 +175,15 @@ describe('Image writes and the flusher', () => {
     await second.close();
   });
 
-  it('records a sequential writer past the blob end once per grain, and a crash still uploads exactly what was written', async () => {
+  it('a sequential writer past the blob end, then a crash: the next mount uploads exactly what was written', async () => {
     for (const ref of [page, block]) {
       const store = new MemoryStore({ containers: ['c'] });
       if (ref === page) await store.createPageBlob(ref, 0);
       else await store.commitBlockList(ref, []);
       const first = harness(store);
       const image = await first.open(ref);
-      let puts = 0;
-      const putGrain = first.map.putGrain.bind(first.map);
-      first.map.putGrain = (row) => {
-        puts++;
-        putGrain(row);
-      };
       const data = crypto.randomBytes(5 * G + 300); // 16 KiB writes; the last grain ends unaligned
       for (let at = 0; at < data.length; at += 16 * 1024) await image.write(data.subarray(at, Math.min(data.length, at + 16 * 1024)), at);
-      expect({ ref: ref.name, puts }).toEqual({ ref: ref.name, puts: 6 });
       await image.fsync();
       // The process dies: nothing uploaded, only the cache files and the grain map remain.
       first.flusher.stop();
