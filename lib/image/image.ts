@@ -800,9 +800,12 @@ export class Image {
       // before the cut, a later one sees the new epoch.
       await this.withGrainLock(Math.floor(size / this.deps.grainSize), () => this.deps.cache.truncate(this.row.id, size));
       this.epoch++;
+    } else {
+      // Set once, not again after the cut above: a write that grew the image while the
+      // cache was being cut must keep its new size.
+      this.localSize = size;
+      this.setRow({ size });
     }
-    this.localSize = size;
-    this.setRow({ size });
     this.mtime = new Date();
     this.deps.onDirty(this);
   }
