@@ -164,7 +164,7 @@ export class Flusher {
   /** One pass over the images that are due; run() schedules the next one. */
   private async loop(): Promise<void> {
     const now = Date.now();
-    for (const image of this.queued) if (image.conflict) this.queued.delete(image);
+    for (const image of this.queued) if (image.conflict) this.forget(image);
     const ready = [...this.queued].filter((i) => (this.backoff.get(i)?.until ?? 0) <= now && this.due(i, now));
     for (const image of ready) {
       if (this.stopped) return;
@@ -184,12 +184,19 @@ export class Flusher {
     }
   }
 
+  /** Stops tracking an image whose changes cannot go up (a conflict). */
+  private forget(image: Image): void {
+    this.queued.delete(image);
+    this.lastWrite.delete(image);
+    this.backoff.delete(image);
+  }
+
   private failed(image: Image, e: unknown): void {
     const name = `${image.ref.container}/${image.ref.name}`;
     if (isBlobdiskError(e) && (e.code === 'ENOENT' || e.code === 'EBUSY' || e.code === 'ESTALE')) {
       image.conflict ??= `cannot upload to ${name} (${e.code}: ${e.message}); its changes stay in the cache`;
       this.log.error(image.conflict);
-      this.queued.delete(image);
+      this.forget(image);
       return;
     }
     const b = this.backoff.get(image) ?? { failures: 0, until: 0 };
@@ -258,7 +265,7 @@ export class Flusher {
       sized = true;
       image.counters.uploads++;
     }
-    if (sized || image.remoteEnd < image.size) image.uploaded(info, true, cuts);
+    if (sized || image.remoteEnd < image.size) image.uploaded(info, cuts);
 
     // Grains are read a window at a time, just ahead of the uploads, so reading the cache,
     // planning and marking grains clean overlap with requests in flight instead of
@@ -347,7 +354,7 @@ export class Flusher {
       try {
         // Concurrent calls finish in any order: ask which ETag the blob ended with.
         info = sent === 1 && failure === undefined ? { ...info, etag } : await this.store.getInfo(ref);
-        image.uploaded(info, false);
+        image.uploaded(info);
       } catch (e) {
         failure ??= e;
       }
@@ -419,12 +426,14 @@ export class Flusher {
     });
     const etag = this.ours(image, await this.store.commitBlockList(ref, ids, { ...image.writeConditions(), metadata: { ...info.metadata } }));
     image.counters.uploads++;
+    // Recorded before any grain is clean: a clean grain may be evicted, and is then read
+    // from Azure only if the image's end in Azure covers it.
+    image.uploaded({ ...info, size, etag }, cuts);
     for (const { idx, gen } of grains) {
       // A grain reaching past the size this flush committed was written after it began.
       if ((idx + 1) * g > size && this.dirtyPast(image, idx, size)) continue;
       if (this.cache.state(image.id, idx)?.gen === gen) this.cache.markUploaded(image.id, idx, gen, await this.cache.readWhole(image.id, idx));
     }
-    image.uploaded({ ...info, size, etag }, size === image.size, cuts);
   }
 
   /** Resolves once everything dirty in `images` now is in Azure. `onProgress` sees the

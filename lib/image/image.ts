@@ -109,6 +109,9 @@ export class Image {
   leaseId: string | undefined;
   /** Truncates so far: the flusher reads it with the size it makes Azure's. */
   cuts = 0;
+  /** Shrinking truncates not yet reported back by a flush that began after them: what
+   *  Azure holds past their sizes no longer belongs to the image. */
+  private shrinks: { cuts: number; size: number }[] = [];
   /** When `info` was last known to be what Azure holds (Date.now()): a description of the
    *  blob asked for before then is older than `info`. */
   knownAt = Date.now();
@@ -259,13 +262,22 @@ export class Image {
   }
 
   /** The flusher's report of what Azure holds now (after an upload, a resize, a commit).
-   *  `sizeSynced`: Azure has the size `cuts` (see below) was read with; it only counts when
-   *  no truncate happened since, or the cut that truncate recorded would be forgotten. */
-  uploaded(info: BlobInfo, sizeSynced: boolean, cuts = this.cuts): void {
+   *  With `cuts` (the count read together with the size the flush made Azure's), Azure
+   *  holds the whole image as it was then: only a shrink since cuts into it. The old cut
+   *  must not stay: grains the flush marked clean past it would read as zeros once evicted,
+   *  and the next flush would cut or restage them from those zeros. Without `cuts`, the
+   *  end of what belongs to the image stays as it is. */
+  uploaded(info: BlobInfo, cuts?: number): void {
     this.info = info;
     this.knownAt = Date.now();
-    const synced = sizeSynced && cuts === this.cuts;
-    this.setRow({ etag: info.etag, ...(synced ? { remoteEnd: null } : {}) });
+    if (cuts === undefined) {
+      this.setRow({ etag: info.etag });
+    } else {
+      // Flushes of one image run one at a time: older shrinks are settled by this one.
+      this.shrinks = this.shrinks.filter((s) => s.cuts > cuts);
+      const floor = Math.min(...this.shrinks.map((s) => s.size));
+      this.setRow({ etag: info.etag, remoteEnd: Number.isFinite(floor) ? floor : null });
+    }
     this.pageMap?.reset(info.etag, info.size);
   }
 
@@ -776,6 +788,7 @@ export class Image {
     if (size === this.localSize) return;
     this.cuts++;
     if (size < this.localSize) {
+      this.shrinks.push({ cuts: this.cuts, size });
       if (size % SECTOR !== 0) {
         // Keep the bytes of the last sector before the cut; it becomes dirty and its tail zeros.
         const g = this.deps.grainSize;

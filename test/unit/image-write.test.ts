@@ -272,4 +272,76 @@ describe('Image writes and the flusher', () => {
     expect(busy.counters.bytesUp).toBe(17 * G);
     await h2.close();
   });
+
+  it('uploads what a writer that never pauses wrote once its oldest change is old enough', async () => {
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const store = new MemoryStore({ containers: ['c'] });
+    await store.createPageBlob(page, 64 * G);
+    // Quiet for 300 ms never happens below; the oldest change may wait max(5 s, 10 × 300 ms).
+    const h = harness(store, { writeBackDelayMs: 300, cacheBytes: 1024 * G });
+    const image = await h.open(page);
+    const started = Date.now();
+    let writes = 0;
+    while (store.counters.bytesUp === 0 && Date.now() - started < 20_000) {
+      await image.write(crypto.randomBytes(512), (writes++ % 1024) * 512);
+      await sleep(50);
+    }
+    const waited = Date.now() - started;
+    expect(store.counters.bytesUp).toBeGreaterThan(0);
+    expect(waited).toBeGreaterThanOrEqual(5000);
+    expect(waited).toBeLessThan(20_000);
+    await h.close();
+  }, 30_000);
+
+  it('a truncate while a flush runs does not make what that flush uploaded read as zeros once evicted', async () => {
+    for (const ref of [page, block]) {
+      const store = new MemoryStore({ containers: ['c'] });
+      const old = Buffer.alloc(8 * G, 5);
+      if (ref === page) {
+        await store.createPageBlob(page, 8 * G);
+        await store.putPages(page, 0, old);
+      } else {
+        await store.stageBlock(block, id(1), old);
+        await store.commitBlockList(block, [id(1)]);
+      }
+      const h = harness(store);
+      const image = await h.open(ref);
+      await image.truncate(9015); // Azure's bytes past 9015 no longer belong to the image
+      await image.truncate(8 * G);
+      const data = crypto.randomBytes(512);
+      await image.write(data, 6 * G);
+      // While the flush talks to Azure, another shrink and grow, past what was written.
+      let once = true;
+      const cut = async (): Promise<void> => {
+        if (!once) return;
+        once = false;
+        await image.truncate(7 * G + 4096);
+        await image.truncate(8 * G);
+      };
+      const resize = store.resizePageBlob.bind(store);
+      store.resizePageBlob = async (r, size, conditions) => {
+        await cut();
+        return resize(r, size, conditions);
+      };
+      const commit = store.commitBlockList.bind(store);
+      store.commitBlockList = async (r, ids, options) => {
+        await cut();
+        return commit(r, ids, options);
+      };
+      // One pass, as the background flusher makes it; the cut it leaves goes up next time.
+      await h.flusher['flushImage'](image);
+      expect(once).toBe(false);
+      expect(h.cache.state(image.id, 6)?.dirty).toBeNull();
+      await h.cache.dropClean(image.id); // evicted before the next pass, as from a small cache
+      const expected = Buffer.alloc(8 * G);
+      old.copy(expected, 0, 0, 9015);
+      data.copy(expected, 6 * G);
+      expect((await image.read(0, 8 * G)).equals(expected)).toBe(true);
+      await image.write(Buffer.alloc(512, 1), 0); // and one more flush
+      expected.fill(1, 0, 512);
+      await h.flusher.flush([image]);
+      expect(store.contentOf(ref).subarray(0, 8 * G).equals(expected)).toBe(true);
+      await h.close();
+    }
+  });
 });
