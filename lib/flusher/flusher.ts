@@ -273,7 +273,7 @@ export class Flusher {
     const dirty = this.cache.dirtyGrains(image.id);
     const perWindow = Math.max(1, Math.floor(WINDOW_BYTES / g));
     interface Job { readonly upload: PageUpload; readonly window: Window }
-    interface Window { left: number; readonly grains: { idx: number; gen: number; data: Buffer }[]; buffer?: Buffer }
+    interface Window { left: number; readonly grains: { idx: number; gen: number; data: Buffer; end: number }[]; buffer?: Buffer }
     const ready: Job[] = [];
     let failure: unknown;
     let nextGrain = 0;
@@ -303,7 +303,7 @@ export class Flusher {
           if (end < idx * g + to * SECTOR) whole = false;
           if (end > start) pieces.push({ offset: start, data: data.subarray(start - idx * g, end - idx * g) });
         }
-        if (whole) window.grains.push({ idx, gen, data });
+        if (whole) window.grains.push({ idx, gen, data, end: Math.min((idx + 1) * g, physical) });
       }
       const uploads = planPageUploads(pieces);
       window.left = uploads.length;
@@ -364,8 +364,8 @@ export class Flusher {
 
   /** Every upload of a window went through: marks its grains clean that went up whole
    *  (unless written again since their snapshot) and keeps its buffer for the next one. */
-  private windowDone(image: Image, window: { grains: readonly { idx: number; gen: number; data: Buffer }[]; buffer?: Buffer }): void {
-    for (const grain of window.grains) this.cache.markUploaded(image.id, grain.idx, grain.gen, grain.data);
+  private windowDone(image: Image, window: { grains: readonly { idx: number; gen: number; data: Buffer; end: number }[]; buffer?: Buffer }): void {
+    for (const grain of window.grains) if (this.mayBeClean(image, grain.end)) this.cache.markUploaded(image.id, grain.idx, grain.gen, grain.data);
     if (window.buffer && this.spareWindows.length < this.options.concurrency + 2) this.spareWindows.push(window.buffer);
   }
 
@@ -432,6 +432,7 @@ export class Flusher {
     for (const { idx, gen } of grains) {
       // A grain reaching past the size this flush committed was written after it began.
       if ((idx + 1) * g > size && this.dirtyPast(image, idx, size)) continue;
+      if (!this.mayBeClean(image, Math.min((idx + 1) * g, size))) continue;
       if (this.cache.state(image.id, idx)?.gen === gen) this.cache.markUploaded(image.id, idx, gen, await this.cache.readWhole(image.id, idx));
     }
   }
@@ -484,6 +485,15 @@ export class Flusher {
     } finally {
       this.urgent = false;
     }
+  }
+
+  /** Whether an uploaded grain ending at byte `end` may be marked clean: not while a
+   *  truncate since has cut Azure's part of the image below that end. The next flush cuts
+   *  the blob there first (a page blob) or restages from there (a block blob); a grain
+   *  marked clean and evicted before then would read as zeros, and the cut would take
+   *  its uploaded bytes. Kept dirty, it goes up again after the cut. */
+  private mayBeClean(image: Image, end: number): boolean {
+    return end <= image.remoteEnd;
   }
 
   /** Whether grain `idx` has dirty sectors at or past byte `size` of the image. */

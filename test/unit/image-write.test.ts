@@ -273,6 +273,39 @@ describe('Image writes and the flusher', () => {
     await h2.close();
   });
 
+  it('a grain written after a truncate that cut into a running flush stays dirty until Azure is cut there', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    const old = Buffer.alloc(8 * G, 5);
+    await store.createPageBlob(page, 8 * G);
+    await store.putPages(page, 0, old);
+    const h = harness(store);
+    const image = await h.open(page);
+    await image.truncate(6 * G); // the flush below cuts Azure at 6 grains
+    const data = crypto.randomBytes(512);
+    // While it does, a shrink into grain 2 and a write past the new end, in grain 2: the
+    // flush uploads that grain, but Azure still holds the old bytes past the cut.
+    let once = true;
+    const resize = store.resizePageBlob.bind(store);
+    store.resizePageBlob = async (r, size, conditions) => {
+      if (once) {
+        once = false;
+        await image.truncate(2 * G + 1383);
+        await image.write(data, 2 * G + 8192);
+      }
+      return resize(r, size, conditions);
+    };
+    await h.flusher['flushImage'](image); // one pass, as the background flusher makes it
+    expect(once).toBe(false);
+    await h.cache.dropClean(image.id); // evicted before the next pass, as from a small cache
+    const expected = Buffer.alloc(2 * G + 8192 + 512);
+    old.copy(expected, 0, 0, 2 * G + 1383);
+    data.copy(expected, 2 * G + 8192);
+    expect((await image.read(0, 8 * G)).equals(expected)).toBe(true);
+    await h.flusher.flush([image]);
+    expect(store.contentOf(page).subarray(0, expected.length).equals(expected)).toBe(true);
+    await h.close();
+  });
+
   it('uploads what a writer that never pauses wrote once its oldest change is old enough', async () => {
     const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     const store = new MemoryStore({ containers: ['c'] });
