@@ -235,6 +235,38 @@ describe('Image writes and the flusher', () => {
     }
   });
 
+  it('a write into a cached grain with its file open lands at once, recorded as dirty as any other', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    await store.createPageBlob(page, 4 * G);
+    await store.putPages(page, 0, Buffer.alloc(4 * G, 7));
+    const h = harness(store);
+    const image = await h.open(page);
+    await image.write(Buffer.alloc(4096, 1), 0); // makes the grain and opens its file
+    const writeNow = h.cache.writeNow.bind(h.cache);
+    const landed: boolean[] = [];
+    h.cache.writeNow = (...args) => {
+      const done = writeNow(...args);
+      landed.push(done);
+      return done;
+    };
+    await image.write(Buffer.alloc(8192, 2), 8192);
+    await image.write(Buffer.alloc(100, 3), 20_000); // not whole sectors: through the grain lock
+    expect(landed).toEqual([true]);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blobdisk-crash-'));
+    fs.cpSync(h.dir, dir, { recursive: true }); // kill -9 now
+    await h.close();
+
+    const second = harness(store, { dir });
+    const again = await second.open(page);
+    await second.flusher.flush([again]);
+    const expected = Buffer.alloc(4 * G, 7);
+    expected.fill(1, 0, 4096);
+    expected.fill(2, 8192, 16_384);
+    expected.fill(3, 20_000, 20_100);
+    expect(store.contentOf(page).equals(expected)).toBe(true);
+    await second.close();
+  });
+
   it('a write that grew the image but died before the new size was recorded is dropped, not uploaded forever', async () => {
     const store = new MemoryStore({ containers: ['c'] });
     await store.createPageBlob(page, 0);
