@@ -13,8 +13,16 @@ interface ProfileNode {
 
 interface CpuProfile {
   nodes: ProfileNode[];
+  startTime: number;
   samples: number[];
   timeDeltas: number[];
+}
+
+/** A span of the monotonic clock in µs (process.hrtime.bigint() / 1000 in any process:
+ *  V8 stamps profile samples with the same clock). */
+export interface ProfileWindow {
+  readonly fromUs: number;
+  readonly toUs: number;
 }
 
 export interface ProfileEntry {
@@ -58,12 +66,20 @@ function entries(times: Map<string, number>, total: number, limit: number): Prof
     .map(([name, us]) => ({ name, ms: Math.round(us / 1000), percent: Math.round((1000 * us) / total) / 10 }));
 }
 
-export async function summarizeProfile(file: string, limit = 15): Promise<ProfileSummary> {
+/** Self and inclusive times of a profile; with `window`, only of the samples taken in it
+ *  (one phase of a mount's life, e.g. the writes and not the drain after them). */
+export async function summarizeProfile(file: string, limit = 15, window?: ProfileWindow): Promise<ProfileSummary> {
   const profile = JSON.parse(await fsp.readFile(file, 'utf8')) as CpuProfile;
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const self = new Map<number, number>();
   let total = 0;
+  let at = profile.startTime;
+  const inWindow = profile.timeDeltas.map((dt) => {
+    at += dt;
+    return window === undefined || (at >= window.fromUs && at < window.toUs);
+  });
   profile.samples.forEach((id, i) => {
+    if (!inWindow[i]) return;
     const dt = profile.timeDeltas[i] ?? 0;
     self.set(id, (self.get(id) ?? 0) + dt);
     total += dt;
@@ -77,6 +93,7 @@ export async function summarizeProfile(file: string, limit = 15): Promise<Profil
   };
   const inclusive = new Map<string, number>();
   profile.samples.forEach((id, i) => {
+    if (!inWindow[i]) return;
     const dt = profile.timeDeltas[i] ?? 0;
     const seen = new Set<string>();
     for (let at: number | undefined = id; at !== undefined; at = parent.get(at)) {

@@ -5,7 +5,10 @@
  *   3. fio 4 KiB random writes for 20 s: IOPS, and bytes uploaded per byte written
  *   4. bytes uploaded for `truncate -s 10G` (none) and for mkfs.ext4 of it
  * Writes .bench/write.json. Run: npm run bench (after the read benchmark) or
- * node dist/bench/write.js. */
+ * node dist/bench/write.js. With --profile it measures nothing of the above: it writes
+ * 2 x 256 MiB through a mount under node --cpu-prof and drains them with `blobdisk flush`,
+ * and prints where the mount's time goes in each of the two phases (profiles in
+ * .bench/profiles/write/). */
 
 import { BlobServiceClient } from '@azure/storage-blob';
 import fs from 'node:fs';
@@ -13,6 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startAzurite } from '../lib/azurite';
 import { Daemon, MB, MiB, median, round, run, runOk, table } from './lib';
+import { ProfileSummary, newestProfile, summarizeProfile } from './profile';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const BIN = path.join(ROOT, 'bin', 'blobdisk');
@@ -24,12 +28,12 @@ async function status(mnt: string): Promise<{ bytesUp: number; totals: { bytesUp
   return JSON.parse(r.stdout) as { bytesUp: number; totals: { bytesUp: number; bytesCleared: number } };
 }
 
-async function mountBlobdisk(mnt: string, cs: string, cacheDir: string, extra: string[] = []): Promise<Daemon> {
+async function mountBlobdisk(mnt: string, cs: string, cacheDir: string, extra: string[] = [], nodeArgs: string[] = []): Promise<Daemon> {
   fs.mkdirSync(mnt, { recursive: true });
   return Daemon.start(
     'blobdisk',
     process.execPath,
-    [BIN, 'mount', mnt, '--connection-string', cs, '--container', 'bench', '--cache-dir', cacheDir, '--log-level', 'warn', ...extra],
+    [...nodeArgs, BIN, 'mount', mnt, '--connection-string', cs, '--container', 'bench', '--cache-dir', cacheDir, '--log-level', 'warn', ...extra],
     /blobdisk: mounted /,
     process.env,
   );
@@ -40,7 +44,47 @@ async function ddWrite(file: string, source: string, extra: string[] = []): Prom
   return SIZE / MB / (r.ms / 1000);
 }
 
+/** The monotonic clock in µs, as V8 stamps profile samples. */
+const nowUs = (): number => Number(process.hrtime.bigint() / 1000n);
+
+function printProfile(phase: string, p: ProfileSummary): void {
+  const rows = (list: ProfileSummary['byArea']): string[][] => list.map((e) => [e.name, String(e.ms), `${e.percent} %`]);
+  process.stdout.write(`\nCPU profile of the mount, ${phase} (${p.totalMs} ms sampled)\n`);
+  process.stdout.write(`${table(['area', 'ms', 'share'], rows(p.byArea))}\n\n`);
+  process.stdout.write(`${table(['function (self)', 'ms', 'share'], rows(p.topFunctions))}\n\n`);
+  process.stdout.write(`${table(['blobdisk function (inclusive)', 'ms', 'share'], rows(p.blobdiskInclusive))}\n`);
+}
+
+/** Sequential writes and their drain through one mount under --cpu-prof, each phase summarized apart. */
+async function profileWrites(work: string, source: string, cs: string): Promise<void> {
+  const dir = path.join(ROOT, '.bench', 'profiles', 'write');
+  fs.rmSync(dir, { recursive: true, force: true });
+  const mnt = path.join(work, 'mnt-profile');
+  const m = await mountBlobdisk(mnt, cs, path.join(work, 'cache-profile'), ['--write-back-delay', '3600'], ['--cpu-prof', `--cpu-prof-dir=${dir}`]);
+  let write = { fromUs: 0, toUs: 0 };
+  let drain = { fromUs: 0, toUs: 0 };
+  try {
+    const rates: number[] = [];
+    write = { fromUs: nowUs(), toUs: 0 };
+    for (let i = 0; i < 2; i++) rates.push(await ddWrite(path.join(mnt, `profiled-${i}.img`), source));
+    write = { ...write, toUs: nowUs() };
+    drain = { fromUs: nowUs(), toUs: 0 };
+    await runOk(process.execPath, [BIN, 'flush', mnt], { timeoutMs: 600_000 });
+    drain = { ...drain, toUs: nowUs() };
+    process.stdout.write(`profiled: writes ${rates.map((r) => round(r, 1)).join(', ')} MB/s (under the profiler), drain of ${(2 * SIZE) / MiB} MiB ${round((2 * SIZE) / MB / ((drain.toUs - drain.fromUs) / 1e6), 1)} MB/s\n`);
+  } finally {
+    await m.stop();
+  }
+  const file = await newestProfile(dir);
+  if (file === undefined) throw new Error(`the mount left no profile in ${dir}`);
+  fs.writeFileSync(path.join(dir, 'windows.json'), `${JSON.stringify({ file, write, drain })}\n`);
+  printProfile('sequential writes', await summarizeProfile(file, 25, write));
+  printProfile('drain by blobdisk flush', await summarizeProfile(file, 25, drain));
+}
+
 async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  for (const a of args) if (a !== '--profile') throw new Error(`unknown argument ${a}; the only one is --profile`);
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'blobdisk-wbench-'));
   const source = path.join(work, 'source.bin');
   fs.writeFileSync(source, Buffer.concat(Array.from({ length: SIZE / MiB }, () => require('node:crypto').randomBytes(MiB))));
@@ -49,6 +93,15 @@ async function main(): Promise<void> {
   await service.getContainerClient('bench').create();
   const results: Record<string, unknown> = {};
   const daemons: Daemon[] = [];
+  if (args.includes('--profile')) {
+    try {
+      await profileWrites(work, source, azurite.connectionString);
+    } finally {
+      await azurite.stop();
+      await run('rm', ['-rf', work]);
+    }
+    return;
+  }
   try {
     // 1. sequential writes: bare FUSE vs blobdisk (acknowledged, before any upload finishes)
     const bareMnt = path.join(work, 'bare');

@@ -275,6 +275,8 @@ export class Flusher {
     interface Job { readonly upload: PageUpload; readonly window: Window }
     interface Window { left: number; readonly grains: { idx: number; gen: number; data: Buffer; end: number }[]; buffer?: Buffer }
     const ready: Job[] = [];
+    /** Grains of finished windows being marked clean (their checksums are under way). */
+    const marking: Promise<void>[] = [];
     let failure: unknown;
     let nextGrain = 0;
     let reading: Promise<void> | undefined;
@@ -308,7 +310,7 @@ export class Flusher {
       const uploads = planPageUploads(pieces);
       window.left = uploads.length;
       window.buffer = buffer;
-      if (uploads.length === 0) this.windowDone(image, window);
+      if (uploads.length === 0) marking.push(this.windowDone(image, window));
       for (const upload of uploads) ready.push({ upload, window });
     };
     const next = async (): Promise<Job | undefined> => {
@@ -341,7 +343,7 @@ export class Flusher {
           image.counters.uploads++;
           if (u.zero) image.counters.bytesCleared += u.data.length;
           else image.counters.bytesUp += u.data.length;
-          if (--window.left === 0) this.windowDone(image, window);
+          if (--window.left === 0) marking.push(this.windowDone(image, window));
         } catch (e) {
           failure ??= e;
         }
@@ -350,6 +352,8 @@ export class Flusher {
     // Workers never reject: a failure stops them all, after the requests in flight.
     await Promise.all(Array.from({ length: this.options.concurrency }, worker));
     await reading;
+    // Before the flush counts as done: a grain still dirty then would be uploaded again.
+    await Promise.all(marking).catch((e: unknown) => void (failure ??= e));
     if (sent > 0) {
       try {
         // Concurrent calls finish in any order: ask which ETag the blob ended with.
@@ -363,17 +367,20 @@ export class Flusher {
   }
 
   /** Every upload of a window went through: marks its grains clean that went up whole
-   *  (unless written again since their snapshot) and keeps its buffer for the next one. */
-  private windowDone(image: Image, window: { grains: readonly { idx: number; gen: number; data: Buffer; end: number }[]; buffer?: Buffer }): void {
-    for (const grain of window.grains) if (this.mayBeClean(image, grain.end)) this.cache.markUploaded(image.id, grain.idx, grain.gen, grain.data);
+   *  (unless written again since their snapshot) and, once their checksums are taken,
+   *  keeps its buffer for the next one. */
+  private async windowDone(image: Image, window: { grains: readonly { idx: number; gen: number; data: Buffer; end: number }[]; buffer?: Buffer }): Promise<void> {
+    const clean = window.grains.filter((grain) => this.mayBeClean(image, grain.end));
+    await Promise.all(clean.map((grain) => this.cache.markUploaded(image.id, grain.idx, grain.gen, grain.data)));
     if (window.buffer && this.spareWindows.length < this.options.concurrency + 2) this.spareWindows.push(window.buffer);
   }
 
   /** A window buffer of `bytes`, reused: fresh ones of 8 MiB per window kept the garbage
-   *  collector busy for a tenth of a drain. */
+   *  collector busy for a tenth of a drain. Shared memory, so that the cache checksums
+   *  uploaded grains in its worker thread without a copy. */
   private windowBuffer(bytes: number): Buffer {
     const spare = this.spareWindows.pop();
-    return spare && spare.length === bytes ? spare : Buffer.allocUnsafe(bytes);
+    return spare && spare.length === bytes ? spare : Buffer.from(new SharedArrayBuffer(bytes));
   }
 
   private async flushBlockBlob(image: Image): Promise<void> {
@@ -433,7 +440,7 @@ export class Flusher {
       // A grain reaching past the size this flush committed was written after it began.
       if ((idx + 1) * g > size && this.dirtyPast(image, idx, size)) continue;
       if (!this.mayBeClean(image, Math.min((idx + 1) * g, size))) continue;
-      if (this.cache.state(image.id, idx)?.gen === gen) this.cache.markUploaded(image.id, idx, gen, await this.cache.readWhole(image.id, idx));
+      if (this.cache.state(image.id, idx)?.gen === gen) await this.cache.markUploaded(image.id, idx, gen, await this.cache.readWhole(image.id, idx));
     }
   }
 

@@ -1,7 +1,14 @@
 /* The grain map: which grains of which image are in the cache directory, and in what
  * state (see schema.ts). SQLite in WAL mode, through better-sqlite3, which is
  * synchronous: every method here is one short statement or one small transaction, and
- * hot paths batch (touches are written every few seconds, not per read). */
+ * hot paths batch (touches are written every few seconds, not per read).
+ *
+ * The write path's changes (putGrain, a new image size) are not SQLite commits: each is
+ * one record appended to the change log (log.ts), committed once that returns, at a
+ * tenth of a commit's cost. The records are folded into SQLite in one transaction every
+ * FOLD_MS or FOLD_RECORDS, and before any other method reads or changes the map, so the
+ * log only ever holds changes newer than everything in SQLite and replaying it in order
+ * (at open, after a crash) gives the state the crashed process had. */
 
 import Database from 'better-sqlite3';
 import crypto from 'node:crypto';
@@ -9,6 +16,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BlobdiskError } from '../errors';
 import { BlobKind } from '../store/types';
+import { GrainLog, LogRecord } from './log';
 import { SCHEMA, SCHEMA_VERSION } from './schema';
 
 export interface ImageRow {
@@ -54,6 +62,9 @@ const toGrain = (r: RawGrain): GrainRow => ({
 
 /** ETags of our own uploads kept per image (see recordEtag). */
 const KEPT_ETAGS = 64;
+/** Logged changes are folded into SQLite at least this often, and after this many records. */
+const FOLD_MS = 1_000;
+const FOLD_RECORDS = 4_096;
 
 export class GrainMap {
   private readonly db: Database.Database;
@@ -61,6 +72,13 @@ export class GrainMap {
   /** ETags recorded per image since the last pruning. */
   private readonly etagsRecorded = new Map<number, number>();
   private etagClock = 0;
+  private log: GrainLog | undefined;
+  /** Number of the last logged change (SQLite holds those up to meta log_seq). */
+  private seq = 0;
+  /** Logged changes not yet in SQLite: the newest row per grain, the newest size per image. */
+  private readonly pendingGrains = new Map<string, GrainRow>();
+  private readonly pendingSizes = new Map<number, number>();
+  private foldTimer: NodeJS.Timeout | undefined;
 
   private constructor(db: Database.Database) {
     this.db = db;
@@ -86,16 +104,21 @@ export class GrainMap {
       db.pragma('synchronous = NORMAL');
       db.pragma('foreign_keys = ON');
       db.pragma('busy_timeout = 5000');
-      const map = new GrainMap(db);
-      map.prepare(grainSize);
-      return map;
     } catch (e) {
       db.close();
       throw e;
     }
+    const map = new GrainMap(db);
+    try {
+      map.prepare(grainSize, `${file}.log`);
+    } catch (e) {
+      map.close();
+      throw e;
+    }
+    return map;
   }
 
-  private prepare(grainSize: number): void {
+  private prepare(grainSize: number, logFile: string): void {
     const hasMeta = this.sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").get();
     if (!hasMeta) {
       this.db.transaction(() => {
@@ -103,16 +126,22 @@ export class GrainMap {
         this.setMeta('schema_version', String(SCHEMA_VERSION));
         this.setMeta('grain_size', String(grainSize));
       })();
+      this.openLog(logFile);
       return;
     }
     const version = Number(this.getMeta('schema_version'));
-    if (version !== SCHEMA_VERSION) {
+    if (version === 1) {
+      // Version 1 had no change log: nothing to replay, and from now on only versions that
+      // read the log may open this cache.
+      this.setMeta('schema_version', String(SCHEMA_VERSION));
+    } else if (version !== SCHEMA_VERSION) {
       throw new BlobdiskError(
         'EINVAL',
         `the cache was written by another blobdisk version (grain map schema ${version}, this one reads ${SCHEMA_VERSION}); ` +
           'unmount with that version to drain it, or give another --cache-dir',
       );
     }
+    this.openLog(logFile);
     const stored = Number(this.getMeta('grain_size'));
     if (stored !== grainSize) {
       if (this.dirtyGrainCount() > 0) {
@@ -126,6 +155,59 @@ export class GrainMap {
         this.setMeta('grain_size', String(grainSize));
       })();
     }
+  }
+
+  /** Opens the change log and folds what a crashed process left in it into SQLite. */
+  private openLog(file: string): void {
+    const log = GrainLog.open(file);
+    this.log = log;
+    this.seq = Number(this.getMeta('log_seq') ?? 0);
+    if (!log.empty) {
+      for (const { seq, record } of log.read(this.seq)) this.pend(seq, record);
+      this.fold();
+      log.clear();
+    }
+    this.foldTimer = setInterval(() => {
+      try {
+        this.fold();
+      } catch {
+        // Left pending: the next fold tries again, and a caller that needs it sees the error.
+      }
+    }, FOLD_MS);
+    this.foldTimer.unref();
+  }
+
+  /** Takes a logged change into the pending state (it is in the log already). */
+  private pend(seq: number, record: LogRecord): void {
+    this.seq = seq;
+    if (record.kind === 'grain') this.pendingGrains.set(`${record.row.imageId}:${record.row.idx}`, record.row);
+    else this.pendingSizes.set(record.imageId, record.size);
+  }
+
+  /** Commits a change by appending it to the log; folds when enough are pending. */
+  private logChange(record: LogRecord): void {
+    if (!this.log) throw new BlobdiskError('EIO', 'the grain map is closed');
+    const seq = this.seq + 1;
+    this.log.append(seq, record);
+    this.pend(seq, record);
+    if (this.pendingGrains.size + this.pendingSizes.size >= FOLD_RECORDS) this.fold();
+  }
+
+  /** Writes the logged changes into SQLite in one transaction and empties the log. Every
+   *  method that reads or changes the tables otherwise calls this first. */
+  private fold(): void {
+    if (this.pendingGrains.size === 0 && this.pendingSizes.size === 0) return;
+    // A row of an image deleted meanwhile (a write racing with an unlink) has nothing to join.
+    const exists = this.sql('SELECT 1 FROM images WHERE id = ?');
+    const size = this.sql('UPDATE images SET size = ? WHERE id = ?');
+    this.db.transaction(() => {
+      for (const row of this.pendingGrains.values()) if (exists.get(row.imageId) !== undefined) this.upsertGrain(row);
+      for (const [id, bytes] of this.pendingSizes) size.run(bytes, id);
+      this.setMeta('log_seq', String(this.seq));
+    })();
+    this.pendingGrains.clear();
+    this.pendingSizes.clear();
+    this.log?.clear();
   }
 
   /** The grain size the cache directory is laid out for (before open() reset it, the old one). */
@@ -149,6 +231,7 @@ export class GrainMap {
   }
 
   image(account: string, container: string, name: string): ImageRow | undefined {
+    this.fold();
     const r = this.sql('SELECT * FROM images WHERE account = ? AND container = ? AND name = ?')
       .get(account, container, name) as RawImage | undefined;
     return r && toImage(r);
@@ -156,6 +239,7 @@ export class GrainMap {
 
   /** Returns the image's row, inserting it (with no ETag: nothing cached yet) when new. */
   ensureImage(account: string, container: string, name: string, kind: BlobKind, size: number): ImageRow {
+    this.fold();
     this.sql('INSERT INTO images (account, container, name, kind, size) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING')
       .run(account, container, name, kind, size);
     const row = this.image(account, container, name);
@@ -163,10 +247,18 @@ export class GrainMap {
     return row;
   }
 
+  /** Changes an image's row. A change of the size alone (a write growing the image) is
+   *  logged, the others are written to SQLite at once. */
   updateImage(
     id: number,
     fields: { kind?: BlobKind; size?: number; etag?: string | null; allocated?: number | null; allocatedEtag?: string | null; remoteEnd?: number | null },
   ): void {
+    const given = Object.entries(fields).filter(([, v]) => v !== undefined);
+    if (given.length === 1 && fields.size !== undefined) {
+      this.logChange({ kind: 'size', imageId: id, size: fields.size });
+      return;
+    }
+    this.fold();
     const sets: string[] = [];
     const values: unknown[] = [];
     const columns: Record<string, string> = { kind: 'kind', size: 'size', etag: 'etag', allocated: 'allocated', allocatedEtag: 'allocated_etag', remoteEnd: 'remote_end' };
@@ -183,20 +275,27 @@ export class GrainMap {
 
   /** Every grain row, least recently used first (to rebuild the cache index at mount). */
   allGrains(): GrainRow[] {
+    this.fold();
     return (this.sql('SELECT * FROM grains ORDER BY last_access, image_id, idx').all() as RawGrain[]).map(toGrain);
   }
 
   grainsOf(imageId: number): GrainRow[] {
+    this.fold();
     return (this.sql('SELECT * FROM grains WHERE image_id = ? ORDER BY idx').all(imageId) as RawGrain[]).map(toGrain);
   }
 
   grain(imageId: number, idx: number): GrainRow | undefined {
+    this.fold();
     const r = this.sql('SELECT * FROM grains WHERE image_id = ? AND idx = ?').get(imageId, idx) as RawGrain | undefined;
     return r && toGrain(r);
   }
 
-  /** Writes a grain's whole row (insert or replace). */
+  /** Writes a grain's whole row (insert or replace), through the log: committed on return. */
   putGrain(row: GrainRow): void {
+    this.logChange({ kind: 'grain', row });
+  }
+
+  private upsertGrain(row: GrainRow): void {
     this.sql(
         `INSERT INTO grains (image_id, idx, length, checksum, valid, dirty, last_access) VALUES (?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (image_id, idx) DO UPDATE SET length = excluded.length, checksum = excluded.checksum,
@@ -225,6 +324,7 @@ export class GrainMap {
 
   /** Images that hold grains not yet uploaded (to drain after a crash). */
   imagesWithDirtyGrains(): ImageRow[] {
+    this.fold();
     return (
       this.sql('SELECT * FROM images WHERE id IN (SELECT DISTINCT image_id FROM grains WHERE dirty IS NOT NULL) ORDER BY id').all() as RawImage[]
     ).map(toImage);
@@ -232,16 +332,19 @@ export class GrainMap {
 
   /** Gives the image's row another blob name (a rename); the grains stay with the row. */
   renameImage(id: number, container: string, name: string): void {
+    this.fold();
     this.sql('UPDATE images SET container = ?, name = ? WHERE id = ?').run(container, name, id);
   }
 
   /** Forgets an image and all its grains (the blob was deleted). */
   deleteImage(id: number): void {
+    this.fold();
     this.sql('DELETE FROM images WHERE id = ?').run(id);
   }
 
   /** Makes every committed change durable on disk (fsync of the WAL), for fsync(). */
   durable(): void {
+    this.fold();
     this.db.pragma('synchronous = FULL');
     try {
       this.setMeta('synced_at', String(Date.now()));
@@ -264,6 +367,7 @@ export class GrainMap {
   /** Forgets grains (their files are gone or about to go). */
   deleteGrains(keys: ReadonlyArray<{ imageId: number; idx: number }>): void {
     if (keys.length === 0) return;
+    this.fold();
     const del = this.sql('DELETE FROM grains WHERE image_id = ? AND idx = ?');
     this.db.transaction(() => {
       for (const k of keys) del.run(k.imageId, k.idx);
@@ -273,6 +377,7 @@ export class GrainMap {
   /** Writes the access times gathered since the last call, in one transaction. */
   touch(entries: ReadonlyArray<{ imageId: number; idx: number; at: number }>): void {
     if (entries.length === 0) return;
+    this.fold();
     const upd = this.sql('UPDATE grains SET last_access = ? WHERE image_id = ? AND idx = ?');
     this.db.transaction(() => {
       for (const e of entries) upd.run(e.at, e.imageId, e.idx);
@@ -280,11 +385,17 @@ export class GrainMap {
   }
 
   dirtyGrainCount(): number {
+    this.fold();
     const row = this.sql('SELECT count(*) AS n FROM grains WHERE dirty IS NOT NULL').get() as { n: number };
     return row.n;
   }
 
   close(): void {
+    if (this.foldTimer) clearInterval(this.foldTimer);
+    this.foldTimer = undefined;
+    if (this.db.open) this.fold();
+    this.log?.close();
+    this.log = undefined;
     if (this.db.open) this.db.close();
   }
 }

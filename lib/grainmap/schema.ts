@@ -1,7 +1,10 @@
 /* The grain map's on-disk format. SCHEMA_VERSION changes whenever SCHEMA does; a test
  * (test/unit/grainmap.test.ts) pins both, so a change without a version bump fails.
- * Opening a cache written by another version refuses with a clear message (there is only
- * version 1 so far, so there is nothing to migrate from yet).
+ * Opening a cache written by another version refuses with a clear message.
+ *
+ * Version 2 added the change log (grainmap.db.log, see log.ts) and the meta key log_seq:
+ * the tables are those of version 1, which opens as version 2 at once; a version-1
+ * blobdisk must not open a version-2 cache, as it would not see the changes in the log.
  *
  * images  one row per blob ever opened: identity (account, container, name), the kind and
  *         logical size (ours: it runs ahead of Azure's while a size change waits for upload),
@@ -17,7 +20,7 @@
  *         back in any order): after a crash, a blob whose ETag is one of these was last
  *         changed by us, not by someone else, so its dirty grains are no conflict. */
 
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 export const SCHEMA = `
 CREATE TABLE meta (

@@ -10,7 +10,7 @@ describe('GrainMap', () => {
   it('pins the on-disk schema: changing it needs a version bump and a migration', () => {
     // If this fails, the grain map format changed: bump SCHEMA_VERSION, teach
     // GrainMap.open() to migrate or refuse older caches, then update this pin.
-    expect(SCHEMA_VERSION).toBe(1);
+    expect(SCHEMA_VERSION).toBe(2);
     const normalized = SCHEMA.replace(/\s+/g, ' ').trim();
     expect(normalized).toBe(
       'CREATE TABLE meta ( key TEXT PRIMARY KEY, value TEXT NOT NULL ) WITHOUT ROWID; ' +
@@ -82,5 +82,101 @@ describe('GrainMap', () => {
     expect(map.isOurEtag(img.id, '"0x0"')).toBe(false);
     expect(map.isOurEtag(img.id, '"0x100"')).toBe(false);
     map.close();
+  });
+
+  describe('change log', () => {
+    /** The files as a kill -9 leaves them: copied while the map is still open, nothing folded. */
+    const crashCopy = (file: string): string => {
+      const dest = path.join(tmp(), 'g.db');
+      for (const suffix of ['', '-wal', '.log']) if (fs.existsSync(file + suffix)) fs.copyFileSync(file + suffix, dest + suffix);
+      return dest;
+    };
+    const dirty = (bits: number): Buffer => Buffer.from([bits, 0, 0, 0]);
+
+    it('keeps logged grain rows and image sizes across a crash before any fold', () => {
+      const file = path.join(tmp(), 'g.db');
+      const a = GrainMap.open(file, 1 << 20);
+      const img = a.ensureImage('acct', 'c', 'disk.img', 'page', 0);
+      a.putGrain({ imageId: img.id, idx: 0, length: 1 << 20, checksum: null, valid: dirty(1), dirty: dirty(1), lastAccess: 7 });
+      a.updateImage(img.id, { size: 512 });
+      a.putGrain({ imageId: img.id, idx: 0, length: 1 << 20, checksum: null, valid: dirty(3), dirty: dirty(3), lastAccess: 7 });
+      a.updateImage(img.id, { size: 1024 });
+      expect(fs.statSync(`${file}.log`).size).toBeGreaterThan(0); // still only in the log
+      const copy = crashCopy(file);
+      a.close();
+      expect(fs.statSync(`${file}.log`).size).toBe(0); // folded at close
+
+      const b = GrainMap.open(copy, 1 << 20);
+      expect(b.image('acct', 'c', 'disk.img')?.size).toBe(1024);
+      expect(b.imagesWithDirtyGrains().map((r) => r.id)).toEqual([img.id]);
+      expect(b.grain(img.id, 0)).toMatchObject({ valid: dirty(3), dirty: dirty(3), checksum: null, lastAccess: 7 });
+      expect(fs.statSync(`${copy}.log`).size).toBe(0); // replayed into SQLite at open
+      b.close();
+    });
+
+    it('replays up to a torn record and drops it', () => {
+      const file = path.join(tmp(), 'g.db');
+      const a = GrainMap.open(file, 1 << 20);
+      const img = a.ensureImage('acct', 'c', 'disk.img', 'page', 0);
+      a.putGrain({ imageId: img.id, idx: 0, length: 1 << 20, checksum: null, valid: dirty(1), dirty: dirty(1), lastAccess: 1 });
+      const whole = fs.statSync(`${file}.log`).size;
+      a.putGrain({ imageId: img.id, idx: 1, length: 1 << 20, checksum: null, valid: dirty(1), dirty: dirty(1), lastAccess: 1 });
+      const copy = crashCopy(file);
+      a.close();
+      fs.truncateSync(`${copy}.log`, whole + 20); // the second record only half there
+
+      const b = GrainMap.open(copy, 1 << 20);
+      expect(b.grainsOf(img.id).map((g) => g.idx)).toEqual([0]);
+      b.putGrain({ imageId: img.id, idx: 2, length: 1 << 20, checksum: null, valid: null, dirty: dirty(1), lastAccess: 1 });
+      b.close();
+      const c = GrainMap.open(copy, 1 << 20);
+      expect(c.grainsOf(img.id).map((g) => g.idx)).toEqual([0, 2]);
+      c.close();
+    });
+
+    it('skips records SQLite already holds, so a log whose emptying was lost cannot undo later changes', () => {
+      const file = path.join(tmp(), 'g.db');
+      const a = GrainMap.open(file, 1 << 20);
+      const img = a.ensureImage('acct', 'c', 'disk.img', 'page', 0);
+      a.putGrain({ imageId: img.id, idx: 0, length: 1 << 20, checksum: null, valid: null, dirty: dirty(1), lastAccess: 1 });
+      const stale = fs.readFileSync(`${file}.log`);
+      a.deleteGrains([{ imageId: img.id, idx: 0 }]); // folds the record, then deletes the grain
+      expect(fs.statSync(`${file}.log`).size).toBe(0);
+      fs.writeFileSync(`${file}.log`, stale); // as if the emptying never reached the disk
+      const copy = crashCopy(file);
+      a.close();
+
+      const b = GrainMap.open(copy, 1 << 20);
+      expect(b.grainsOf(img.id)).toEqual([]);
+      b.close();
+    });
+
+    it('drops a logged row of an image deleted before the fold', () => {
+      const a = GrainMap.open(path.join(tmp(), 'g.db'), 1 << 20);
+      const img = a.ensureImage('acct', 'c', 'gone.img', 'page', 0);
+      a.deleteImage(img.id);
+      a.putGrain({ imageId: img.id, idx: 0, length: 1 << 20, checksum: null, valid: null, dirty: dirty(1), lastAccess: 1 });
+      expect(a.allGrains()).toEqual([]);
+      a.close();
+    });
+
+    it('opens a version 1 cache (no log) as version 2', () => {
+      const file = path.join(tmp(), 'g.db');
+      const a = GrainMap.open(file, 1 << 20);
+      const img = a.ensureImage('acct', 'c', 'disk.img', 'page', 4096);
+      a.close();
+      fs.rmSync(`${file}.log`);
+      const Database = require('better-sqlite3');
+      const db = new Database(file);
+      db.prepare("UPDATE meta SET value = '1' WHERE key = 'schema_version'").run();
+      db.close();
+
+      const b = GrainMap.open(file, 1 << 20);
+      expect(b.image('acct', 'c', 'disk.img')).toMatchObject({ id: img.id, size: 4096 });
+      b.close();
+      const check = new Database(file);
+      expect(check.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get()).toEqual({ value: '2' });
+      check.close();
+    });
   });
 });
