@@ -51,6 +51,8 @@ interface Entry {
   unsynced: boolean;
   /** When the grain last went from clean to dirty (ms), for "oldest dirty age". */
   dirtySince: number;
+  /** Writes landing in it: until they are done it is not evicted, even while clean. */
+  landing?: number;
 }
 
 /** What the image and the flusher may know of a grain. */
@@ -376,8 +378,15 @@ export class GrainCache {
     // Bump the generation before the bytes land: an upload that read the grain while this
     // write was under way then cannot mark it clean.
     entry.gen = this.nextGen();
-    const handle = await this.open(imageId, idx);
-    this.land(entry, handle.fd, offset, data);
+    // Still clean until it has landed: evicted while its file opens, the acknowledged
+    // bytes would go to a removed file and an entry no longer in the cache.
+    entry.landing = (entry.landing ?? 0) + 1;
+    try {
+      const handle = await this.open(imageId, idx);
+      this.land(entry, handle.fd, offset, data);
+    } finally {
+      entry.landing--;
+    }
   }
 
   /** write() at once, without a turn through promises, when the grain is cached and its
@@ -446,27 +455,32 @@ export class GrainCache {
     const boundary = this.lru.get(keyOf(imageId, Math.floor(size / g)));
     if (!boundary) return;
     const cut = size % g;
-    const handle = await this.open(imageId, boundary.idx);
-    await handle.truncate(cut);
-    const firstGone = Math.ceil(cut / SECTOR);
-    if (boundary.valid) setBits(boundary.valid, firstGone, sectorsOf(g)); // zeros now, known
-    if (boundary.dirty) {
-      clearBitsFrom(boundary.dirty, firstGone);
-      if (cut % SECTOR !== 0) setBits(boundary.dirty, firstGone - 1, firstGone);
-    } else if (cut % SECTOR !== 0) {
-      boundary.dirty = emptyBitmap(g);
-      boundary.dirtySince = Date.now();
-      this.stats.dirtyBytes += g;
-      setBits(boundary.dirty, firstGone - 1, firstGone);
+    boundary.landing = (boundary.landing ?? 0) + 1; // not evicted while it is cut
+    try {
+      const handle = await this.open(imageId, boundary.idx);
+      await handle.truncate(cut);
+      const firstGone = Math.ceil(cut / SECTOR);
+      if (boundary.valid) setBits(boundary.valid, firstGone, sectorsOf(g)); // zeros now, known
+      if (boundary.dirty) {
+        clearBitsFrom(boundary.dirty, firstGone);
+        if (cut % SECTOR !== 0) setBits(boundary.dirty, firstGone - 1, firstGone);
+      } else if (cut % SECTOR !== 0) {
+        boundary.dirty = emptyBitmap(g);
+        boundary.dirtySince = Date.now();
+        this.stats.dirtyBytes += g;
+        setBits(boundary.dirty, firstGone - 1, firstGone);
+      }
+      if (boundary.dirty && !anySet(boundary.dirty)) {
+        boundary.dirty = null;
+        this.stats.dirtyBytes -= g;
+      }
+      boundary.checksum = boundary.dirty ? null : zlib.crc32(await this.readWhole(imageId, boundary.idx));
+      boundary.gen = this.nextGen();
+      boundary.unsynced = true;
+      this.persist(boundary);
+    } finally {
+      boundary.landing--;
     }
-    if (boundary.dirty && !anySet(boundary.dirty)) {
-      boundary.dirty = null;
-      this.stats.dirtyBytes -= g;
-    }
-    boundary.checksum = boundary.dirty ? null : zlib.crc32(await this.readWhole(imageId, boundary.idx));
-    boundary.gen = this.nextGen();
-    boundary.unsynced = true;
-    this.persist(boundary);
   }
 
   /** Drops what a crash may have left past the image's recorded end `size`: a write that
@@ -498,7 +512,7 @@ export class GrainCache {
       let free = this.options.sizeBytes - this.stats.usedBytes - this.reserved;
       for (const entry of this.lru.values()) {
         if (free >= bytes) break;
-        if (entry.dirty) continue;
+        if (entry.dirty || entry.landing) continue;
         victims.push(entry);
         free += this.grainSize;
       }

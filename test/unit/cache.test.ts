@@ -34,6 +34,25 @@ describe('GrainCache', () => {
     map.close();
   });
 
+  it('never evicts a clean grain while a write into it is landing', async () => {
+    const { cache, image, map } = setup(2);
+    await cache.write(image, 0, 0, grain(1), 0); // dirty: stays
+    await cache.fill(image, 1, grain(2)); // clean, its file not open
+    // The write into grain 1 waits for its file to open while a write into grain 2 needs
+    // room: grain 1, still clean, must not be the one that goes.
+    const into1 = cache.write(image, 1, 0, Buffer.alloc(4096, 3), 0);
+    const into2 = cache.write(image, 2, 0, grain(4), 50);
+    await into1;
+    await expect(into2).rejects.toThrow(/ENOSPC|full/);
+    expect(cache.state(image, 1)?.dirty).not.toBeNull();
+    const expected = grain(2);
+    expected.fill(3, 0, 4096);
+    expect(await readBack(cache, image, 1)).toEqual(expected);
+    expect(map.grainsOf(image).map((g) => g.idx)).toEqual([0, 1]);
+    await cache.close();
+    map.close();
+  });
+
   it('evicts the least recently used clean grains to stay within its size', async () => {
     const { cache, image, map } = setup(4);
     for (let i = 0; i < 4; i++) await cache.fill(image, i, grain(i));
