@@ -20,7 +20,12 @@
  * file torn by a crash is dropped and fetched again instead of served. Dirty grains are
  * never dropped: after a crash they are uploaded as they are (data written since the last
  * fsync may be either old or new, as on any disk). The index lives in memory, in LRU
- * order, rebuilt from the grain map at open; access times go back in batches. */
+ * order, rebuilt from the grain map at open; access times go back in batches.
+ *
+ * A sequential reader's grains are served by readNow(): one synchronous pread straight
+ * into the FUSE request's buffer, after prefetch() got the file into the page cache. That
+ * is the bare FUSE filesystem's single copy; an asynchronous read costs a thread-pool round
+ * trip, and reading a grain into memory ahead of the reader costs a second copy of it. */
 
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -36,6 +41,10 @@ import { SECTOR, allSet, anySet, clearBitsFrom, countBits, emptyBitmap, runs, se
 const TOUCH_FLUSH_MS = 5_000;
 const MAX_OPEN_FILES = 128;
 const ROOM_POLL_MS = 50;
+/** prefetch() reads this much twice at the start of a grain file: the kernel takes the
+ *  first read for the start of a sequential stream and the second one, which continues
+ *  it, starts its asynchronous read-ahead of the rest of the file. */
+const PREFETCH_READ = 64 * 1024;
 
 interface Entry {
   readonly imageId: number;
@@ -80,6 +89,11 @@ export class GrainCache {
   private readonly lru = new Map<string, Entry>();
   private readonly touched = new Map<string, { imageId: number; idx: number; at: number }>();
   private readonly files = new Map<string, Promise<fsp.FileHandle>>();
+  /** Descriptors of the files in `files` whose open has finished. A descriptor leaves with
+   *  its file's entry there, before it is closed: its number may then belong to another file. */
+  private readonly fds = new Map<string, number>();
+  /** Where prefetch() reads go; nobody looks at what lands there. */
+  private readonly scratch = Buffer.allocUnsafe(PREFETCH_READ);
   /** Files of dropped grains whose removal is under way. */
   private readonly removing = new Map<string, Promise<void>>();
   private readonly dirs = new Set<string>();
@@ -188,15 +202,15 @@ export class GrainCache {
     this.lru.set(key, entry);
     this.touched.set(key, { imageId, idx, at: Date.now() });
     try {
-      if (!entry.verified && !entry.dirty && entry.checksum !== null) {
+      const checksum = entry.checksum;
+      if (this.needsCheck(entry) && checksum !== null) {
         if (offset === 0 && length === this.grainSize && !this.verifying.has(key)) {
           // A whole grain (a staged one): check it where it lands, no second buffer.
           await this.readFull(imageId, idx, target, targetOffset);
-          return await this.check(key, entry, entry.checksum, target.subarray(targetOffset, targetOffset + length));
+          return await this.check(key, entry, checksum, target.subarray(targetOffset, targetOffset + length));
         }
         let verifying = this.verifying.get(key);
         if (!verifying) {
-          const checksum = entry.checksum;
           verifying = this.readFull(imageId, idx, Buffer.allocUnsafe(this.grainSize), 0)
             .then(async (data) => ((await this.check(key, entry, checksum, data)) ? data : undefined))
             .finally(() => this.verifying.delete(key));
@@ -218,6 +232,59 @@ export class GrainCache {
       if (!entry.dirty) await this.drop([entry]);
       return false;
     }
+  }
+
+  /** Whether the first read of the grain in this process must check its checksum. */
+  private needsCheck(entry: Entry): boolean {
+    return !entry.verified && !entry.dirty && entry.checksum !== null;
+  }
+
+  /** Copies [offset, offset + length) of a cached grain into `target` at `targetOffset`
+   *  with one synchronous pread, when its file is open and nothing needs checking first;
+   *  false otherwise (read() then does it). The caller checked covers(). It blocks the
+   *  event loop until the bytes are there: call it for grains prefetch() brought into the
+   *  page cache, not for every hit. */
+  readNow(imageId: number, idx: number, offset: number, length: number, target: Buffer, targetOffset: number): boolean {
+    const key = keyOf(imageId, idx);
+    const entry = this.lru.get(key);
+    const fd = this.fds.get(key);
+    if (!entry || fd === undefined || this.needsCheck(entry)) return false;
+    this.lru.delete(key);
+    this.lru.set(key, entry);
+    this.touched.set(key, { imageId, idx, at: Date.now() });
+    let done = 0;
+    while (done < length) {
+      const n = fs.readSync(fd, target, targetOffset + done, length - done, offset + done);
+      if (n === 0) break;
+      done += n;
+    }
+    if (done < length) target.fill(0, targetOffset + done, targetOffset + length);
+    return true;
+  }
+
+  /** Gets a cached grain ready for readNow(): its file open and its start in the page
+   *  cache, with the kernel reading ahead the rest. False when readNow() cannot serve it:
+   *  the grain is gone, or its checksum was never checked in this process. */
+  async prefetch(imageId: number, idx: number): Promise<boolean> {
+    const entry = this.lru.get(keyOf(imageId, idx));
+    if (!entry || this.needsCheck(entry)) return false;
+    try {
+      const handle = await this.open(imageId, idx);
+      for (let at = 0; at < Math.min(2 * PREFETCH_READ, this.grainSize); at += PREFETCH_READ) {
+        const { bytesRead } = await handle.read(this.scratch, 0, PREFETCH_READ, at);
+        if (bytesRead < PREFETCH_READ) break;
+      }
+    } catch {
+      return false; // read() finds out what is wrong with the file, and says so
+    }
+    return this.fds.has(keyOf(imageId, idx));
+  }
+
+  /** Whether the grain's checksum is checked (or it has none to check): false until the
+   *  first read of a clean grain in this process. */
+  checked(imageId: number, idx: number): boolean {
+    const entry = this.lru.get(keyOf(imageId, idx));
+    return entry !== undefined && !this.needsCheck(entry);
   }
 
   /** Whether `data`, read from the file of `entry` while it carried `checksum`, passes;
@@ -279,12 +346,20 @@ export class GrainCache {
     // grain's file is opened, or the removal would unlink the new one's bytes.
     const removing = this.removing.get(key) ?? Promise.resolve();
     handle = removing.then(() => this.ensureDir(path.dirname(file))).then(() => fsp.open(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600));
-    handle.catch(() => this.files.delete(key));
+    const opened = handle;
+    opened.then(
+      (h) => {
+        if (this.files.get(key) === opened) this.fds.set(key, h.fd);
+      },
+      () => {
+        if (this.files.get(key) === opened) this.files.delete(key);
+      },
+    );
     this.files.set(key, handle);
     while (this.files.size > MAX_OPEN_FILES) {
-      const [oldest, old] = this.files.entries().next().value as [string, Promise<fsp.FileHandle>];
-      this.files.delete(oldest);
-      closeLater(old);
+      const oldest = this.files.keys().next().value;
+      if (oldest === undefined) break;
+      this.closeFile(oldest);
     }
     return handle;
   }
@@ -298,6 +373,7 @@ export class GrainCache {
     const handle = this.files.get(key);
     if (!handle) return;
     this.files.delete(key);
+    this.fds.delete(key);
     closeLater(handle);
   }
 
@@ -553,6 +629,7 @@ export class GrainCache {
     this.flushTouches();
     const handles = [...this.files.values()];
     this.files.clear();
+    this.fds.clear();
     await Promise.all(handles.map((h) => h.then((f) => f.close()).catch(() => undefined)));
     await this.crc.close();
   }

@@ -77,11 +77,14 @@ export interface ImageDeps {
   readonly exclusive: <T>(image: Image, fn: () => Promise<T>) => Promise<T>;
 }
 
-/** A cached grain read whole into memory ahead of the reader; `ready` once it is there. */
+/** A cached grain got ready ahead of a sequential reader: prefetched into the page cache
+ *  (`warm` once readNow() may serve it), or, on its first read in this process, read whole
+ *  into memory to check its checksum (`ready` once it is there and checked). */
 interface Staged {
   readonly epoch: number;
   readonly data: Promise<Buffer | undefined>;
   ready?: Buffer;
+  warm?: boolean;
 }
 
 export class Image {
@@ -91,9 +94,9 @@ export class Image {
   private localSize: number;
   private pageMap: PageMap | undefined;
   private readonly pending = new Map<number, PendingGrain>();
-  /** Whole cached grains read into memory ahead of a sequential reader (a read-ahead of the
-   *  cache directory: one large read per grain, in parallel, instead of a 128 KiB pread per
-   *  FUSE request). Dropped behind the reader, on any write to the grain, and on a new epoch. */
+  /** Cached grains got ready ahead of a sequential reader (a read-ahead of the cache
+   *  directory, see Staged). Dropped behind the reader, on any write to the grain, and on a
+   *  new epoch. */
   private readonly staged = new Map<number, Staged>();
   /** Grain buffers of fetches and staged grains, reused (see pool.ts). */
   private readonly buffers: BufferPool;
@@ -420,7 +423,7 @@ export class Image {
     for (let idx = Math.floor(offset / g); idx * g < end; idx++) {
       const from = Math.max(offset, idx * g);
       const to = Math.min(end, (idx + 1) * g);
-      // A staged grain already in memory answers without a turn through promises.
+      // A staged grain answers without a turn through promises.
       if (!this.copyStaged(idx, from - idx * g, to - idx * g, target, from - offset)) {
         parts.push(this.readGrain(idx, from - idx * g, to - idx * g, target, from - offset));
       }
@@ -439,12 +442,13 @@ export class Image {
     return (await this.pages().ranges(start, stop)).length > 0;
   }
 
-  /** Copies [start, end) of grain `idx` into target at `at` when it is staged and in
-   *  memory; false otherwise. */
+  /** Copies [start, end) of grain `idx` into target at `at` when it is staged and ready
+   *  (in memory, or prefetched into the page cache); false otherwise. */
   private copyStaged(idx: number, start: number, end: number, target: Buffer, at: number): boolean {
     const staged = this.staged.get(idx);
-    if (staged?.ready === undefined || staged.epoch !== this.epoch) return false;
-    staged.ready.copy(target, at, start, end);
+    if (staged === undefined || staged.epoch !== this.epoch) return false;
+    if (staged.ready !== undefined) staged.ready.copy(target, at, start, end);
+    else if (staged.warm !== true || !this.deps.cache.covers(this.row.id, idx, start, end) || !this.deps.cache.readNow(this.row.id, idx, start, end - start, target, at)) return false;
     this.counters.hits++;
     return true;
   }
@@ -455,12 +459,8 @@ export class Image {
     const g = this.deps.grainSize;
     const staged = this.staged.get(idx);
     if (staged && staged.epoch === this.epoch) {
-      const data = await staged.data;
-      if (data && this.staged.get(idx) === staged) {
-        data.copy(target, at, start, end);
-        this.counters.hits++;
-        return;
-      }
+      await staged.data;
+      if (this.staged.get(idx) === staged && this.copyStaged(idx, start, end, target, at)) return;
     }
     for (let attempt = 0; attempt < 4; attempt++) {
       if (cache.covers(this.row.id, idx, start, end)) {
@@ -565,12 +565,27 @@ export class Image {
     void staged.data.then((buf) => buf && this.buffers.give(buf));
   }
 
-  /** Reads cached grain `idx` whole into memory for a sequential reader; false when the
+  /** Gets cached grain `idx` ready for a sequential reader (see Staged); false when the
    *  cache does not hold all of it. */
   private stage(idx: number): boolean {
     if (this.staged.has(idx)) return true;
     const g = this.deps.grainSize;
     if (this.locks.has(idx) || idx * g >= this.size || !this.deps.cache.covers(this.row.id, idx, 0, Math.min(g, this.size - idx * g))) return false;
+    if (this.deps.cache.checked(this.row.id, idx)) {
+      const warming: Staged = {
+        epoch: this.epoch,
+        data: this.deps.cache.prefetch(this.row.id, idx).then(
+          (ok) => {
+            if (ok && this.staged.get(idx) === warming) warming.warm = true;
+            return undefined;
+          },
+          () => undefined,
+        ),
+      };
+      this.staged.set(idx, warming);
+      this.boundStaged();
+      return true;
+    }
     const buf = this.buffers.take();
     const staged: Staged = {
       epoch: this.epoch,
@@ -583,13 +598,17 @@ export class Image {
       ),
     };
     this.staged.set(idx, staged);
-    // Bounded: a reader that jumped around leaves stale grains behind; the oldest go first.
+    this.boundStaged();
+    return true;
+  }
+
+  /** Bounded: a reader that jumped around leaves stale grains behind; the oldest go first. */
+  private boundStaged(): void {
     while (this.staged.size > 2 * this.deps.read.readAheadGrains + 2) {
       const oldest = this.staged.keys().next().value;
       if (oldest === undefined) break;
       this.unstage(oldest);
     }
-    return true;
   }
 
   /** Starts one ranged GET for grains [first, first + count) and returns the first's pending state. */
