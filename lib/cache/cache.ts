@@ -35,7 +35,7 @@ import { BlobdiskError } from '../errors';
 import { GrainMap, GrainRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { CacheOptions } from '../options';
-import { Crc32 } from './crc';
+import { Crc32, FileCheckError } from './crc';
 import { SECTOR, allSet, anySet, clearBitsFrom, countBits, emptyBitmap, runs, sectorSpan, sectorsOf, setBits } from './sectors';
 
 const TOUCH_FLUSH_MS = 5_000;
@@ -205,7 +205,7 @@ export class GrainCache {
       const checksum = entry.checksum;
       if (this.needsCheck(entry) && checksum !== null) {
         if (offset === 0 && length === this.grainSize && !this.verifying.has(key)) {
-          // A whole grain (a staged one): check it where it lands, no second buffer.
+          // A whole grain: check it where it lands, no second buffer.
           await this.readFull(imageId, idx, target, targetOffset);
           return await this.check(key, entry, checksum, target.subarray(targetOffset, targetOffset + length));
         }
@@ -262,22 +262,45 @@ export class GrainCache {
     return true;
   }
 
-  /** Gets a cached grain ready for readNow(): its file open and its start in the page
-   *  cache, with the kernel reading ahead the rest. False when readNow() cannot serve it:
-   *  the grain is gone, or its checksum was never checked in this process. */
+  /** Gets a cached grain ready for readNow(): its checksum checked (on its first read in
+   *  this process; the worker reads the file, which leaves it in the page cache), its file
+   *  open, and otherwise its start in the page cache with the kernel reading ahead the rest.
+   *  False when readNow() cannot serve it: the grain is gone or failed its check (it is then
+   *  dropped), or its file could not be read (read() then finds out and says so). */
   async prefetch(imageId: number, idx: number): Promise<boolean> {
-    const entry = this.lru.get(keyOf(imageId, idx));
-    if (!entry || this.needsCheck(entry)) return false;
+    const key = keyOf(imageId, idx);
+    const entry = this.lru.get(key);
+    if (!entry) return false;
     try {
+      const checking = this.needsCheck(entry);
+      if (checking && !(await this.checkFile(key, entry))) return false;
       const handle = await this.open(imageId, idx);
-      for (let at = 0; at < Math.min(2 * PREFETCH_READ, this.grainSize); at += PREFETCH_READ) {
+      for (let at = 0; !checking && at < Math.min(2 * PREFETCH_READ, this.grainSize); at += PREFETCH_READ) {
         const { bytesRead } = await handle.read(this.scratch, 0, PREFETCH_READ, at);
         if (bytesRead < PREFETCH_READ) break;
       }
     } catch {
-      return false; // read() finds out what is wrong with the file, and says so
+      return false;
     }
-    return this.fds.has(keyOf(imageId, idx));
+    return this.fds.has(key) && this.lru.get(key) === entry && !this.needsCheck(entry);
+  }
+
+  /** Checks a grain's file against its checksum in the worker thread; see check(). */
+  private async checkFile(key: string, entry: Entry): Promise<boolean> {
+    const checksum = entry.checksum;
+    if (checksum === null) return true;
+    let crc: number;
+    try {
+      crc = await this.crc.ofFile(this.fileOf(entry.imageId, entry.idx), this.grainSize);
+    } catch (e) {
+      if (!(e instanceof FileCheckError) || e.code !== 'ENOENT') throw e;
+      if (this.lru.get(key) !== entry || entry.dirty) return false;
+      this.stats.corruptions++;
+      this.log.warn(`cached grain ${entry.idx} of image ${entry.imageId} vanished from the cache directory; fetching it again`);
+      await this.drop([entry]);
+      return false;
+    }
+    return this.judge(key, entry, checksum, crc);
   }
 
   /** Whether the grain's checksum is checked (or it has none to check): false until the
@@ -293,7 +316,12 @@ export class GrainCache {
   private async check(key: string, entry: Entry, checksum: number, data: Buffer): Promise<boolean> {
     if (this.lru.get(key) !== entry || entry.dirty || entry.checksum !== checksum) return false;
     if (entry.verified) return true;
-    const crc = await this.crc.of(data);
+    return this.judge(key, entry, checksum, await this.crc.of(data));
+  }
+
+  /** Whether the grain passes, its content having had CRC `crc` while it carried
+   *  `checksum` (see check()). */
+  private async judge(key: string, entry: Entry, checksum: number, crc: number): Promise<boolean> {
     if (this.lru.get(key) !== entry || entry.dirty || entry.checksum !== checksum) return false;
     if (entry.verified) return true;
     if (crc !== checksum) {

@@ -77,14 +77,12 @@ export interface ImageDeps {
   readonly exclusive: <T>(image: Image, fn: () => Promise<T>) => Promise<T>;
 }
 
-/** A cached grain got ready ahead of a sequential reader: prefetched into the page cache
- *  (`warm` once readNow() may serve it), or, on its first read in this process, read whole
- *  into memory to check its checksum (`ready` once it is there and checked). */
+/** A cached grain got ready ahead of a sequential reader by GrainCache.prefetch() (its
+ *  checksum checked, its file open and in the page cache); `warm` once readNow() may serve it. */
 interface Staged {
   readonly epoch: number;
-  readonly data: Promise<Buffer | undefined>;
-  ready?: Buffer;
-  warm?: boolean;
+  readonly prefetched: Promise<void>;
+  warm: boolean;
 }
 
 export class Image {
@@ -98,7 +96,7 @@ export class Image {
    *  directory, see Staged). Dropped behind the reader, on any write to the grain, and on a
    *  new epoch. */
   private readonly staged = new Map<number, Staged>();
-  /** Grain buffers of fetches and staged grains, reused (see pool.ts). */
+  /** Grain buffers of fetches, reused (see pool.ts). */
   private readonly buffers: BufferPool;
   private readonly locks = new Map<number, Promise<void>>();
   /** Fetches under way, so that closing waits until their grains are in the cache. */
@@ -132,7 +130,7 @@ export class Image {
     this.info = info;
     this.localSize = row.size;
     this.mtime = info.lastModified;
-    // Enough for the grains of a full read-ahead window in flight and staged, at most 64 MiB.
+    // Enough for the grains of a full read-ahead window in flight, at most 64 MiB.
     const g = deps.grainSize;
     const window = deps.read.readAheadGrains + Math.ceil(deps.read.maxFetchBytes / g) + 2;
     this.buffers = new BufferPool(g, Math.max(2, Math.min(window, Math.floor((64 * 1024 * 1024) / g))));
@@ -442,13 +440,13 @@ export class Image {
     return (await this.pages().ranges(start, stop)).length > 0;
   }
 
-  /** Copies [start, end) of grain `idx` into target at `at` when it is staged and ready
-   *  (in memory, or prefetched into the page cache); false otherwise. */
+  /** Copies [start, end) of grain `idx` into target at `at` when it is staged and warm;
+   *  false otherwise. */
   private copyStaged(idx: number, start: number, end: number, target: Buffer, at: number): boolean {
     const staged = this.staged.get(idx);
-    if (staged === undefined || staged.epoch !== this.epoch) return false;
-    if (staged.ready !== undefined) staged.ready.copy(target, at, start, end);
-    else if (staged.warm !== true || !this.deps.cache.covers(this.row.id, idx, start, end) || !this.deps.cache.readNow(this.row.id, idx, start, end - start, target, at)) return false;
+    if (staged?.warm !== true || staged.epoch !== this.epoch) return false;
+    const cache = this.deps.cache;
+    if (!cache.covers(this.row.id, idx, start, end) || !cache.readNow(this.row.id, idx, start, end - start, target, at)) return false;
     this.counters.hits++;
     return true;
   }
@@ -459,8 +457,8 @@ export class Image {
     const g = this.deps.grainSize;
     const staged = this.staged.get(idx);
     if (staged && staged.epoch === this.epoch) {
-      await staged.data;
-      if (this.staged.get(idx) === staged && this.copyStaged(idx, start, end, target, at)) return;
+      await staged.prefetched;
+      if (this.copyStaged(idx, start, end, target, at)) return;
     }
     for (let attempt = 0; attempt < 4; attempt++) {
       if (cache.covers(this.row.id, idx, start, end)) {
@@ -530,7 +528,7 @@ export class Image {
     // bytes it carries, so the moving edge of the window waits until a whole run is missing.
     const batch = Math.min(window, Math.max(1, Math.floor(this.deps.read.maxFetchBytes / g)));
     const lastGrain = Math.ceil(Math.min(this.size, this.remoteEnd) / g);
-    for (const idx of this.staged.keys()) if (idx < first - 1) this.unstage(idx);
+    for (const idx of this.staged.keys()) if (idx < first - 1) this.staged.delete(idx);
     let idx = first;
     while (idx < limit) {
       if (this.stage(idx)) {
@@ -556,59 +554,30 @@ export class Image {
     }
   }
 
-  /** Forgets staged grain `idx`; its buffer is reused once its read is over. A reader
-   *  copies only while the grain is still staged, in the same tick, so none holds it. */
-  private unstage(idx: number): void {
-    const staged = this.staged.get(idx);
-    if (!staged) return;
-    this.staged.delete(idx);
-    void staged.data.then((buf) => buf && this.buffers.give(buf));
-  }
-
   /** Gets cached grain `idx` ready for a sequential reader (see Staged); false when the
    *  cache does not hold all of it. */
   private stage(idx: number): boolean {
     if (this.staged.has(idx)) return true;
     const g = this.deps.grainSize;
     if (this.locks.has(idx) || idx * g >= this.size || !this.deps.cache.covers(this.row.id, idx, 0, Math.min(g, this.size - idx * g))) return false;
-    if (this.deps.cache.checked(this.row.id, idx)) {
-      const warming: Staged = {
-        epoch: this.epoch,
-        data: this.deps.cache.prefetch(this.row.id, idx).then(
-          (ok) => {
-            if (ok && this.staged.get(idx) === warming) warming.warm = true;
-            return undefined;
-          },
-          () => undefined,
-        ),
-      };
-      this.staged.set(idx, warming);
-      this.boundStaged();
-      return true;
-    }
-    const buf = this.buffers.take();
     const staged: Staged = {
       epoch: this.epoch,
-      data: this.deps.cache.read(this.row.id, idx, 0, g, buf, 0).then(
+      warm: false,
+      prefetched: this.deps.cache.prefetch(this.row.id, idx).then(
         (ok) => {
-          if (ok && this.staged.get(idx) === staged) staged.ready = buf;
-          return ok ? buf : undefined;
+          if (ok && this.staged.get(idx) === staged) staged.warm = true;
         },
         () => undefined,
       ),
     };
     this.staged.set(idx, staged);
-    this.boundStaged();
-    return true;
-  }
-
-  /** Bounded: a reader that jumped around leaves stale grains behind; the oldest go first. */
-  private boundStaged(): void {
+    // Bounded: a reader that jumped around leaves stale grains behind; the oldest go first.
     while (this.staged.size > 2 * this.deps.read.readAheadGrains + 2) {
       const oldest = this.staged.keys().next().value;
       if (oldest === undefined) break;
-      this.unstage(oldest);
+      this.staged.delete(oldest);
     }
+    return true;
   }
 
   /** Starts one ranged GET for grains [first, first + count) and returns the first's pending state. */
@@ -756,7 +725,8 @@ export class Image {
     const end = start + chunk.length;
     const alignedStart = Math.floor(start / SECTOR) * SECTOR;
     const alignedEnd = Math.min(g, Math.ceil(end / SECTOR) * SECTOR);
-    // Staged copies of the grain go stale; one staged while the write runs is dropped after.
+    // A staged grain is dropped for a write (it is staged again by the next sequential read);
+    // one staged while the write runs is dropped after.
     this.staged.delete(idx);
     await this.withGrainLock(idx, async () => {
       let data = chunk;

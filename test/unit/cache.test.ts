@@ -72,7 +72,7 @@ describe('GrainCache', () => {
     again.map.close();
   });
 
-  it('serves a prefetched grain synchronously, but never one whose checksum is not checked yet', async () => {
+  it('serves a prefetched grain synchronously, and checks its checksum first on its first read in a process', async () => {
     const first = setup(8);
     await first.cache.fill(first.image, 0, grain(1));
     const out = Buffer.alloc(100, 0xff);
@@ -96,23 +96,36 @@ describe('GrainCache', () => {
     fs.closeSync(fd);
     const again = setup(8, first.dir);
     expect(again.cache.checked(again.image, 1)).toBe(false);
-    expect(await again.cache.prefetch(again.image, 1)).toBe(false);
     expect(again.cache.readNow(again.image, 1, 0, 10, out, 0)).toBe(false);
-    expect(await readBack(again.cache, again.image, 1)).toBeUndefined();
+    expect(await again.cache.prefetch(again.image, 1)).toBe(false);
     expect(again.cache.has(again.image, 1)).toBe(false);
+    expect(again.cache.stats.corruptions).toBe(1);
+    expect(fs.existsSync(file)).toBe(false);
+    expect(await readBack(again.cache, again.image, 1)).toBeUndefined();
     // Grain 0 (dirty) needs no check; a clean grain is served once read() checked it.
     expect(again.cache.checked(again.image, 0)).toBe(true);
     await again.cache.fill(again.image, 2, grain(3));
     await again.cache.close();
     again.map.close();
     const third = setup(8, first.dir);
-    expect(await third.cache.prefetch(third.image, 2)).toBe(false);
-    expect(await readBack(third.cache, third.image, 2)).toEqual(grain(3));
+    expect(third.cache.readNow(third.image, 2, G - 10, 10, out, 0)).toBe(false);
     expect(await third.cache.prefetch(third.image, 2)).toBe(true);
+    expect(third.cache.checked(third.image, 2)).toBe(true);
     expect(third.cache.readNow(third.image, 2, G - 10, 10, out, 0)).toBe(true);
     expect(out.subarray(0, 10)).toEqual(Buffer.alloc(10, 3));
+    // A grain file shorter than a grain (its tail never written) is checked with zeros there.
+    await third.cache.write(third.image, 3, 0, Buffer.alloc(G / 2, 4), 0);
+    third.cache.markUploaded(third.image, 3, third.cache.state(third.image, 3)?.gen ?? -1, Buffer.concat([Buffer.alloc(G / 2, 4), Buffer.alloc(G / 2)]));
     await third.cache.close();
     third.map.close();
+    const fourth = setup(8, first.dir);
+    expect(fourth.cache.checked(fourth.image, 3)).toBe(false);
+    expect(await fourth.cache.prefetch(fourth.image, 3)).toBe(true);
+    expect(fourth.cache.readNow(fourth.image, 3, G / 2 - 5, 10, out, 0)).toBe(true);
+    expect(out.subarray(0, 10)).toEqual(Buffer.concat([Buffer.alloc(5, 4), Buffer.alloc(5)]));
+    expect(fourth.cache.stats.corruptions).toBe(0);
+    await fourth.cache.close();
+    fourth.map.close();
   });
 
   it('drops the clean grains of one image only', async () => {
