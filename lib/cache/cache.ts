@@ -20,7 +20,12 @@
  * file torn by a crash is dropped and fetched again instead of served. Dirty grains are
  * never dropped: after a crash they are uploaded as they are (data written since the last
  * fsync may be either old or new, as on any disk). The index lives in memory, in LRU
- * order, rebuilt from the grain map at open; access times go back in batches. */
+ * order, rebuilt from the grain map at open; access times go back in batches.
+ *
+ * A sequential reader's grains are served by readNow(): one synchronous pread straight
+ * into the FUSE request's buffer, after prefetch() got the file into the page cache. That
+ * is the bare FUSE filesystem's single copy; an asynchronous read costs a thread-pool round
+ * trip, and reading a grain into memory ahead of the reader costs a second copy of it. */
 
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -30,12 +35,16 @@ import { BlobdiskError } from '../errors';
 import { GrainMap, GrainRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { CacheOptions } from '../options';
-import { Crc32 } from './crc';
+import { Crc32, FileCheckError } from './crc';
 import { SECTOR, allSet, anySet, clearBitsFrom, countBits, emptyBitmap, runs, sectorSpan, sectorsOf, setBits } from './sectors';
 
 const TOUCH_FLUSH_MS = 5_000;
 const MAX_OPEN_FILES = 128;
 const ROOM_POLL_MS = 50;
+/** prefetch() reads this much twice at the start of a grain file: the kernel takes the
+ *  first read for the start of a sequential stream and the second one, which continues
+ *  it, starts its asynchronous read-ahead of the rest of the file. */
+const PREFETCH_READ = 64 * 1024;
 
 interface Entry {
   readonly imageId: number;
@@ -82,8 +91,12 @@ export class GrainCache {
   private readonly lru = new Map<string, Entry>();
   private readonly touched = new Map<string, { imageId: number; idx: number; at: number }>();
   private readonly files = new Map<string, Promise<fsp.FileHandle>>();
-  /** Descriptors of the files in `files` whose open has finished, for writeNow(). */
+  /** Descriptors of the files in `files` whose open has finished, for writeNow() and
+   *  readNow(). A descriptor leaves with its file's entry there, before it is closed: its
+   *  number may then belong to another file. */
   private readonly fds = new Map<string, number>();
+  /** Where prefetch() reads go; nobody looks at what lands there. */
+  private readonly scratch = Buffer.allocUnsafe(PREFETCH_READ);
   /** Files of dropped grains whose removal is under way. */
   private readonly removing = new Map<string, Promise<void>>();
   private readonly dirs = new Set<string>();
@@ -192,15 +205,15 @@ export class GrainCache {
     this.lru.set(key, entry);
     this.touched.set(key, { imageId, idx, at: Date.now() });
     try {
-      if (!entry.verified && !entry.dirty && entry.checksum !== null) {
+      const checksum = entry.checksum;
+      if (this.needsCheck(entry) && checksum !== null) {
         if (offset === 0 && length === this.grainSize && !this.verifying.has(key)) {
-          // A whole grain (a staged one): check it where it lands, no second buffer.
+          // A whole grain: check it where it lands, no second buffer.
           await this.readFull(imageId, idx, target, targetOffset);
-          return await this.check(key, entry, entry.checksum, target.subarray(targetOffset, targetOffset + length));
+          return await this.check(key, entry, checksum, target.subarray(targetOffset, targetOffset + length));
         }
         let verifying = this.verifying.get(key);
         if (!verifying) {
-          const checksum = entry.checksum;
           verifying = this.readFull(imageId, idx, Buffer.allocUnsafe(this.grainSize), 0)
             .then(async (data) => ((await this.check(key, entry, checksum, data)) ? data : undefined))
             .finally(() => this.verifying.delete(key));
@@ -224,13 +237,94 @@ export class GrainCache {
     }
   }
 
+  /** Whether the first read of the grain in this process must check its checksum. */
+  private needsCheck(entry: Entry): boolean {
+    return !entry.verified && !entry.dirty && entry.checksum !== null;
+  }
+
+  /** Copies [offset, offset + length) of a cached grain into `target` at `targetOffset`
+   *  with one synchronous pread, when its file is open and nothing needs checking first;
+   *  false otherwise (read() then does it). The caller checked covers(). It blocks the
+   *  event loop until the bytes are there: call it for grains prefetch() brought into the
+   *  page cache, not for every hit. */
+  readNow(imageId: number, idx: number, offset: number, length: number, target: Buffer, targetOffset: number): boolean {
+    const key = keyOf(imageId, idx);
+    const entry = this.lru.get(key);
+    const fd = this.fds.get(key);
+    if (!entry || fd === undefined || this.needsCheck(entry)) return false;
+    this.lru.delete(key);
+    this.lru.set(key, entry);
+    this.touched.set(key, { imageId, idx, at: Date.now() });
+    let done = 0;
+    while (done < length) {
+      const n = fs.readSync(fd, target, targetOffset + done, length - done, offset + done);
+      if (n === 0) break;
+      done += n;
+    }
+    if (done < length) target.fill(0, targetOffset + done, targetOffset + length);
+    return true;
+  }
+
+  /** Gets a cached grain ready for readNow(): its checksum checked (on its first read in
+   *  this process; the worker reads the file, which leaves it in the page cache), its file
+   *  open, and otherwise its start in the page cache with the kernel reading ahead the rest.
+   *  False when readNow() cannot serve it: the grain is gone or failed its check (it is then
+   *  dropped), or its file could not be read (read() then finds out and says so). */
+  async prefetch(imageId: number, idx: number): Promise<boolean> {
+    const key = keyOf(imageId, idx);
+    const entry = this.lru.get(key);
+    if (!entry) return false;
+    try {
+      const checking = this.needsCheck(entry);
+      if (checking && !(await this.checkFile(key, entry))) return false;
+      const handle = await this.open(imageId, idx);
+      for (let at = 0; !checking && at < Math.min(2 * PREFETCH_READ, this.grainSize); at += PREFETCH_READ) {
+        const { bytesRead } = await handle.read(this.scratch, 0, PREFETCH_READ, at);
+        if (bytesRead < PREFETCH_READ) break;
+      }
+    } catch {
+      return false;
+    }
+    return this.fds.has(key) && this.lru.get(key) === entry && !this.needsCheck(entry);
+  }
+
+  /** Checks a grain's file against its checksum in the worker thread; see check(). */
+  private async checkFile(key: string, entry: Entry): Promise<boolean> {
+    const checksum = entry.checksum;
+    if (checksum === null) return true;
+    let crc: number;
+    try {
+      crc = await this.crc.ofFile(this.fileOf(entry.imageId, entry.idx), this.grainSize);
+    } catch (e) {
+      if (!(e instanceof FileCheckError) || e.code !== 'ENOENT') throw e;
+      if (this.lru.get(key) !== entry || entry.dirty) return false;
+      this.stats.corruptions++;
+      this.log.warn(`cached grain ${entry.idx} of image ${entry.imageId} vanished from the cache directory; fetching it again`);
+      await this.drop([entry]);
+      return false;
+    }
+    return this.judge(key, entry, checksum, crc);
+  }
+
+  /** Whether the grain's checksum is checked (or it has none to check): false until the
+   *  first read of a clean grain in this process. */
+  checked(imageId: number, idx: number): boolean {
+    const entry = this.lru.get(keyOf(imageId, idx));
+    return entry !== undefined && !this.needsCheck(entry);
+  }
+
   /** Whether `data`, read from the file of `entry` while it carried `checksum`, passes;
    *  a grain that fails is dropped. One written or replaced meanwhile is left for the
    *  caller to read again. */
   private async check(key: string, entry: Entry, checksum: number, data: Buffer): Promise<boolean> {
     if (this.lru.get(key) !== entry || entry.dirty || entry.checksum !== checksum) return false;
     if (entry.verified) return true;
-    const crc = await this.crc.of(data);
+    return this.judge(key, entry, checksum, await this.crc.of(data));
+  }
+
+  /** Whether the grain passes, its content having had CRC `crc` while it carried
+   *  `checksum` (see check()). */
+  private async judge(key: string, entry: Entry, checksum: number, crc: number): Promise<boolean> {
     if (this.lru.get(key) !== entry || entry.dirty || entry.checksum !== checksum) return false;
     if (entry.verified) return true;
     if (crc !== checksum) {
@@ -285,15 +379,18 @@ export class GrainCache {
     handle = removing.then(() => this.ensureDir(path.dirname(file))).then(() => fsp.open(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600));
     const opened = handle;
     opened.then(
-      (h) => void (this.files.get(key) === opened && this.fds.set(key, h.fd)),
-      () => this.files.get(key) === opened && this.files.delete(key),
+      (h) => {
+        if (this.files.get(key) === opened) this.fds.set(key, h.fd);
+      },
+      () => {
+        if (this.files.get(key) === opened) this.files.delete(key);
+      },
     );
     this.files.set(key, handle);
     while (this.files.size > MAX_OPEN_FILES) {
-      const [oldest, old] = this.files.entries().next().value as [string, Promise<fsp.FileHandle>];
-      this.files.delete(oldest);
-      this.fds.delete(oldest);
-      closeLater(old);
+      const oldest = this.files.keys().next().value;
+      if (oldest === undefined) break;
+      this.closeFile(oldest);
     }
     return handle;
   }
@@ -597,6 +694,7 @@ export class GrainCache {
     this.flushTouches();
     const handles = [...this.files.values()];
     this.files.clear();
+    this.fds.clear();
     await Promise.all(handles.map((h) => h.then((f) => f.close()).catch(() => undefined)));
     await this.crc.close();
   }

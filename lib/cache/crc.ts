@@ -1,18 +1,64 @@
 /* CRC-32 of grains off the event loop. zlib.crc32 runs at about 2 GB/s here, so checking a
  * 1 MiB grain holds every FUSE request up for half a millisecond; a worker thread reads
  * grains whose memory is shared (SharedArrayBuffer, as the image's grain buffers are)
- * without a copy. Other buffers are checked inline. */
+ * without a copy. Other buffers are checked inline. The worker also checks grain files
+ * itself, a chunk at a time through one small buffer that stays in the CPU cache, so that
+ * checking a grain needs neither a grain-sized buffer nor a turn of the event loop per read. */
 
 import { Worker } from 'node:worker_threads';
 import zlib from 'node:zlib';
 
+/** The worker reads files this much at a time. */
+const FILE_CHUNK = 128 * 1024;
+
 const WORKER_SOURCE = `
 const { parentPort } = require('node:worker_threads');
+const fs = require('node:fs');
 const zlib = require('node:zlib');
-parentPort.on('message', ({ id, memory, offset, length }) => {
-  parentPort.postMessage({ id, crc: zlib.crc32(new Uint8Array(memory, offset, length)) });
+const chunk = Buffer.allocUnsafe(${FILE_CHUNK});
+function ofFile(file, length) {
+  const fd = fs.openSync(file, 'r');
+  try {
+    let crc = 0;
+    for (let at = 0; at < length; ) {
+      const want = Math.min(chunk.length, length - at);
+      let got = 0;
+      while (got < want) {
+        const n = fs.readSync(fd, chunk, got, want - got, at + got);
+        if (n === 0) break;
+        got += n;
+      }
+      chunk.fill(0, got, want); // the part the file lacks reads as zeros
+      crc = zlib.crc32(chunk.subarray(0, want), crc);
+      at += want;
+    }
+    return crc;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+parentPort.on('message', ({ id, memory, offset, length, file }) => {
+  if (file === undefined) {
+    parentPort.postMessage({ id, crc: zlib.crc32(new Uint8Array(memory, offset, length)) });
+    return;
+  }
+  try {
+    parentPort.postMessage({ id, crc: ofFile(file, length) });
+  } catch (e) {
+    parentPort.postMessage({ id, error: { code: e.code, message: e.message } });
+  }
 });
 `;
+
+/** A file the worker could not read; `code` is the errno name (ENOENT, EIO, ...). */
+export class FileCheckError extends Error {
+  constructor(
+    readonly code: string | undefined,
+    message: string,
+  ) {
+    super(message);
+  }
+}
 
 export class Crc32 {
   private worker: Worker | undefined;
@@ -22,12 +68,22 @@ export class Crc32 {
   /** The CRC-32 of `data`; `data` must not change until the promise settles. */
   of(data: Buffer): Promise<number> {
     if (!(data.buffer instanceof SharedArrayBuffer)) return Promise.resolve(zlib.crc32(data));
+    return this.ask({ memory: data.buffer, offset: data.byteOffset, length: data.length });
+  }
+
+  /** The CRC-32 of the first `length` bytes of `file` (what it lacks counts as zeros).
+   *  Rejects with FileCheckError when the file cannot be read. */
+  ofFile(file: string, length: number): Promise<number> {
+    return this.ask({ file, length });
+  }
+
+  private ask(job: { memory: SharedArrayBuffer; offset: number; length: number } | { file: string; length: number }): Promise<number> {
     const worker = this.start();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
       if (this.waiting.size === 1) worker.ref();
-      worker.postMessage({ id, memory: data.buffer, offset: data.byteOffset, length: data.length });
+      worker.postMessage({ id, ...job });
     });
   }
 
@@ -35,11 +91,12 @@ export class Crc32 {
     if (this.worker) return this.worker;
     const worker = new Worker(WORKER_SOURCE, { eval: true });
     worker.unref();
-    worker.on('message', ({ id, crc }: { id: number; crc: number }) => {
+    worker.on('message', ({ id, crc, error }: { id: number; crc?: number; error?: { code?: string; message: string } }) => {
       const w = this.waiting.get(id);
       this.waiting.delete(id);
       if (this.waiting.size === 0) worker.unref();
-      w?.resolve(crc);
+      if (crc !== undefined) w?.resolve(crc);
+      else w?.reject(new FileCheckError(error?.code, error?.message ?? 'the checksum worker failed'));
     });
     const fail = (e: unknown): void => {
       if (this.worker === worker) this.worker = undefined;

@@ -77,11 +77,12 @@ export interface ImageDeps {
   readonly exclusive: <T>(image: Image, fn: () => Promise<T>) => Promise<T>;
 }
 
-/** A cached grain read whole into memory ahead of the reader; `ready` once it is there. */
+/** A cached grain got ready ahead of a sequential reader by GrainCache.prefetch() (its
+ *  checksum checked, its file open and in the page cache); `warm` once readNow() may serve it. */
 interface Staged {
   readonly epoch: number;
-  readonly data: Promise<Buffer | undefined>;
-  ready?: Buffer;
+  readonly prefetched: Promise<void>;
+  warm: boolean;
 }
 
 export class Image {
@@ -91,11 +92,11 @@ export class Image {
   private localSize: number;
   private pageMap: PageMap | undefined;
   private readonly pending = new Map<number, PendingGrain>();
-  /** Whole cached grains read into memory ahead of a sequential reader (a read-ahead of the
-   *  cache directory: one large read per grain, in parallel, instead of a 128 KiB pread per
-   *  FUSE request). Dropped behind the reader, on any write to the grain, and on a new epoch. */
+  /** Cached grains got ready ahead of a sequential reader (a read-ahead of the cache
+   *  directory, see Staged). Dropped behind the reader, on any write to the grain, and on a
+   *  new epoch. */
   private readonly staged = new Map<number, Staged>();
-  /** Grain buffers of fetches and staged grains, reused (see pool.ts). */
+  /** Grain buffers of fetches, reused (see pool.ts). */
   private readonly buffers: BufferPool;
   private readonly locks = new Map<number, Promise<void>>();
   /** Fetches under way, so that closing waits until their grains are in the cache. */
@@ -132,7 +133,7 @@ export class Image {
     this.info = info;
     this.localSize = row.size;
     this.mtime = info.lastModified;
-    // Enough for the grains of a full read-ahead window in flight and staged, at most 64 MiB.
+    // Enough for the grains of a full read-ahead window in flight, at most 64 MiB.
     const g = deps.grainSize;
     const window = deps.read.readAheadGrains + Math.ceil(deps.read.maxFetchBytes / g) + 2;
     this.buffers = new BufferPool(g, Math.max(2, Math.min(window, Math.floor((64 * 1024 * 1024) / g))));
@@ -432,7 +433,7 @@ export class Image {
     for (let idx = Math.floor(offset / g); idx * g < end; idx++) {
       const from = Math.max(offset, idx * g);
       const to = Math.min(end, (idx + 1) * g);
-      // A staged grain already in memory answers without a turn through promises.
+      // A staged grain answers without a turn through promises.
       if (!this.copyStaged(idx, from - idx * g, to - idx * g, target, from - offset)) {
         parts.push(this.readGrain(idx, from - idx * g, to - idx * g, target, from - offset));
       }
@@ -451,12 +452,13 @@ export class Image {
     return (await this.pages().ranges(start, stop)).length > 0;
   }
 
-  /** Copies [start, end) of grain `idx` into target at `at` when it is staged and in
-   *  memory; false otherwise. */
+  /** Copies [start, end) of grain `idx` into target at `at` when it is staged and warm;
+   *  false otherwise. */
   private copyStaged(idx: number, start: number, end: number, target: Buffer, at: number): boolean {
     const staged = this.staged.get(idx);
-    if (staged?.ready === undefined || staged.epoch !== this.epoch) return false;
-    staged.ready.copy(target, at, start, end);
+    if (staged?.warm !== true || staged.epoch !== this.epoch) return false;
+    const cache = this.deps.cache;
+    if (!cache.covers(this.row.id, idx, start, end) || !cache.readNow(this.row.id, idx, start, end - start, target, at)) return false;
     this.counters.hits++;
     return true;
   }
@@ -467,12 +469,8 @@ export class Image {
     const g = this.deps.grainSize;
     const staged = this.staged.get(idx);
     if (staged && staged.epoch === this.epoch) {
-      const data = await staged.data;
-      if (data && this.staged.get(idx) === staged) {
-        data.copy(target, at, start, end);
-        this.counters.hits++;
-        return;
-      }
+      await staged.prefetched;
+      if (this.copyStaged(idx, start, end, target, at)) return;
     }
     for (let attempt = 0; attempt < 4; attempt++) {
       if (cache.covers(this.row.id, idx, start, end)) {
@@ -542,7 +540,7 @@ export class Image {
     // bytes it carries, so the moving edge of the window waits until a whole run is missing.
     const batch = Math.min(window, Math.max(1, Math.floor(this.deps.read.maxFetchBytes / g)));
     const lastGrain = Math.ceil(Math.min(this.size, this.remoteEnd) / g);
-    for (const idx of this.staged.keys()) if (idx < first - 1) this.unstage(idx);
+    for (const idx of this.staged.keys()) if (idx < first - 1) this.staged.delete(idx);
     let idx = first;
     while (idx < limit) {
       if (this.stage(idx)) {
@@ -568,28 +566,18 @@ export class Image {
     }
   }
 
-  /** Forgets staged grain `idx`; its buffer is reused once its read is over. A reader
-   *  copies only while the grain is still staged, in the same tick, so none holds it. */
-  private unstage(idx: number): void {
-    const staged = this.staged.get(idx);
-    if (!staged) return;
-    this.staged.delete(idx);
-    void staged.data.then((buf) => buf && this.buffers.give(buf));
-  }
-
-  /** Reads cached grain `idx` whole into memory for a sequential reader; false when the
+  /** Gets cached grain `idx` ready for a sequential reader (see Staged); false when the
    *  cache does not hold all of it. */
   private stage(idx: number): boolean {
     if (this.staged.has(idx)) return true;
     const g = this.deps.grainSize;
     if (this.locks.has(idx) || idx * g >= this.size || !this.deps.cache.covers(this.row.id, idx, 0, Math.min(g, this.size - idx * g))) return false;
-    const buf = this.buffers.take();
     const staged: Staged = {
       epoch: this.epoch,
-      data: this.deps.cache.read(this.row.id, idx, 0, g, buf, 0).then(
+      warm: false,
+      prefetched: this.deps.cache.prefetch(this.row.id, idx).then(
         (ok) => {
-          if (ok && this.staged.get(idx) === staged) staged.ready = buf;
-          return ok ? buf : undefined;
+          if (ok && this.staged.get(idx) === staged) staged.warm = true;
         },
         () => undefined,
       ),
@@ -599,7 +587,7 @@ export class Image {
     while (this.staged.size > 2 * this.deps.read.readAheadGrains + 2) {
       const oldest = this.staged.keys().next().value;
       if (oldest === undefined) break;
-      this.unstage(oldest);
+      this.staged.delete(oldest);
     }
     return true;
   }
@@ -759,7 +747,8 @@ export class Image {
     const end = start + chunk.length;
     const alignedStart = Math.floor(start / SECTOR) * SECTOR;
     const alignedEnd = Math.min(g, Math.ceil(end / SECTOR) * SECTOR);
-    // Staged copies of the grain go stale; one staged while the write runs is dropped after.
+    // A staged grain is dropped for a write (it is staged again by the next sequential read);
+    // one staged while the write runs is dropped after.
     this.staged.delete(idx);
     await this.withGrainLock(idx, async () => {
       let data = chunk;

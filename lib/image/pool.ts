@@ -1,4 +1,4 @@
-/* Grain-sized buffers of one image, reused for fetches and for staged grains. A fresh
+/* Grain-sized buffers of one image, reused for fetches. A fresh
  * 1 MiB Buffer costs an mmap, zeroing, page faults and, through the external-memory
  * accounting, garbage collections: a cold sequential read spent about a third of its
  * CPU time there. Buffers come back only from owners that know no reader holds them. */

@@ -91,6 +91,62 @@ describe('GrainCache', () => {
     again.map.close();
   });
 
+  it('serves a prefetched grain synchronously, and checks its checksum first on its first read in a process', async () => {
+    const first = setup(8);
+    await first.cache.fill(first.image, 0, grain(1));
+    const out = Buffer.alloc(100, 0xff);
+    // Not opened yet: read() does it.
+    expect(first.cache.readNow(first.image, 0, 10, 50, out, 25)).toBe(false);
+    expect(await first.cache.prefetch(first.image, 0)).toBe(true);
+    expect(first.cache.readNow(first.image, 0, 10, 50, out, 25)).toBe(true);
+    expect(out).toEqual(Buffer.concat([Buffer.alloc(25, 0xff), Buffer.alloc(50, 1), Buffer.alloc(25, 0xff)]));
+    await first.cache.write(first.image, 0, 512, Buffer.alloc(512, 9), 0);
+    expect(first.cache.readNow(first.image, 0, 600, 30, out, 0)).toBe(true); // what was just written
+    expect(out.subarray(0, 30)).toEqual(Buffer.alloc(30, 9));
+    expect(await first.cache.prefetch(first.image, 5)).toBe(false);
+    await first.cache.fill(first.image, 1, grain(2));
+    await first.cache.close();
+    first.map.close();
+
+    // A later process: grain 1 is torn on disk and must be checked before anything serves it.
+    const file = path.join(first.dir, 'grains', String(first.image), '1');
+    const fd = fs.openSync(file, 'r+');
+    fs.writeSync(fd, Buffer.from('torn'), 0, 4, 1000);
+    fs.closeSync(fd);
+    const again = setup(8, first.dir);
+    expect(again.cache.checked(again.image, 1)).toBe(false);
+    expect(again.cache.readNow(again.image, 1, 0, 10, out, 0)).toBe(false);
+    expect(await again.cache.prefetch(again.image, 1)).toBe(false);
+    expect(again.cache.has(again.image, 1)).toBe(false);
+    expect(again.cache.stats.corruptions).toBe(1);
+    expect(fs.existsSync(file)).toBe(false);
+    expect(await readBack(again.cache, again.image, 1)).toBeUndefined();
+    // Grain 0 (dirty) needs no check; a clean grain is served once read() checked it.
+    expect(again.cache.checked(again.image, 0)).toBe(true);
+    await again.cache.fill(again.image, 2, grain(3));
+    await again.cache.close();
+    again.map.close();
+    const third = setup(8, first.dir);
+    expect(third.cache.readNow(third.image, 2, G - 10, 10, out, 0)).toBe(false);
+    expect(await third.cache.prefetch(third.image, 2)).toBe(true);
+    expect(third.cache.checked(third.image, 2)).toBe(true);
+    expect(third.cache.readNow(third.image, 2, G - 10, 10, out, 0)).toBe(true);
+    expect(out.subarray(0, 10)).toEqual(Buffer.alloc(10, 3));
+    // A grain file shorter than a grain (its tail never written) is checked with zeros there.
+    await third.cache.write(third.image, 3, 0, Buffer.alloc(G / 2, 4), 0);
+    third.cache.markUploaded(third.image, 3, third.cache.state(third.image, 3)?.gen ?? -1, Buffer.concat([Buffer.alloc(G / 2, 4), Buffer.alloc(G / 2)]));
+    await third.cache.close();
+    third.map.close();
+    const fourth = setup(8, first.dir);
+    expect(fourth.cache.checked(fourth.image, 3)).toBe(false);
+    expect(await fourth.cache.prefetch(fourth.image, 3)).toBe(true);
+    expect(fourth.cache.readNow(fourth.image, 3, G / 2 - 5, 10, out, 0)).toBe(true);
+    expect(out.subarray(0, 10)).toEqual(Buffer.concat([Buffer.alloc(5, 4), Buffer.alloc(5)]));
+    expect(fourth.cache.stats.corruptions).toBe(0);
+    await fourth.cache.close();
+    fourth.map.close();
+  });
+
   it('drops the clean grains of one image only', async () => {
     const { cache, image, map } = setup(8);
     const other = map.ensureImage('acct', 'c', 'other.img', 'page', 10 * G).id;
