@@ -16,6 +16,15 @@ function setup(sizeGrains: number, dir = fs.mkdtempSync(path.join(os.tmpdir(), '
 
 const grain = (fill: number): Buffer => Buffer.alloc(G, fill);
 
+/** Overwrites a few bytes in the middle of a grain's file, as a crash or a bad disk might; returns the file. */
+function tear(dir: string, image: number, idx: number): string {
+  const file = path.join(dir, 'grains', String(image), String(idx));
+  const fd = fs.openSync(file, 'r+');
+  fs.writeSync(fd, Buffer.from('torn'), 0, 4, 1000);
+  fs.closeSync(fd);
+  return file;
+}
+
 async function readBack(cache: GrainCache, image: number, idx: number): Promise<Buffer | undefined> {
   const out = Buffer.alloc(G);
   return (await cache.read(image, idx, 0, G, out, 0)) ? out : undefined;
@@ -75,10 +84,7 @@ describe('GrainCache', () => {
     first.map.close();
 
     // Damage grain 1 on disk, as a crash or a bad disk might.
-    const file = path.join(first.dir, 'grains', String(first.image), '1');
-    const fd = fs.openSync(file, 'r+');
-    fs.writeSync(fd, Buffer.from('torn'), 0, 4, 1000);
-    fs.closeSync(fd);
+    const file = tear(first.dir, first.image, 1);
 
     const again = setup(8, first.dir);
     expect(again.image).toBe(first.image);
@@ -109,10 +115,7 @@ describe('GrainCache', () => {
     first.map.close();
 
     // A later process: grain 1 is torn on disk and must be checked before anything serves it.
-    const file = path.join(first.dir, 'grains', String(first.image), '1');
-    const fd = fs.openSync(file, 'r+');
-    fs.writeSync(fd, Buffer.from('torn'), 0, 4, 1000);
-    fs.closeSync(fd);
+    const file = tear(first.dir, first.image, 1);
     const again = setup(8, first.dir);
     expect(again.cache.checked(again.image, 1)).toBe(false);
     expect(again.cache.readNow(again.image, 1, 0, 10, out, 0)).toBe(false);
