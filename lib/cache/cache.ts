@@ -95,6 +95,8 @@ export class GrainCache {
    *  readNow(). A descriptor leaves with its file's entry there, before it is closed: its
    *  number may then belong to another file. */
   private readonly fds = new Map<string, number>();
+  /** Grains not cached whose files prepare() opened ahead of a sequential writer. */
+  private readonly ahead = new Map<string, string>();
   /** Where prefetch() reads go; nobody looks at what lands there. */
   private readonly scratch = Buffer.allocUnsafe(PREFETCH_READ);
   /** Files of dropped grains whose removal is under way. */
@@ -275,13 +277,13 @@ export class GrainCache {
     const entry = this.lru.get(key);
     if (!entry) return false;
     try {
-      const checking = this.needsCheck(entry);
-      if (checking && !(await this.checkFile(key, entry))) return false;
+      // The kernel reads the file ahead while the worker checks the grains before it.
       const handle = await this.open(imageId, idx);
-      for (let at = 0; !checking && at < Math.min(2 * PREFETCH_READ, this.grainSize); at += PREFETCH_READ) {
+      for (let at = 0; at < Math.min(2 * PREFETCH_READ, this.grainSize); at += PREFETCH_READ) {
         const { bytesRead } = await handle.read(this.scratch, 0, PREFETCH_READ, at);
         if (bytesRead < PREFETCH_READ) break;
       }
+      if (this.needsCheck(entry) && !(await this.checkFile(key, entry))) return false;
     } catch {
       return false;
     }
@@ -433,6 +435,7 @@ export class GrainCache {
           await fsp.rm(file, { force: true });
           return false;
         }
+        this.ahead.delete(key);
         const fresh: Entry = { imageId, idx, checksum: zlib.crc32(data), valid: null, dirty: null, gen: this.nextGen(), uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
         this.insert(fresh);
         this.persist(fresh);
@@ -466,11 +469,7 @@ export class GrainCache {
         throw new BlobdiskError('ENOSPC', `the cache is full of data not yet uploaded (${this.stats.dirtyBytes} bytes); the upload to Azure is not keeping up or Azure is unreachable`);
       }
       this.reserved -= this.grainSize;
-      entry = this.lru.get(key);
-      if (!entry) {
-        entry = { imageId, idx, checksum: null, valid: emptyBitmap(this.grainSize), dirty: null, gen: this.nextGen(), uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
-        this.insert(entry);
-      }
+      entry = this.lru.get(key) ?? this.newWritten(imageId, idx);
     }
     // Bump the generation before the bytes land: an upload that read the grain while this
     // write was under way then cannot mark it clean.
@@ -486,16 +485,40 @@ export class GrainCache {
     }
   }
 
-  /** write() at once, without a turn through promises, when the grain is cached and its
-   *  file open; false (nothing done) otherwise. */
+  /** write() at once, without a turn through promises, when the grain's file is open and
+   *  the grain cached, or not cached but prepared with room to spare; false (nothing done)
+   *  otherwise. */
   writeNow(imageId: number, idx: number, offset: number, data: Buffer): boolean {
     const key = keyOf(imageId, idx);
-    const entry = this.lru.get(key);
+    let entry = this.lru.get(key);
     const fd = this.fds.get(key);
-    if (!entry || fd === undefined) return false;
+    if (fd === undefined) return false;
+    if (!entry) {
+      if (!this.ahead.has(key) || this.options.sizeBytes - this.stats.usedBytes - this.reserved < this.grainSize) return false;
+      entry = this.newWritten(imageId, idx);
+    }
     entry.gen = this.nextGen();
     this.land(entry, fd, offset, data);
     return true;
+  }
+
+  /** A grain that a write is about to land in, not cached until now. */
+  private newWritten(imageId: number, idx: number): Entry {
+    const entry: Entry = { imageId, idx, checksum: null, valid: emptyBitmap(this.grainSize), dirty: null, gen: this.nextGen(), uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
+    this.ahead.delete(keyOf(imageId, idx));
+    this.insert(entry);
+    return entry;
+  }
+
+  /** Opens the file of grain `idx` ahead of a sequential writer, so that the writer's first
+   *  write there lands at once (writeNow) instead of waiting for the file to open. The grain
+   *  is not cached until a write lands in it; an unused file stays empty (and is reused by
+   *  the grain later) and is removed at close(). */
+  prepare(imageId: number, idx: number): void {
+    const key = keyOf(imageId, idx);
+    if (this.lru.has(key) || this.files.has(key)) return;
+    this.ahead.set(key, this.fileOf(imageId, idx));
+    this.open(imageId, idx).catch(() => this.ahead.delete(key));
   }
 
   /** The bytes of a write into the grain's file, then its sectors valid and dirty in the grain map. */
@@ -665,6 +688,11 @@ export class GrainCache {
   /** Drops every grain of an image, dirty ones too (its blob was deleted). */
   async dropImage(imageId: number): Promise<void> {
     await this.drop([...this.lru.values()].filter((e) => e.imageId === imageId));
+    for (const key of this.ahead.keys()) {
+      if (!key.startsWith(`${imageId}:`)) continue;
+      this.ahead.delete(key);
+      this.closeFile(key);
+    }
     const dir = path.join(this.options.dir, 'grains', String(imageId));
     this.dirs.delete(dir);
     await fsp.rm(dir, { recursive: true, force: true });
@@ -696,6 +724,10 @@ export class GrainCache {
     this.files.clear();
     this.fds.clear();
     await Promise.all(handles.map((h) => h.then((f) => f.close()).catch(() => undefined)));
+    // Files opened ahead of a writer who stopped before reaching them (still empty).
+    const unused = [...this.ahead].filter(([key]) => !this.lru.has(key));
+    this.ahead.clear();
+    await Promise.all(unused.map(([, file]) => fsp.rm(file, { force: true }).catch(() => undefined)));
     await this.crc.close();
   }
 }

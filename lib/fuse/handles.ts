@@ -21,6 +21,11 @@ export class Handles {
     return fd;
   }
 
+  /** The handle `fd`, or undefined when it is not open. */
+  find(fd: number): Handle | undefined {
+    return this.open.get(fd);
+  }
+
   get(fd: number): Handle {
     const handle = this.open.get(fd);
     if (!handle) throw new BlobdiskError('EBADF', `no open file with handle ${fd}`);

@@ -51,6 +51,20 @@ export function createOperations(ns: Namespace, handles: Handles, options: OpsOp
     );
   };
   const handle = (fd: number) => handles.get(fd);
+  /** Answers `cb` with what `now` returns, or its errno; false when `now` returned undefined
+   *  (the request needs the asynchronous path). */
+  const answeredNow = (op: string, path: string, cb: (result: number) => void, now: () => number | undefined): boolean => {
+    let n: number | undefined;
+    try {
+      n = now();
+    } catch (e) {
+      cb(toErrno(op, path, e, log));
+      return true;
+    }
+    if (n === undefined) return false;
+    cb(n);
+    return true;
+  };
 
   return {
     init: (cb) => cb(0),
@@ -91,11 +105,18 @@ export function createOperations(ns: Namespace, handles: Handles, options: OpsOp
         (e: unknown) => cb(toErrno('create', path, e, log)),
       );
     },
+    // Reads of staged grains and writes into open grain files are answered at once: each
+    // FUSE request waits for its answer, so turns through promises add to every round trip.
     read: (path, fd, buf, len, pos, cb) => {
-      reply('read', path, (async () => handle(fd).image.readInto(buf, pos, len))(), cb, (n) => n);
+      if (!answeredNow('read', path, cb, () => handles.find(fd)?.image.readNow(buf, pos, len))) {
+        reply('read', path, (async () => handle(fd).image.readInto(buf, pos, len))(), cb, (n) => n);
+      }
     },
     write: (path, fd, buf, len, pos, cb) => {
-      reply('write', path, (async () => handle(fd).image.write(buf.subarray(0, len), pos))(), cb, (n) => n);
+      const data = buf.subarray(0, len);
+      if (!answeredNow('write', path, cb, () => handles.find(fd)?.image.writeNow(data, pos))) {
+        reply('write', path, (async () => handle(fd).image.write(data, pos))(), cb, (n) => n);
+      }
     },
     flush: (_path, _fd, cb) => cb(0),
     fsync: (path, _datasync, fd, cb) => reply('fsync', path, (async () => handle(fd).image.fsync())(), cb),

@@ -105,6 +105,8 @@ export class Image {
   private epoch = 0;
   private lastEnd = -1;
   private streak = 0;
+  /** Where the last write ended: a write starting there continues a sequential writer. */
+  private lastWriteEnd = -1;
   private leaseTimer: NodeJS.Timeout | undefined;
   private leaseTaking: Promise<void> | undefined;
   leaseId: string | undefined;
@@ -418,16 +420,42 @@ export class Image {
     return buf.subarray(0, n);
   }
 
+  /** Serves a read at once when every grain it touches is staged and warm (a sequential
+   *  reader of cached grains): the bytes read, as readInto() counts them, or undefined when
+   *  the read needs readInto(). Saves the FUSE request its turns through promises. */
+  readNow(target: Buffer, offset: number, length: number): number | undefined {
+    const end = Math.min(offset + length, this.size);
+    if (offset >= end) return undefined;
+    const g = this.deps.grainSize;
+    const last = Math.floor((end - 1) / g);
+    for (let idx = Math.floor(offset / g); idx <= last; idx++) {
+      const staged = this.staged.get(idx);
+      if (staged?.warm !== true || staged.epoch !== this.epoch) return undefined;
+    }
+    for (let idx = Math.floor(offset / g); idx <= last; idx++) {
+      const from = Math.max(offset, idx * g);
+      const to = Math.min(end, (idx + 1) * g);
+      // Rare: the grain left the cache after it was staged; readInto() takes it from here.
+      if (!this.copyStaged(idx, from - idx * g, to - idx * g, target, from - offset)) return undefined;
+    }
+    this.noteReader(offset, end);
+    if (this.streak > 0) this.readAhead(end);
+    this.counters.bytesRead += end - offset;
+    return end - offset;
+  }
+
+  /** The kernel sends a sequential reader's requests a few at a time, and they may arrive
+   *  out of order: a read starting near where the last one ended continues the streak. */
+  private noteReader(offset: number, end: number): void {
+    const near = this.lastEnd >= 0 && Math.abs(offset - this.lastEnd) <= SEQUENTIAL_SLACK;
+    this.streak = near ? this.streak + (end - offset) : 0;
+    this.lastEnd = near ? Math.max(this.lastEnd, end) : end;
+  }
+
   private async readOnce(target: Buffer, offset: number, length: number, reader = true): Promise<number> {
     const end = Math.min(offset + length, this.size);
     if (offset >= end) return 0;
-    if (reader) {
-      // The kernel sends a sequential reader's requests a few at a time, and they may arrive
-      // out of order: a read starting near where the last one ended continues the streak.
-      const near = this.lastEnd >= 0 && Math.abs(offset - this.lastEnd) <= SEQUENTIAL_SLACK;
-      this.streak = near ? this.streak + (end - offset) : 0;
-      this.lastEnd = near ? Math.max(this.lastEnd, end) : end;
-    }
+    if (reader) this.noteReader(offset, end);
     const g = this.deps.grainSize;
     const parts: Promise<void>[] = [];
     for (let idx = Math.floor(offset / g); idx * g < end; idx++) {
@@ -711,34 +739,53 @@ export class Image {
    *  EIO on a conflict, EFBIG past the page-blob limit, ENOSPC when the cache stays full
    *  of data not yet uploaded. */
   async write(data: Buffer, offset: number): Promise<number> {
+    const now = this.writeNow(data, offset);
+    if (now !== undefined) return now;
+    const end = offset + data.length;
+    const g = this.deps.grainSize;
+    const parts: Promise<void>[] = [];
+    for (let idx = Math.floor(offset / g); idx * g < end; idx++) {
+      const from = Math.max(offset, idx * g);
+      const to = Math.min(end, (idx + 1) * g);
+      parts.push(this.writeGrain(idx, from - idx * g, data.subarray(from - offset, to - offset)));
+    }
+    await Promise.all(parts);
+    this.written(offset, end);
+    return data.length;
+  }
+
+  /** The common case of write(), done at once: whole sectors within one grain that is
+   *  cached, its file open, and that no other write or fill holds (nothing can come
+   *  between, so it needs no lock). The bytes written, or undefined when the write needs
+   *  write(). Throws what write() rejects with. */
+  writeNow(data: Buffer, offset: number): number | undefined {
     const end = offset + data.length;
     this.checkWritable(end);
     if (data.length === 0) return 0;
     const g = this.deps.grainSize;
     const first = Math.floor(offset / g);
-    // The common case: whole sectors within one grain that is cached, its file open, and
-    // that no other write or fill holds. Nothing can come between, so it needs no lock.
     const now =
       offset % SECTOR === 0 && end % SECTOR === 0 && end <= (first + 1) * g && !this.locks.has(first) &&
       this.deps.cache.writeNow(this.row.id, first, offset - first * g, data);
-    if (now) {
-      this.staged.delete(first);
-    } else {
-      const parts: Promise<void>[] = [];
-      for (let idx = first; idx * g < end; idx++) {
-        const from = Math.max(offset, idx * g);
-        const to = Math.min(end, (idx + 1) * g);
-        parts.push(this.writeGrain(idx, from - idx * g, data.subarray(from - offset, to - offset)));
-      }
-      await Promise.all(parts);
-    }
+    if (!now) return undefined;
+    this.staged.delete(first);
+    this.written(offset, end);
+    return data.length;
+  }
+
+  /** After a write landed: the image's size, times and the flusher's turn; a sequential
+   *  writer past the middle of a grain gets the next grain's file opened ahead. */
+  private written(offset: number, end: number): void {
+    const g = this.deps.grainSize;
+    const last = Math.floor((end - 1) / g);
+    if (offset === this.lastWriteEnd && end - last * g >= g / 2) this.deps.cache.prepare(this.row.id, last + 1);
+    this.lastWriteEnd = end;
     if (end > this.localSize) {
       this.localSize = end;
       this.setRow({ size: end });
     }
     this.mtime = new Date();
     this.deps.onDirty(this);
-    return data.length;
   }
 
   /** Writes `chunk` at `start` within grain `idx`, widened to whole sectors. */

@@ -150,6 +150,34 @@ describe('GrainCache', () => {
     fourth.map.close();
   });
 
+  it('lands a write at once in a grain whose file was opened ahead, and removes unused files at close', async () => {
+    const { cache, image, map, dir } = setup(3);
+    const fileOf = (idx: number): string => path.join(dir, 'grains', String(image), String(idx));
+    const data = Buffer.alloc(4096, 9);
+    expect(cache.writeNow(image, 1, 0, data)).toBe(false); // not prepared: the caller takes write()
+    cache.prepare(image, 1);
+    cache.prepare(image, 2);
+    await new Promise((r) => setTimeout(r, 100)); // the files open in the thread pool
+    expect(cache.has(image, 1)).toBe(false); // prepared is not cached
+    expect(cache.writeNow(image, 1, 0, data)).toBe(true);
+    expect(cache.state(image, 1)?.dirty).not.toBeNull();
+    expect(cache.covers(image, 1, 0, 4096)).toBe(true);
+    expect(cache.covers(image, 1, 0, 4608)).toBe(false);
+    const back = Buffer.alloc(4096);
+    expect(await cache.read(image, 1, 0, 4096, back, 0)).toBe(true);
+    expect(back).toEqual(data);
+    expect(map.grainsOf(image).map((g) => g.idx)).toEqual([1]);
+    // Without room to spare a prepared grain is left to write(), which may evict or wait.
+    await cache.write(image, 0, 0, data, 0);
+    await cache.write(image, 3, 0, data, 0);
+    expect(cache.writeNow(image, 2, 0, data)).toBe(false);
+    expect(cache.has(image, 2)).toBe(false);
+    await cache.close();
+    expect(fs.existsSync(fileOf(1))).toBe(true);
+    expect(fs.existsSync(fileOf(2))).toBe(false);
+    map.close();
+  });
+
   it('drops the clean grains of one image only', async () => {
     const { cache, image, map } = setup(8);
     const other = map.ensureImage('acct', 'c', 'other.img', 'page', 10 * G).id;

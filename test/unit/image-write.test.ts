@@ -33,6 +33,31 @@ describe('Image writes and the flusher', () => {
     await h.close();
   });
 
+  it('lands a sequential writer\'s writes at once, also the first one in each new grain, and uploads them all', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    await store.createPageBlob(page, 0);
+    const h = harness(store);
+    const image = await h.open(page);
+    const data = crypto.randomBytes(4 * G);
+    const piece = G / 4;
+    expect(image.writeNow(data.subarray(0, piece), 0)).toBeUndefined(); // a new grain's file opens first
+    await image.write(data.subarray(0, piece), 0);
+    const atOnce: boolean[] = [];
+    for (let at = piece; at < data.length; at += piece) {
+      await new Promise((r) => setTimeout(r, 20)); // the next grain's file opens meanwhile
+      const chunk = data.subarray(at, at + piece);
+      const n = image.writeNow(chunk, at);
+      atOnce.push(n !== undefined);
+      if (n === undefined) await image.write(chunk, at);
+    }
+    expect(atOnce.every((x) => x)).toBe(true);
+    expect(image.size).toBe(data.length);
+    expect(await image.read(0, data.length)).toEqual(data);
+    await h.flusher.flush([image]);
+    expect(store.contentOf(page)).toEqual(data);
+    await h.close();
+  });
+
   it('turns a grain of zeros into Clear Pages, never an upload of zeros', async () => {
     const store = new MemoryStore({ containers: ['c'] });
     await store.createPageBlob(page, 4 * G);
