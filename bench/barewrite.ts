@@ -19,6 +19,16 @@ function stat(mode: number, bytes: number): Fuse.Stat {
   return { mode, uid: 0, gid: 0, size: bytes, nlink: 1, blocks: Math.ceil(bytes / 512), atime: now, mtime: now, ctime: now };
 }
 
+/** Sets the file's size; memory past it is given back (a new file starts from fresh memory,
+ *  as blobdisk's starts from fresh grains). */
+function resize(bytes: number): void {
+  for (const idx of chunks.keys()) {
+    if (idx * CHUNK >= bytes) chunks.delete(idx);
+    else if ((idx + 1) * CHUNK > bytes) chunks.get(idx)?.fill(0, bytes - idx * CHUNK);
+  }
+  size = bytes;
+}
+
 function write(buf: Buffer, len: number, pos: number): void {
   for (let done = 0; done < len; ) {
     const idx = Math.floor((pos + done) / CHUNK);
@@ -48,11 +58,11 @@ async function main(mountpoint: string | undefined): Promise<void> {
     },
     open: (p, _flags, cb) => (p === '/file' && exists ? cb(0, 1) : cb(ENOENT)),
     truncate: (_p, n, cb) => {
-      size = n;
+      resize(n);
       cb(0);
     },
     ftruncate: (_p, _fd, n, cb) => {
-      size = n;
+      resize(n);
       cb(0);
     },
     write: (_p, _fd, buf, len, pos, cb) => {

@@ -1,7 +1,8 @@
 /* The write benchmark (issue: write-behind). In one run on this machine, as ratios against
  * baselines measured in the same run:
- *   1. sequential write acknowledged by blobdisk vs the bare in-memory FUSE filesystem
- *   2. drain rate of `blobdisk flush` vs a parallel SDK Put Page of the same bytes
+ *   1. sequential write acknowledged by blobdisk vs the bare in-memory FUSE filesystem, of a
+ *      new file and overwriting it in place, the two sides interleaved
+ *   2. drain rate of `blobdisk flush` vs a parallel SDK Put Page of the same bytes, interleaved
  *   3. fio 4 KiB random writes for 20 s: IOPS, and bytes uploaded per byte written
  *   4. bytes uploaded for `truncate -s 10G` (none) and for mkfs.ext4 of it
  * Writes .bench/write.json. Run: npm run bench (after the read benchmark) or
@@ -37,6 +38,25 @@ async function mountBlobdisk(mnt: string, cs: string, cacheDir: string, extra: s
     /blobdisk: mounted /,
     process.env,
   );
+}
+
+/** The SDK's own parallel Put Page (4 MiB, 8 in flight) of `data` into a new page blob, in MB/s. */
+async function sdkPutPages(service: BlobServiceClient, name: string, data: Buffer): Promise<number> {
+  const client = service.getContainerClient('bench').getPageBlobClient(name);
+  await client.create(data.length);
+  const started = process.hrtime.bigint();
+  const parts = Array.from({ length: Math.ceil(data.length / (4 * MiB)) }, (_, k) => k);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      while (next < parts.length) {
+        const k = parts[next++] as number;
+        const piece = data.subarray(k * 4 * MiB, (k + 1) * 4 * MiB);
+        await client.uploadPages(piece, k * 4 * MiB, piece.length);
+      }
+    }),
+  );
+  return data.length / MB / (Number(process.hrtime.bigint() - started) / 1e9);
 }
 
 async function ddWrite(file: string, source: string, extra: string[] = []): Promise<number> {
@@ -103,23 +123,26 @@ async function main(): Promise<void> {
     return;
   }
   try {
-    // 1. sequential writes: bare FUSE vs blobdisk (acknowledged, before any upload finishes)
+    // 1. sequential writes: bare FUSE vs blobdisk (acknowledged, before any upload finishes),
+    // interleaved so that the machine's drift hits both alike. A new file (dd truncates it:
+    // fresh memory for the bare filesystem, fresh grains for blobdisk), then the same file
+    // overwritten in place (conv=notrunc: memory, or cached grains, already there).
     const bareMnt = path.join(work, 'bare');
     fs.mkdirSync(bareMnt);
     const bare = await Daemon.start('barewrite', process.execPath, [path.join(__dirname, 'barewrite.js'), bareMnt], /barewrite: mounted/, process.env);
     daemons.push(bare);
-    const bareRates: number[] = [];
-    for (let i = 0; i < REPEAT; i++) bareRates.push(await ddWrite(path.join(bareMnt, 'file'), source, ['conv=notrunc']));
-    await bare.stop();
-
     const mnt = path.join(work, 'mnt');
     const blob = await mountBlobdisk(mnt, azurite.connectionString, path.join(work, 'cache'));
     daemons.push(blob);
-    const writeRates: number[] = [];
+    const rates = { bareNew: [] as number[], bareOver: [] as number[], newFile: [] as number[], over: [] as number[] };
     for (let i = 0; i < REPEAT; i++) {
-      writeRates.push(await ddWrite(path.join(mnt, `seq-${i}.img`), source));
+      rates.bareNew.push(await ddWrite(path.join(bareMnt, 'file'), source));
+      rates.newFile.push(await ddWrite(path.join(mnt, `seq-${i}.img`), source));
+      rates.bareOver.push(await ddWrite(path.join(bareMnt, 'file'), source, ['conv=notrunc']));
+      rates.over.push(await ddWrite(path.join(mnt, `seq-${i}.img`), source, ['conv=notrunc']));
       await runOk(process.execPath, [BIN, 'flush', mnt], { timeoutMs: 600_000 });
     }
+    await bare.stop();
 
     // 3. fio random 4 KiB writes for 20 s on a 1 GiB image, then the upload they caused
     await runOk('truncate', ['-s', '1G', path.join(mnt, 'fio.img')]);
@@ -145,10 +168,13 @@ async function main(): Promise<void> {
     const t2 = (await status(mnt)).totals.bytesUp;
     await blob.stop();
 
-    // Drain: a mount that holds uploads back, so `blobdisk flush` uploads all of it.
+    // 2. Drain: a mount that holds uploads back, so `blobdisk flush` uploads all of it, each
+    // time next to the SDK's own parallel Put Page of the same bytes.
     const held = await mountBlobdisk(mnt, azurite.connectionString, path.join(work, 'cache-held'), ['--write-back-delay', '3600']);
     daemons.push(held);
     const drainRates: number[] = [];
+    const sdkRates: number[] = [];
+    const data = fs.readFileSync(source);
     for (let i = 0; i < REPEAT; i++) {
       await ddWrite(path.join(mnt, `drain-${i}.img`), source);
       const before = (await status(mnt)).bytesUp;
@@ -156,37 +182,21 @@ async function main(): Promise<void> {
       await runOk(process.execPath, [BIN, 'flush', mnt], { timeoutMs: 600_000 });
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       drainRates.push(((await status(mnt)).bytesUp - before) / MB / seconds);
-    }
-
-    // 2. the SDK's own parallel Put Page of the same bytes
-    const sdkRates: number[] = [];
-    const data = fs.readFileSync(source);
-    for (let i = 0; i < REPEAT; i++) {
-      const client = service.getContainerClient('bench').getPageBlobClient(`sdk-${i}.img`);
-      await client.create(SIZE);
-      const started = process.hrtime.bigint();
-      const parts = Array.from({ length: SIZE / (4 * MiB) }, (_, k) => k);
-      let next = 0;
-      await Promise.all(
-        Array.from({ length: 8 }, async () => {
-          while (next < parts.length) {
-            const k = parts[next++] as number;
-            await client.uploadPages(data.subarray(k * 4 * MiB, (k + 1) * 4 * MiB), k * 4 * MiB, 4 * MiB);
-          }
-        }),
-      );
-      sdkRates.push(SIZE / MB / (Number(process.hrtime.bigint() - started) / 1e9));
+      sdkRates.push(await sdkPutPages(service, `sdk-${i}.img`, data));
     }
 
     await held.stop();
 
-    const w = median(writeRates);
-    const b = median(bareRates);
+    const w = median(rates.newFile);
+    const b = median(rates.bareNew);
+    const wo = median(rates.over);
+    const bo = median(rates.bareOver);
     const d = median(drainRates);
     const s = median(sdkRates);
     Object.assign(results, {
       sequentialWriteMBps: round(w, 1), bareFuseWriteMBps: round(b, 1), writeRatio: round(w / b),
-      drainMBps: round(d, 1), sdkPutPageMBps: round(s, 1), drainRatio: round(d / s),
+      overwriteMBps: round(wo, 1), bareFuseOverwriteMBps: round(bo, 1), overwriteRatio: round(wo / bo), writeRuns: rates,
+      drainMBps: round(d, 1), sdkPutPageMBps: round(s, 1), drainRatio: round(d / s), drainRuns: drainRates, sdkRuns: sdkRates,
       fioIops: round(job?.write.iops ?? 0, 0), fioBytesWritten: job?.write.io_bytes ?? 0, fioBytesUploaded: fioUp,
       uploadAmplification: round(fioUp / Math.max(1, job?.write.io_bytes ?? 1)),
       truncate10GBytesUp: t1 - t0, mkfsBytesUp: t2 - t1,
@@ -195,7 +205,8 @@ async function main(): Promise<void> {
       `${table(
         ['measure', 'blobdisk', 'baseline', 'ratio'],
         [
-          ['sequential write, MB/s (256 MiB, dd bs=1M)', round(w, 1), `${round(b, 1)} bare FUSE`, round(w / b)],
+          ['sequential write of a new file, MB/s (256 MiB, dd bs=1M)', round(w, 1), `${round(b, 1)} bare FUSE`, round(w / b)],
+          ['sequential overwrite in place, MB/s (conv=notrunc)', round(wo, 1), `${round(bo, 1)} bare FUSE`, round(wo / bo)],
           ['drain by blobdisk flush, MB/s', round(d, 1), `${round(s, 1)} SDK Put Page x8`, round(d / s)],
           ['fio randwrite 4k, 20 s, IOPS', round(job?.write.iops ?? 0, 0), '-', '-'],
           ['bytes uploaded / bytes written by fio', `${round(fioUp / MiB, 1)} MiB / ${round((job?.write.io_bytes ?? 0) / MiB, 1)} MiB`, '-', round(fioUp / Math.max(1, job?.write.io_bytes ?? 1))],
