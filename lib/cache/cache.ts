@@ -83,14 +83,24 @@ export interface CacheStats {
 const keyOf = (imageId: number, idx: number): string => `${imageId}:${idx}`;
 
 /** Reads may still be using a handle that leaves the table: close it a little later. */
-function closeLater(handle: Promise<fsp.FileHandle>): void {
-  setTimeout(() => handle.then((h) => h.close()).catch(() => undefined), 2_000).unref();
+/** An open grain file. It closes once it has left the open files and nobody uses it: a
+ *  descriptor closed under a user could be reused by another file and take its bytes, and
+ *  one kept open for long after would pile up under a random writer (thousands of opens a
+ *  second). */
+interface OpenFile {
+  readonly handle: Promise<fsp.FileHandle>;
+  users: number;
+  closing: boolean;
+}
+
+function closeFileNow(file: OpenFile): void {
+  file.handle.then((h) => h.close()).catch(() => undefined);
 }
 
 export class GrainCache {
   private readonly lru = new Map<string, Entry>();
   private readonly touched = new Map<string, { imageId: number; idx: number; at: number }>();
-  private readonly files = new Map<string, Promise<fsp.FileHandle>>();
+  private readonly files = new Map<string, OpenFile>();
   /** Descriptors of the files in `files` whose open has finished, for writeNow() and
    *  readNow(). A descriptor leaves with its file's entry there, before it is closed: its
    *  number may then belong to another file. */
@@ -226,8 +236,7 @@ export class GrainCache {
         data.copy(target, targetOffset, offset, offset + length);
         return true;
       }
-      const handle = await this.open(imageId, idx);
-      const { bytesRead } = await handle.read(target, targetOffset, length, offset);
+      const { bytesRead } = await this.withFile(imageId, idx, (h) => h.read(target, targetOffset, length, offset));
       if (bytesRead < length) target.fill(0, targetOffset + bytesRead, targetOffset + length);
       return true;
     } catch (e) {
@@ -278,11 +287,12 @@ export class GrainCache {
     if (!entry) return false;
     try {
       // The kernel reads the file ahead while the worker checks the grains before it.
-      const handle = await this.open(imageId, idx);
-      for (let at = 0; at < Math.min(2 * PREFETCH_READ, this.grainSize); at += PREFETCH_READ) {
-        const { bytesRead } = await handle.read(this.scratch, 0, PREFETCH_READ, at);
-        if (bytesRead < PREFETCH_READ) break;
-      }
+      await this.withFile(imageId, idx, async (handle) => {
+        for (let at = 0; at < Math.min(2 * PREFETCH_READ, this.grainSize); at += PREFETCH_READ) {
+          const { bytesRead } = await handle.read(this.scratch, 0, PREFETCH_READ, at);
+          if (bytesRead < PREFETCH_READ) break;
+        }
+      });
       if (this.needsCheck(entry) && !(await this.checkFile(key, entry))) return false;
     } catch {
       return false;
@@ -342,59 +352,66 @@ export class GrainCache {
   /** Reads the whole grain file into `target` at `at` (grain-size bytes; the part the file
    *  lacks reads as zeros). Returns `target`. */
   private async readFull(imageId: number, idx: number, target: Buffer, at: number): Promise<Buffer> {
-    const handle = await this.open(imageId, idx);
-    let done = 0;
-    while (done < this.grainSize) {
-      const { bytesRead } = await handle.read(target, at + done, this.grainSize - done, done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
+    const done = await this.withFile(imageId, idx, async (handle) => {
+      let got = 0;
+      while (got < this.grainSize) {
+        const { bytesRead } = await handle.read(target, at + got, this.grainSize - got, got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return got;
+    });
     if (done < this.grainSize) target.fill(0, at + done, at + this.grainSize);
     return target;
   }
 
   /** The whole grain as the file holds it (grain-size bytes; holes and the missing tail as zeros). */
   async readWhole(imageId: number, idx: number): Promise<Buffer> {
-    const data = Buffer.alloc(this.grainSize);
-    const handle = await this.open(imageId, idx);
-    let done = 0;
-    while (done < data.length) {
-      const { bytesRead } = await handle.read(data, done, data.length - done, done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
-    return data;
+    return this.readFull(imageId, idx, Buffer.allocUnsafe(this.grainSize), 0);
   }
 
-  private open(imageId: number, idx: number): Promise<fsp.FileHandle> {
-    const key = keyOf(imageId, idx);
-    let handle = this.files.get(key);
-    if (handle) {
-      this.files.delete(key);
-      this.files.set(key, handle);
-      return handle;
+  /** Runs `fn` on the open file of grain `idx` (opened, or created empty, when needed);
+   *  the file stays open until `fn` is done. */
+  private async withFile<T>(imageId: number, idx: number, fn: (handle: fsp.FileHandle) => T | Promise<T>): Promise<T> {
+    const file = this.openFile(imageId, idx);
+    file.users++;
+    try {
+      return await fn(await file.handle);
+    } finally {
+      file.users--;
+      if (file.closing && file.users === 0) closeFileNow(file);
     }
-    const file = this.fileOf(imageId, idx);
+  }
+
+  private openFile(imageId: number, idx: number): OpenFile {
+    const key = keyOf(imageId, idx);
+    const known = this.files.get(key);
+    if (known) {
+      this.files.delete(key);
+      this.files.set(key, known);
+      return known;
+    }
+    const name = this.fileOf(imageId, idx);
     // A file still being removed (its grain was just dropped) must be gone before the new
     // grain's file is opened, or the removal would unlink the new one's bytes.
     const removing = this.removing.get(key) ?? Promise.resolve();
-    handle = removing.then(() => this.ensureDir(path.dirname(file))).then(() => fsp.open(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600));
-    const opened = handle;
-    opened.then(
+    const handle = removing.then(() => this.ensureDir(path.dirname(name))).then(() => fsp.open(name, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600));
+    const file: OpenFile = { handle, users: 0, closing: false };
+    handle.then(
       (h) => {
-        if (this.files.get(key) === opened) this.fds.set(key, h.fd);
+        if (this.files.get(key) === file) this.fds.set(key, h.fd);
       },
       () => {
-        if (this.files.get(key) === opened) this.files.delete(key);
+        if (this.files.get(key) === file) this.files.delete(key);
       },
     );
-    this.files.set(key, handle);
+    this.files.set(key, file);
     while (this.files.size > MAX_OPEN_FILES) {
       const oldest = this.files.keys().next().value;
       if (oldest === undefined) break;
       this.closeFile(oldest);
     }
-    return handle;
+    return file;
   }
 
   private ensureDir(dir: string): Promise<void> {
@@ -403,11 +420,12 @@ export class GrainCache {
   }
 
   private closeFile(key: string): void {
-    const handle = this.files.get(key);
-    if (!handle) return;
+    const file = this.files.get(key);
+    if (!file) return;
     this.files.delete(key);
     this.fds.delete(key);
-    closeLater(handle);
+    file.closing = true;
+    if (file.users === 0) closeFileNow(file);
   }
 
   /** Takes a grain's whole content as fetched from Azure. Sectors the cache already holds
@@ -446,9 +464,10 @@ export class GrainCache {
     }
     if (entry.valid === null) return true;
     if (!stillValid()) return false;
-    const handle = await this.open(imageId, idx);
     const holes = runs(entry.valid.map((b) => ~b & 0xff) as Buffer, sectorsOf(this.grainSize));
-    for (const [a, b] of holes) await handle.write(data, a * SECTOR, (b - a) * SECTOR, a * SECTOR);
+    await this.withFile(imageId, idx, async (handle) => {
+      for (const [a, b] of holes) await handle.write(data, a * SECTOR, (b - a) * SECTOR, a * SECTOR);
+    });
     // Dropped meanwhile (a truncate): its file and row are gone and must stay gone.
     if (this.lru.get(key) !== entry) return false;
     entry.valid = null;
@@ -478,8 +497,7 @@ export class GrainCache {
     // bytes would go to a removed file and an entry no longer in the cache.
     entry.landing = (entry.landing ?? 0) + 1;
     try {
-      const handle = await this.open(imageId, idx);
-      this.land(entry, handle.fd, offset, data);
+      await this.withFile(imageId, idx, (handle) => this.land(entry, handle.fd, offset, data));
     } finally {
       entry.landing--;
     }
@@ -518,7 +536,7 @@ export class GrainCache {
     const key = keyOf(imageId, idx);
     if (this.lru.has(key) || this.files.has(key)) return;
     this.ahead.set(key, this.fileOf(imageId, idx));
-    this.open(imageId, idx).catch(() => this.ahead.delete(key));
+    this.withFile(imageId, idx, () => undefined).catch(() => this.ahead.delete(key));
   }
 
   /** The bytes of a write into the grain's file, then its sectors valid and dirty in the grain map. */
@@ -577,8 +595,7 @@ export class GrainCache {
     const cut = size % g;
     boundary.landing = (boundary.landing ?? 0) + 1; // not evicted while it is cut
     try {
-      const handle = await this.open(imageId, boundary.idx);
-      await handle.truncate(cut);
+      await this.withFile(imageId, boundary.idx, (handle) => handle.truncate(cut));
       const firstGone = Math.ceil(cut / SECTOR);
       if (boundary.valid) setBits(boundary.valid, firstGone, sectorsOf(g)); // zeros now, known
       if (boundary.dirty) {
@@ -619,7 +636,7 @@ export class GrainCache {
   async sync(imageId: number): Promise<void> {
     const pending = [...this.lru.values()].filter((e) => e.imageId === imageId && e.unsynced);
     for (const e of pending) e.unsynced = false;
-    await Promise.all(pending.map(async (e) => (await this.open(e.imageId, e.idx)).datasync()));
+    await Promise.all(pending.map((e) => this.withFile(e.imageId, e.idx, (handle) => handle.datasync())));
     this.map.durable();
   }
 
@@ -720,10 +737,10 @@ export class GrainCache {
   async close(): Promise<void> {
     clearInterval(this.timer);
     this.flushTouches();
-    const handles = [...this.files.values()];
+    const files = [...this.files.values()];
     this.files.clear();
     this.fds.clear();
-    await Promise.all(handles.map((h) => h.then((f) => f.close()).catch(() => undefined)));
+    await Promise.all(files.map((f) => f.handle.then((h) => h.close()).catch(() => undefined)));
     // Files opened ahead of a writer who stopped before reaching them (still empty).
     const unused = [...this.ahead].filter(([key]) => !this.lru.has(key));
     this.ahead.clear();

@@ -178,6 +178,24 @@ describe('GrainCache', () => {
     map.close();
   });
 
+  it('keeps at most its bound of grain files open under writes all over an image', async () => {
+    const { cache, image, map } = setup(1200);
+    const openFds = (): number => fs.readdirSync('/proc/self/fd').length;
+    const before = openFds();
+    const data = Buffer.alloc(4096, 5);
+    // A random writer opens a file for nearly every write; closed files must not pile up.
+    for (let idx = 0; idx < 1000; idx++) await cache.write(image, idx, 0, data, 0);
+    await new Promise((r) => setTimeout(r, 200)); // closes finish in the thread pool
+    expect(openFds() - before).toBeLessThanOrEqual(128 + 8);
+    const back = Buffer.alloc(4096);
+    for (const idx of [0, 499, 999]) {
+      expect(await cache.read(image, idx, 0, 4096, back, 0)).toBe(true);
+      expect(back).toEqual(data);
+    }
+    await cache.close();
+    map.close();
+  });
+
   it('drops the clean grains of one image only', async () => {
     const { cache, image, map } = setup(8);
     const other = map.ensureImage('acct', 'c', 'other.img', 'page', 10 * G).id;
