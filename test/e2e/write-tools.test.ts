@@ -51,7 +51,7 @@ interface FioJob {
 /** fio's 4 KiB O_DIRECT random writes with crc32c verification (the same blocks every run),
  *  with `extra` flags; fails the test with fio's errors unless it exited 0. */
 async function fioRandomWrites(file: string, extra: string[]): Promise<FioJob> {
-  const args = ['--name=rand', `--filename=${file}`, '--rw=randwrite', '--bs=4k', '--size=256M', '--io_size=32M', '--ioengine=psync', '--direct=1', '--randrepeat=1', '--verify=crc32c', '--verify_fatal=1', '--output-format=json', ...extra];
+  const args = ['--name=rand', `--filename=${file}`, '--rw=randwrite', '--bs=4k', '--size=256M', '--io_size=32M', '--ioengine=psync', '--direct=1', '--randrepeat=1', '--verify=crc32c', '--verify_fatal=1', '--verify_state_save=0', '--output-format=json', ...extra];
   const r = await sh('fio', args, { timeoutMs: 180_000 });
   expect({ code: r.code, stderr: r.stderr.trim() }).toEqual({ code: 0, stderr: '' });
   const job = (JSON.parse(r.stdout) as { jobs: FioJob[] }).jobs[0];
