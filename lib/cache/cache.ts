@@ -441,6 +441,9 @@ export class GrainCache {
         if (this.lru.has(key)) return await this.fill(imageId, idx, data, stillValid);
         const file = this.fileOf(imageId, idx);
         await this.ensureDir(path.dirname(file));
+        // The checksum is taken in the worker thread while the thread pool writes the file.
+        const checksum = this.crc.of(data);
+        checksum.catch(() => undefined);
         // Write aside and rename, so a reader holding the old file never sees a half-written one.
         const partial = `${file}.partial`;
         await fsp.writeFile(partial, data);
@@ -454,7 +457,7 @@ export class GrainCache {
           return false;
         }
         this.ahead.delete(key);
-        const fresh: Entry = { imageId, idx, checksum: zlib.crc32(data), valid: null, dirty: null, gen: this.nextGen(), uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
+        const fresh: Entry = { imageId, idx, checksum: await checksum, valid: null, dirty: null, gen: this.nextGen(), uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
         this.insert(fresh);
         this.persist(fresh);
         return true;
