@@ -832,9 +832,7 @@ export class Image {
   async truncate(size: number): Promise<void> {
     this.checkWritable(size);
     if (size === this.localSize) return;
-    this.cuts++;
     if (size < this.localSize) {
-      this.shrinks.push({ cuts: this.cuts, size });
       if (size % SECTOR !== 0) {
         // Keep the bytes of the last sector before the cut; it becomes dirty and its tail zeros.
         const g = this.deps.grainSize;
@@ -842,6 +840,11 @@ export class Image {
         const keep = await this.read(sectorStart, size - sectorStart);
         await this.writeGrain(Math.floor(sectorStart / g), sectorStart % g, keep);
       }
+      // Counted together with the new size, never before it: a flush takes `cuts` and the
+      // size at once, and one that counted this cut while it still saw the old size would
+      // report the shrink settled, and Azure would keep the bytes past it.
+      this.cuts++;
+      this.shrinks.push({ cuts: this.cuts, size });
       this.epoch++;
       this.staged.clear();
       for (const [idx, p] of this.pending) {
@@ -862,6 +865,7 @@ export class Image {
     } else {
       // Set once, not again after the cut above: a write that grew the image while the
       // cache was being cut must keep its new size.
+      this.cuts++;
       this.localSize = size;
       this.setRow({ size });
     }

@@ -416,6 +416,47 @@ describe('Image writes and the flusher', () => {
     await h.close();
   }, 30_000);
 
+  it('a flush that starts while a shrink to an unaligned size reads its last sector does not take that shrink as done', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    const old = Buffer.alloc(8 * G, 5);
+    const ids = Array.from({ length: 8 }, (_, k) => id(k));
+    for (const [k, bid] of ids.entries()) await store.stageBlock(block, bid, old.subarray(k * G, (k + 1) * G));
+    await store.commitBlockList(block, ids);
+    const h = harness(store);
+    const image = await h.open(block);
+    const data = crypto.randomBytes(4096);
+    await image.write(data, 0);
+    // The shrink fetches the sector holding its new end. Meanwhile a background flush
+    // begins, and it commits only after the shrink has finished.
+    let shrunk = (): void => undefined;
+    const shrinkDone = new Promise<void>((resolve) => (shrunk = resolve));
+    const commit = store.commitBlockList.bind(store);
+    store.commitBlockList = async (r, list, options) => {
+      await shrinkDone;
+      return commit(r, list, options);
+    };
+    const read = store.read.bind(store);
+    let pass: Promise<void> | undefined;
+    store.read = async (r, offset, length, options) => {
+      if (!pass) {
+        pass = h.flusher['flushImage'](image);
+        await new Promise((resolve) => setTimeout(resolve, 100)); // the flush has planned
+      }
+      return read(r, offset, length, options);
+    };
+    const end = 3 * G + 100;
+    await image.truncate(end);
+    shrunk();
+    await pass;
+    await image.truncate(8 * G);
+    await h.flusher.flush([image]);
+    const expected = Buffer.alloc(8 * G);
+    old.copy(expected, 0, 0, end);
+    data.copy(expected, 0);
+    expect(store.contentOf(block)).toEqual(expected);
+    await h.close();
+  });
+
   it('a truncate while a flush runs does not make what that flush uploaded read as zeros once evicted', async () => {
     for (const ref of [page, block]) {
       const store = new MemoryStore({ containers: ['c'] });
