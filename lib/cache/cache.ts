@@ -82,7 +82,6 @@ export interface CacheStats {
 
 const keyOf = (imageId: number, idx: number): string => `${imageId}:${idx}`;
 
-/** Reads may still be using a handle that leaves the table: close it a little later. */
 /** An open grain file. It closes once it has left the open files and nobody uses it: a
  *  descriptor closed under a user could be reused by another file and take its bytes, and
  *  one kept open for long after would pile up under a random writer (thousands of opens a
@@ -447,6 +446,8 @@ export class GrainCache {
         // Write aside and rename, so a reader holding the old file never sees a half-written one.
         const partial = `${file}.partial`;
         await fsp.writeFile(partial, data);
+        // Awaited before the rename: from there to the insert below nothing may come between.
+        const crc = await checksum;
         await this.removing.get(key);
         await fsp.rename(partial, file);
         this.closeFile(key);
@@ -457,7 +458,7 @@ export class GrainCache {
           return false;
         }
         this.ahead.delete(key);
-        const fresh: Entry = { imageId, idx, checksum: await checksum, valid: null, dirty: null, gen: this.nextGen(), uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
+        const fresh: Entry = { imageId, idx, checksum: crc, valid: null, dirty: null, gen: this.nextGen(), uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
         this.insert(fresh);
         this.persist(fresh);
         return true;
