@@ -30,12 +30,11 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import zlib from 'node:zlib';
 import { BlobdiskError } from '../errors';
 import { GrainMap, GrainRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { CacheOptions } from '../options';
-import { Crc32, FileCheckError } from './crc';
+import { Crc32, FileCheckError, crc32 } from './crc';
 import { SECTOR, allSet, anySet, clearBitsFrom, countBits, emptyBitmap, runs, sectorSpan, sectorsOf, setBits } from './sectors';
 
 const TOUCH_FLUSH_MS = 5_000;
@@ -475,7 +474,7 @@ export class GrainCache {
     // Dropped meanwhile (a truncate): its file and row are gone and must stay gone.
     if (this.lru.get(key) !== entry) return false;
     entry.valid = null;
-    if (!entry.dirty) entry.checksum = zlib.crc32(await this.readWhole(imageId, idx));
+    if (!entry.dirty) entry.checksum = crc32(await this.readWhole(imageId, idx));
     entry.verified = true;
     this.persist(entry);
     return true;
@@ -615,7 +614,7 @@ export class GrainCache {
         boundary.dirty = null;
         this.stats.dirtyBytes -= g;
       }
-      boundary.checksum = boundary.dirty ? null : zlib.crc32(await this.readWhole(imageId, boundary.idx));
+      boundary.checksum = boundary.dirty ? null : crc32(await this.readWhole(imageId, boundary.idx));
       boundary.gen = this.nextGen();
       boundary.unsynced = true;
       this.persist(boundary);
