@@ -39,11 +39,9 @@ import { SECTOR, allSet, anySet, clearBitsFrom, countBits, emptyBitmap, runs, se
 
 const TOUCH_FLUSH_MS = 5_000;
 const MAX_OPEN_FILES = 128;
+/** Files prefetch() opens for readNow(), at most: a few read-ahead windows. */
+const MAX_READ_FILES = 256;
 const ROOM_POLL_MS = 50;
-/** prefetch() reads this much twice at the start of a grain file: the kernel takes the
- *  first read for the start of a sequential stream and the second one, which continues
- *  it, starts its asynchronous read-ahead of the rest of the file. */
-const PREFETCH_READ = 64 * 1024;
 
 interface Entry {
   readonly imageId: number;
@@ -95,6 +93,15 @@ function closeFileNow(file: OpenFile): void {
   file.handle.then((h) => h.close()).catch(() => undefined);
 }
 
+/** A grain file prefetch() opened for reading, for as long as `entry` is the grain's: a
+ *  grain made anew (dropped, then fetched or written again) has a new Entry, and its file
+ *  may be a new one. Used and closed only synchronously, so no reader can see its
+ *  descriptor reused by another file. */
+interface ReadFile {
+  readonly fd: number;
+  readonly entry: Entry;
+}
+
 export class GrainCache {
   private readonly lru = new Map<string, Entry>();
   private readonly touched = new Map<string, { imageId: number; idx: number; at: number }>();
@@ -105,8 +112,8 @@ export class GrainCache {
   private readonly fds = new Map<string, number>();
   /** Grains not cached whose files prepare() opened ahead of a sequential writer. */
   private readonly ahead = new Map<string, string>();
-  /** Where prefetch() reads go; nobody looks at what lands there. */
-  private readonly scratch = Buffer.allocUnsafe(PREFETCH_READ);
+  /** Files prefetch() opened for readNow(), oldest first. */
+  private readonly readFiles = new Map<string, ReadFile>();
   /** Files of dropped grains whose removal is under way. */
   private readonly removing = new Map<string, Promise<void>>();
   private readonly dirs = new Set<string>();
@@ -259,8 +266,10 @@ export class GrainCache {
   readNow(imageId: number, idx: number, offset: number, length: number, target: Buffer, targetOffset: number): boolean {
     const key = keyOf(imageId, idx);
     const entry = this.lru.get(key);
-    const fd = this.fds.get(key);
-    if (!entry || fd === undefined || this.needsCheck(entry)) return false;
+    if (!entry || this.needsCheck(entry)) return false;
+    const own = this.readFiles.get(key);
+    const fd = own?.entry === entry ? own.fd : this.fds.get(key);
+    if (fd === undefined) return false;
     this.lru.delete(key);
     this.lru.set(key, entry);
     this.touched.set(key, { imageId, idx, at: Date.now() });
@@ -275,27 +284,55 @@ export class GrainCache {
   }
 
   /** Gets a cached grain ready for readNow(): its checksum checked (on its first read in
-   *  this process; the worker reads the file, which leaves it in the page cache), its file
-   *  open, and otherwise its start in the page cache with the kernel reading ahead the rest.
-   *  False when readNow() cannot serve it: the grain is gone or failed its check (it is then
-   *  dropped), or its file could not be read (read() then finds out and says so). */
+   *  this process; the worker reads the file, which leaves it in the page cache), or else
+   *  its start read by the worker, the kernel reading the rest ahead, and its file open for
+   *  reading. False when readNow() cannot serve it: the grain is gone or failed its check
+   *  (it is then dropped), or its file could not be opened (read() then finds out and says
+   *  so). */
   async prefetch(imageId: number, idx: number): Promise<boolean> {
     const key = keyOf(imageId, idx);
     const entry = this.lru.get(key);
     if (!entry) return false;
+    const file = this.fileOf(imageId, idx);
+    if (this.needsCheck(entry)) {
+      try {
+        if (!(await this.checkFile(key, entry))) return false;
+      } catch {
+        return false;
+      }
+      if (this.lru.get(key) !== entry || this.needsCheck(entry)) return false;
+    } else {
+      // No answer to wait for: the reader comes to this grain a read-ahead window later.
+      this.crc.warm(file, this.grainSize);
+    }
+    if (this.readFiles.get(key)?.entry === entry) return true;
+    this.closeReadFile(key);
+    let fd: number;
     try {
-      // The kernel reads the file ahead while the worker checks the grains before it.
-      await this.withFile(imageId, idx, async (handle) => {
-        for (let at = 0; at < Math.min(2 * PREFETCH_READ, this.grainSize); at += PREFETCH_READ) {
-          const { bytesRead } = await handle.read(this.scratch, 0, PREFETCH_READ, at);
-          if (bytesRead < PREFETCH_READ) break;
-        }
-      });
-      if (this.needsCheck(entry) && !(await this.checkFile(key, entry))) return false;
+      // Synchronous: an open takes microseconds (once the file's directory entry and inode
+      // are in memory), less than a turn through the thread pool.
+      fd = fs.openSync(file, 'r');
     } catch {
       return false;
     }
-    return this.fds.has(key) && this.lru.get(key) === entry && !this.needsCheck(entry);
+    this.readFiles.set(key, { fd, entry });
+    while (this.readFiles.size > MAX_READ_FILES) {
+      const oldest = this.readFiles.keys().next().value;
+      if (oldest === undefined) break;
+      this.closeReadFile(oldest);
+    }
+    return true;
+  }
+
+  private closeReadFile(key: string): void {
+    const file = this.readFiles.get(key);
+    if (!file) return;
+    this.readFiles.delete(key);
+    try {
+      fs.closeSync(file.fd);
+    } catch {
+      // Closing a descriptor open for reading loses nothing.
+    }
   }
 
   /** Checks a grain's file against its checksum in the worker thread; see check(). */
@@ -678,6 +715,7 @@ export class GrainCache {
     }
     this.touched.delete(key);
     this.closeFile(key);
+    this.closeReadFile(key);
   }
 
   private async drop(entries: Entry[]): Promise<void> {
@@ -743,6 +781,7 @@ export class GrainCache {
     const files = [...this.files.values()];
     this.files.clear();
     this.fds.clear();
+    for (const key of [...this.readFiles.keys()]) this.closeReadFile(key);
     await Promise.all(files.map((f) => f.handle.then((h) => h.close()).catch(() => undefined)));
     // Files opened ahead of a writer who stopped before reaching them (still empty).
     const unused = [...this.ahead].filter(([key]) => !this.lru.has(key));

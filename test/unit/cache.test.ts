@@ -97,6 +97,26 @@ describe('GrainCache', () => {
     again.map.close();
   });
 
+  it('never serves a grain made anew from the file prefetch() opened for the old one', async () => {
+    const { cache, image, map } = setup(8);
+    await cache.fill(image, 0, grain(1));
+    expect(await cache.prefetch(image, 0)).toBe(true);
+    const out = Buffer.alloc(10);
+    expect(cache.readNow(image, 0, 0, 10, out, 0)).toBe(true);
+    expect(out).toEqual(Buffer.alloc(10, 1));
+    // The blob changed: the grain is dropped, its file removed, then fetched again.
+    expect(await cache.dropClean(image)).toBe(1);
+    expect(cache.readNow(image, 0, 0, 10, out, 0)).toBe(false);
+    await cache.fill(image, 0, grain(2));
+    // Not prefetched since: read() serves it, never the descriptor of the old file.
+    expect(cache.readNow(image, 0, 0, 10, out, 0)).toBe(false);
+    expect(await cache.prefetch(image, 0)).toBe(true);
+    expect(cache.readNow(image, 0, 0, 10, out, 0)).toBe(true);
+    expect(out).toEqual(Buffer.alloc(10, 2));
+    await cache.close();
+    map.close();
+  });
+
   it('serves a prefetched grain synchronously, and checks its checksum first on its first read in a process', async () => {
     const first = setup(8);
     await first.cache.fill(first.image, 0, grain(1));
