@@ -159,6 +159,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     cleanup.push(() => map.close());
     const cache = new GrainCache(options.cache, map, log);
     cleanup.push(() => cache.close());
+    cache.startWorker();
     const flusher = new Flusher(
       store,
       cache,

@@ -283,6 +283,12 @@ export class GrainCache {
     return true;
   }
 
+  /** Starts the checksum worker now, so that the first reads after a mount do not wait
+   *  for a thread to start. */
+  startWorker(): void {
+    this.crc.startNow();
+  }
+
   /** Gets a cached grain ready for readNow(): its checksum checked (on its first read in
    *  this process; the worker reads the file, which leaves it in the page cache), or else
    *  its start read by the worker, the kernel reading the rest ahead, and its file open for

@@ -123,6 +123,11 @@ export class Crc32 {
     return this.ask({ file, length });
   }
 
+  /** Starts the worker thread now; otherwise it starts on first use, which then waits for it. */
+  startNow(): void {
+    this.start();
+  }
+
   /** Has the worker read the start of `file`, of `length` bytes, so that the kernel reads
    *  the rest of it ahead into the page cache. A hint: nothing comes back, not even an error. */
   warm(file: string, length: number): void {
