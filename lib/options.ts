@@ -15,8 +15,10 @@ export const DEFAULTS = Object.freeze({
   readAheadGrains: 16,
   /** Ranged GETs in flight per mount (demand reads may exceed it by their own count). */
   fetchConcurrency: 8,
-  /** Largest single ranged GET: adjacent missing grains are fetched together up to this. */
-  maxFetchBytes: 4 * 1024 * 1024,
+  /** Largest single ranged GET: adjacent missing grains are fetched together up to this.
+   *  8 MiB rather than 4: each GET costs the server and this process far more than the
+   *  bytes it carries (against Azurite a cold read went from about 160 to 210 MB/s). */
+  maxFetchBytes: 8 * 1024 * 1024,
   maxTries: 4,
   tryTimeoutMs: 30_000,
   /** How long directory listings and attributes are trusted before Azure is asked again. */

@@ -8,7 +8,7 @@ describe('defaults', () => {
       cacheSize: 10 * 1024 ** 3,
       readAheadGrains: 16,
       fetchConcurrency: 8,
-      maxFetchBytes: 4 * 1024 * 1024,
+      maxFetchBytes: 8 * 1024 * 1024,
       maxTries: 4,
       tryTimeoutMs: 30_000,
       attrTtlMs: 5_000,
