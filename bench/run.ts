@@ -34,8 +34,8 @@ const CONTAINER = 'bench';
 const IMAGE = 'x.img';
 /** The SDK's default block size for downloads. */
 const SDK_BLOCK = 4 * MiB;
-/** blobdisk's largest GET (DEFAULTS.maxFetchBytes): the SDK with the same block size. */
-const SDK_BLOCK_LARGE = 8 * MiB;
+/** blobdisk's largest GET: the SDK with the same block size. */
+const SDK_BLOCK_LARGE = DEFAULTS.maxFetchBytes;
 const SDK_CONCURRENCY = [4, 8] as const;
 const CACHE_SIZE = 4 * 1024 * MiB;
 const SWEEP_GRAINS = [256 * 1024, 1 * MiB, 4 * MiB];

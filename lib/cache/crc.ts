@@ -16,20 +16,20 @@ import zlib from 'node:zlib';
 
 type Crc32Fn = (data: Buffer, initial?: number) => number;
 
-/** The module with the fast CRC-32, for the worker to load too (undefined: not loadable). */
-const FAST_MODULE: string | undefined = (() => {
+/** The fast CRC-32 and the path of its module, for the worker to load too (undefined: not loadable). */
+const FAST: { readonly module: string; readonly crc32: Crc32Fn } | undefined = (() => {
   try {
-    const name = require.resolve('@node-rs/crc32');
-    (require(name) as { crc32: Crc32Fn }).crc32(Buffer.alloc(1));
-    return name;
+    const module = require.resolve('@node-rs/crc32');
+    const fast = (require(module) as { crc32: Crc32Fn }).crc32;
+    fast(Buffer.alloc(1));
+    return { module, crc32: fast };
   } catch {
     return undefined;
   }
 })();
 
 /** CRC-32 (as zlib computes it) of `data`, continuing from `initial`. */
-export const crc32: Crc32Fn =
-  FAST_MODULE === undefined ? (data, initial) => zlib.crc32(data, initial) : (require(FAST_MODULE) as { crc32: Crc32Fn }).crc32;
+export const crc32: Crc32Fn = FAST?.crc32 ?? ((data, initial) => zlib.crc32(data, initial));
 
 /** The worker reads files this much at a time. */
 const FILE_CHUNK = 128 * 1024;
@@ -76,6 +76,7 @@ function warm(file, length) {
   }
 }
 parentPort.on('message', ({ id, memory, offset, length, file }) => {
+  // Without an id, a hint from warm(): nothing goes back.
   if (id === undefined) {
     try {
       warm(file, length);
@@ -146,7 +147,7 @@ export class Crc32 {
 
   private start(): Worker {
     if (this.worker) return this.worker;
-    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { fast: FAST_MODULE } });
+    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { fast: FAST?.module } });
     worker.unref();
     worker.on('message', ({ id, crc, error }: { id: number; crc?: number; error?: { code?: string; message: string } }) => {
       const w = this.waiting.get(id);
