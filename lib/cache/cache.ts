@@ -472,24 +472,25 @@ export class GrainCache {
   /** Takes a grain's whole content as fetched from Azure. Sectors the cache already holds
    *  (written locally) are kept; the others are taken from `data`. Returns false when the
    *  cache had no room, or `stillValid()` says the content went stale while it was being
-   *  stored (the grain is then not cached). */
-  async fill(imageId: number, idx: number, data: Buffer, stillValid: () => boolean = () => true): Promise<boolean> {
+   *  stored (the grain is then not cached). `checksum`, when given, is the CRC-32 of `data`
+   *  (a fetch takes it as the bytes arrive); otherwise it is taken here. */
+  async fill(imageId: number, idx: number, data: Buffer, stillValid: () => boolean = () => true, checksum?: number): Promise<boolean> {
     const key = keyOf(imageId, idx);
     const entry = this.lru.get(key);
     if (!entry) {
       if (!(await this.makeRoom(this.grainSize, false))) return false;
       try {
-        if (this.lru.has(key)) return await this.fill(imageId, idx, data, stillValid);
+        if (this.lru.has(key)) return await this.fill(imageId, idx, data, stillValid, checksum);
         const file = this.fileOf(imageId, idx);
         await this.ensureDir(path.dirname(file));
-        // The checksum is taken in the worker thread while the thread pool writes the file.
-        const checksum = this.crc.of(data);
-        checksum.catch(() => undefined);
+        // Else the checksum is taken in the worker thread while the thread pool writes the file.
+        const crcOf = checksum === undefined ? this.crc.of(data) : Promise.resolve(checksum);
+        crcOf.catch(() => undefined);
         // Write aside and rename, so a reader holding the old file never sees a half-written one.
         const partial = `${file}.partial`;
         await fsp.writeFile(partial, data);
         // Awaited before the rename: from there to the insert below nothing may come between.
-        const crc = await checksum;
+        const crc = await crcOf;
         await this.removing.get(key);
         await fsp.rename(partial, file);
         this.closeFile(key);

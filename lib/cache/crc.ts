@@ -3,8 +3,9 @@
  * 5 GB/s here; zlib.crc32, used where that module's prebuilt binary is missing, at about
  * 2 GB/s. Even the fast one would hold every FUSE request up for a fifth of a millisecond
  * per 1 MiB grain, so a worker thread reads grains whose memory is shared
- * (SharedArrayBuffer, as the image's grain buffers are) without a copy. Other buffers are
- * checked inline. The worker also checks grain files itself, a chunk at a time through
+ * (SharedArrayBuffer, as the flusher's upload buffers are) without a copy. Other buffers
+ * are checked inline; a fetched grain's checksum runs along with its chunks (see
+ * lib/image/pending.ts). The worker also checks grain files itself, a chunk at a time through
  * one small buffer that stays in the CPU cache, so that checking a grain needs neither a
  * grain-sized buffer nor a turn of the event loop per read; and it reads the start of
  * grain files a sequential reader is about to reach, so that the kernel reads them ahead,

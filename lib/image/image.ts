@@ -691,7 +691,7 @@ export class Image {
           // Checked under the grain lock, and again by the cache just before it keeps the
           // grain: a truncate or a change of the blob meanwhile makes these bytes stale.
           const valid = (): boolean => epoch === this.epoch;
-          await this.withGrainLock(p.idx, async () => (valid() ? this.deps.cache.fill(this.row.id, p.idx, p.data, valid) : false));
+          await this.withGrainLock(p.idx, async () => (valid() ? this.deps.cache.fill(this.row.id, p.idx, p.data, valid, p.checksum) : false));
         } catch (e) {
           this.deps.log.warn(`could not cache grain ${p.idx} of ${this.ref.name}: ${(e as Error).message}`);
         } finally {

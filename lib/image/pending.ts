@@ -2,11 +2,24 @@
  * for part of the grain is released as soon as its bytes have arrived, not when the
  * whole grain has (DESIGN: partial reads return early). Bytes of the grain outside
  * [from, to) are not fetched: they are known zeros (unallocated pages, or past the end).
+ * The grain's CRC-32 runs along as the bytes arrive (some 13 µs per 64 KiB chunk at the
+ * 5 GB/s of the fast CRC), so the cache need not send the grain to its checksum worker and
+ * wait for the answer.
  *
  * `data` comes from the image's buffer pool and goes back once the fetch is over. Readers
  * therefore take their bytes through copyTo(), which copies the moment they have arrived,
  * so none holds the buffer afterwards; a caller that reads `data` itself after waitFor()
  * makes the buffer its own for good (it is then not reused). */
+
+import { crc32 } from '../cache/crc';
+
+/** Copies source[start, end) to target at `at` with one native memcpy. Buffer.copy() goes
+ *  through TypedArray.prototype.set, which V8 does with relaxed atomic loads and stores when
+ *  either side is shared memory, as the grain buffers are; fill() with a value as long as
+ *  the range it fills copies it once, with memcpy. */
+function copyBytes(source: Buffer, start: number, end: number, target: Buffer, at: number): void {
+  if (end > start) target.fill(source.subarray(start, end), at, at + end - start);
+}
 
 interface Waiter {
   readonly start: number;
@@ -20,6 +33,8 @@ interface Waiter {
 
 export class PendingGrain {
   private received = 0;
+  /** CRC-32 of the grain's first from + received bytes. */
+  private crc: number;
   private done = false;
   private lent = false;
   private released = false;
@@ -40,6 +55,7 @@ export class PendingGrain {
   ) {
     if (from > 0) buf.fill(0, 0, from);
     if (to < buf.length) buf.fill(0, to);
+    this.crc = from > 0 ? crc32(buf.subarray(0, from)) : 0;
     this.finished = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
     this.finished.catch(() => undefined);
   }
@@ -48,6 +64,12 @@ export class PendingGrain {
   get data(): Buffer {
     if (this.released) throw new Error(`grain ${this.idx}: its fetch buffer was already reused`);
     return this.buf;
+  }
+
+  /** CRC-32 of the whole grain (`data`), once the fetch is complete. */
+  get checksum(): number {
+    if (!this.done) throw new Error(`grain ${this.idx}: its fetch is not complete`);
+    return this.crc;
   }
 
   /** The bytes are stored (or dropped): late readers go to the cache from now on. */
@@ -77,7 +99,7 @@ export class PendingGrain {
   private wait(start: number, end: number, target: Buffer | undefined, at: number): Promise<void> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
     if (this.ready(start, end)) {
-      if (target) this.data.copy(target, at, start, end);
+      if (target) copyBytes(this.data, start, end, target, at);
       return Promise.resolve();
     }
     return new Promise((resolve, reject) => this.waiters.push({ start, end, target, at, resolve, reject }));
@@ -85,8 +107,10 @@ export class PendingGrain {
 
   /** Appends the next bytes of the stream (the fetch writes them in order from `from`). */
   append(chunk: Buffer, chunkStart: number, chunkEnd: number): void {
-    chunk.copy(this.buf, this.from + this.received, chunkStart, chunkEnd);
+    const at = this.from + this.received;
+    copyBytes(chunk, chunkStart, chunkEnd, this.buf, at);
     this.received += chunkEnd - chunkStart;
+    this.crc = crc32(chunk.subarray(chunkStart, chunkEnd), this.crc);
     this.release();
   }
 
@@ -95,7 +119,7 @@ export class PendingGrain {
     const still: Waiter[] = [];
     for (const w of this.waiters) {
       if (this.ready(w.start, w.end)) {
-        if (w.target) this.buf.copy(w.target, w.at, w.start, w.end);
+        if (w.target) copyBytes(this.buf, w.start, w.end, w.target, w.at);
         w.resolve();
       } else still.push(w);
     }
@@ -103,6 +127,8 @@ export class PendingGrain {
   }
 
   complete(): void {
+    if (this.done) return;
+    if (this.to < this.buf.length) this.crc = crc32(this.buf.subarray(this.to), this.crc);
     this.done = true;
     this.release();
   }
