@@ -14,8 +14,8 @@ export class BufferPool {
 
   /** A buffer of `size` bytes with arbitrary content. */
   take(): Buffer {
-    // Shared memory: V8 counts long-lived plain ArrayBuffers towards its old generation,
-    // and with some tens of them a cold read ran a mark-compact every 50 ms (11 per 256 MiB
+    // Shared memory: with some tens of long-lived plain ArrayBuffers instead, V8 ran a
+    // mark-compact of its old generation every 50 ms of a cold read (11–16 per 256 MiB
     // instead of 1). Copies in and out go through copyBytes() in pending.ts.
     return this.free.pop() ?? Buffer.from(new SharedArrayBuffer(this.size));
   }
