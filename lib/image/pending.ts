@@ -18,7 +18,9 @@ import { crc32 } from '../cache/crc';
  *  either side is shared memory, as the grain buffers are; fill() with a value as long as
  *  the range it fills copies it once, with memcpy. */
 function copyBytes(source: Buffer, start: number, end: number, target: Buffer, at: number): void {
-  if (end > start) target.fill(source.subarray(start, end), at, at + end - start);
+  // Filled to the piece's own length: fill() would repeat a value shorter than its range.
+  const piece = source.subarray(start, end);
+  if (piece.length > 0) target.fill(piece, at, at + piece.length);
 }
 
 interface Waiter {
