@@ -483,14 +483,11 @@ export class GrainCache {
         if (this.lru.has(key)) return await this.fill(imageId, idx, data, stillValid, checksum);
         const file = this.fileOf(imageId, idx);
         await this.ensureDir(path.dirname(file));
-        // Else the checksum is taken in the worker thread while the thread pool writes the file.
-        const crcOf = checksum === undefined ? this.crc.of(data) : Promise.resolve(checksum);
-        crcOf.catch(() => undefined);
+        // Only callers without a fetch (zeros, tests) leave the checksum to be taken here.
+        const crc = checksum ?? crc32(data);
         // Write aside and rename, so a reader holding the old file never sees a half-written one.
         const partial = `${file}.partial`;
         await fsp.writeFile(partial, data);
-        // Awaited before the rename: from there to the insert below nothing may come between.
-        const crc = await crcOf;
         await this.removing.get(key);
         await fsp.rename(partial, file);
         this.closeFile(key);
