@@ -5,7 +5,9 @@
  * so a refused mount leaves nothing behind. */
 
 import Fuse from 'fuse-native';
+import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { checkAllowOther } from './access';
 import { CacheLock } from './cache/lock';
 import { GrainCache } from './cache/cache';
 import { ControlServer, controlSocketPath } from './control';
@@ -119,6 +121,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
   };
   try {
     await checkMountpoint(options.mountpoint);
+    checkAllowOther(options.access, process.getuid?.() ?? 0, await fsp.readFile('/etc/fuse.conf', 'utf8').catch(() => ''));
     await checkCacheDir(options.cache.dir, 4 * options.cache.grainSize);
     const lock = CacheLock.acquire(options.cache.dir, options.mountpoint);
     cleanup.push(() => lock.release());
@@ -193,12 +196,22 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     );
     await recover(map, images, log);
     const handles = new Handles();
-    const ops = createOperations(ns, handles, { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, grainSize: options.cache.grainSize }, log);
+    const { access } = options;
+    const ops = createOperations(
+      ns,
+      handles,
+      { uid: access.uid, gid: access.gid, fileMode: access.fileMode, dirMode: access.dirMode, grainSize: options.cache.grainSize },
+      log,
+    );
     const fuse = new Fuse(options.mountpoint, ops, {
       // libfuse reads -o options from the joined string: this is how big_writes gets through.
       fsname: 'blobdisk,big_writes',
       subtype: 'blobdisk',
       maxRead: 1024 * 1024,
+      // The kernel enforces the owner and modes stat shows, so --allow-other opens the mount
+      // to exactly the users --uid, --gid, --file-mode and --dir-mode admit.
+      defaultPermissions: true,
+      allowOther: access.allowOther,
       // Our own retries are bounded; fuse-native's 15 s default would cut a slow fetch short.
       timeout: false,
     });

@@ -4,6 +4,7 @@
 
 import os from 'node:os';
 import path from 'node:path';
+import { AccessArgs, AccessOptions, parseAccess } from './access';
 import { UsageError } from './errors';
 import { Credentials, defaultEndpoint } from './store/credentials';
 import { formatSize, isPowerOfTwo, parseSize } from './units';
@@ -78,6 +79,8 @@ export interface MountOptions {
   readonly read: ReadOptions;
   readonly write: WriteOptions;
   readonly readOnly: boolean;
+  /** Who may use the mount, and the owner and modes `stat` shows. */
+  readonly access: AccessOptions;
   readonly logLevel: LogLevel;
   readonly maxTries: number;
   readonly tryTimeoutMs: number;
@@ -85,7 +88,7 @@ export interface MountOptions {
 }
 
 /** Flags as yargs hands them over (strings where the user typed sizes). */
-export interface MountArgs {
+export interface MountArgs extends AccessArgs {
   mountpoint: string;
   connectionString?: string | undefined;
   account?: string | undefined;
@@ -156,6 +159,9 @@ function credentials(args: MountArgs, env: NodeJS.ProcessEnv): Credentials | und
   return undefined;
 }
 
+/** The mounting user, the default owner of everything in the mount. */
+const self = (): { uid: number; gid: number } => ({ uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 });
+
 /** Validates flags into frozen MountOptions; throws UsageError with one line saying what to do. */
 export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = process.env): MountOptions {
   if (!args.mountpoint) throw new UsageError('give the mountpoint: blobdisk mount <mountpoint>');
@@ -216,6 +222,7 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
       pageBlobPatterns: Object.freeze([...patterns]),
     }),
     readOnly: args.readOnly ?? false,
+    access: parseAccess(args, self()),
     logLevel,
     maxTries: DEFAULTS.maxTries,
     tryTimeoutMs: DEFAULTS.tryTimeoutMs,

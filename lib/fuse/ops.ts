@@ -14,14 +14,19 @@ const O_ACCMODE = 3;
 const O_RDONLY = 0;
 const O_TRUNC = 0o1000;
 
+const WRITE_BITS = 0o222;
+
 export interface OpsOptions {
   readonly uid: number;
   readonly gid: number;
+  readonly fileMode: number;
+  readonly dirMode: number;
   readonly grainSize: number;
 }
 
 function toStat(a: Attributes, o: OpsOptions): Fuse.Stat {
-  const perm = a.type === 'dir' ? (a.writable ? 0o755 : 0o555) : a.writable ? 0o644 : 0o444;
+  const mode = a.type === 'dir' ? o.dirMode : o.fileMode;
+  const perm = a.writable ? mode : mode & ~WRITE_BITS;
   return {
     mode: (a.type === 'dir' ? S_IFDIR : S_IFREG) | perm,
     uid: o.uid,

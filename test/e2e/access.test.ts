@@ -1,0 +1,111 @@
+/* End to end: who may use a mount and what stat shows. Without --allow-other only the user
+ * who mounted gets in; with it, --uid, --gid, --file-mode and --dir-mode are what stat shows
+ * and what the kernel enforces (default_permissions), so another user (libvirt's QEMU runs
+ * as libvirt-qemu) reads and writes exactly as those allow. The other users here are
+ * Debian's `nobody` and `daemon`, driven with runuser. Needs root and /dev/fuse. */
+
+import type { ContainerClient } from '@azure/storage-blob';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { startAzurite, type RunningAzurite } from '../../lib/azurite';
+import { cliEnv, makeTempDir, removeTempDirs, runCli, sh, statOf, stopAllMounts, type RunResult } from '../support/mount';
+import { containerOn, freshCacheDir, mountOn, ok, sdkDownload, unmountClean } from '../support/write-helpers';
+
+const CONTAINER = 'access';
+
+let azurite: RunningAzurite;
+let container: ContainerClient;
+
+/** `cmd args` run as `user` (a child process through runuser). */
+const as = (user: string, cmd: string, args: string[]): Promise<RunResult> => sh('runuser', ['-u', user, '--', cmd, ...args]);
+
+/** A mountpoint other users can reach: makeTempDir's directories are 0700. */
+async function openMountpoint(): Promise<string> {
+  const dir = await makeTempDir('blobdisk-access-');
+  await fsp.chmod(dir, 0o755);
+  const mnt = path.join(dir, 'mnt');
+  await fsp.mkdir(mnt);
+  return mnt;
+}
+
+beforeAll(async () => {
+  azurite = await startAzurite({ inMemory: true });
+  container = await containerOn(azurite.connectionString, CONTAINER);
+  await container.getPageBlobClient('vms/disk.img').create(1024 * 1024);
+});
+
+afterAll(async () => {
+  await stopAllMounts();
+  await azurite?.stop();
+  await removeTempDirs();
+});
+
+it('keeps other users out without --allow-other, and shows the mounting user as owner', async () => {
+  const mount = await mountOn(azurite.connectionString, CONTAINER, await freshCacheDir(), [], { mnt: await openMountpoint() });
+  try {
+    const file = path.join(mount.mnt, 'vms/disk.img');
+    expect(await statOf(file, '%u %g %a')).toBe(`${process.getuid?.()} ${process.getgid?.()} 644`);
+    expect(await statOf(path.join(mount.mnt, 'vms'), '%a')).toBe('755');
+    const r = await as('nobody', 'ls', [mount.mnt]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/Permission denied/);
+  } finally {
+    await unmountClean(mount);
+  }
+});
+
+it('with --allow-other, owner and modes are what stat shows and what the kernel enforces', async () => {
+  const mount = await mountOn(
+    azurite.connectionString,
+    CONTAINER,
+    await freshCacheDir(),
+    ['--allow-other', '--uid', 'nobody', '--gid', 'nogroup', '--file-mode', '0640', '--dir-mode', '0750'],
+    { mnt: await openMountpoint() },
+  );
+  try {
+    const file = path.join(mount.mnt, 'vms/disk.img');
+    expect(await statOf(file, '%U %G %a')).toBe('nobody nogroup 640');
+    expect(await statOf(path.join(mount.mnt, 'vms'), '%U %G %a')).toBe('nobody nogroup 750');
+    // The owner writes and reads back; the write reaches Azure.
+    const src = path.join(await makeTempDir(), 'pattern');
+    await fsp.writeFile(src, Buffer.alloc(4096, 0x5a));
+    await fsp.chmod(path.dirname(src), 0o755);
+    await fsp.chmod(src, 0o644);
+    ok(await as('nobody', 'dd', [`if=${src}`, `of=${file}`, 'bs=4096', 'seek=8', 'conv=notrunc,fsync', 'oflag=direct', 'status=none']), 'dd as nobody');
+    const back = await as('nobody', 'sh', ['-c', `dd if="${file}" bs=4096 skip=8 count=1 status=none | od -An -tx1 | head -1`]);
+    expect(back.stdout.trim().split(/\s+/)[0]).toBe('5a');
+    // New files belong to the same owner.
+    ok(await as('nobody', 'truncate', ['-s', '1M', path.join(mount.mnt, 'vms/new.img')]), 'truncate as nobody');
+    expect(await statOf(path.join(mount.mnt, 'vms/new.img'), '%U %a %s')).toBe('nobody 640 1048576');
+    // A user outside owner and group gets nothing: 0750/0640 leave "other" without rights.
+    const denied = await as('daemon', 'ls', [path.join(mount.mnt, 'vms')]);
+    expect(denied.code).not.toBe(0);
+    expect(denied.stderr).toMatch(/Permission denied/);
+  } finally {
+    await unmountClean(mount);
+  }
+  const blob = await sdkDownload(container, 'vms/disk.img');
+  expect(blob.subarray(8 * 4096, 9 * 4096).equals(Buffer.alloc(4096, 0x5a))).toBe(true);
+});
+
+it('a read-only mount drops the write bits of the modes it was given', async () => {
+  const mount = await mountOn(azurite.connectionString, CONTAINER, await freshCacheDir(), ['--read-only', '--allow-other', '--file-mode', '0666', '--dir-mode', '0777'], {
+    mnt: await openMountpoint(),
+  });
+  try {
+    expect(await statOf(path.join(mount.mnt, 'vms/disk.img'), '%a')).toBe('444');
+    expect(await statOf(path.join(mount.mnt, 'vms'), '%a')).toBe('555');
+    const r = await as('nobody', 'sh', ['-c', `echo x > "${path.join(mount.mnt, 'vms/disk.img')}"`]);
+    expect(r.code).not.toBe(0);
+  } finally {
+    await unmountClean(mount);
+  }
+});
+
+it('refuses a malformed mode or an unknown user with one line, mounting nothing', async () => {
+  const mnt = await openMountpoint();
+  const r = await runCli(['mount', mnt, '--connection-string', azurite.connectionString, '--uid', 'no-such-user-here'], { env: cliEnv({}, await makeTempDir()) });
+  expect(r.code).toBe(1);
+  expect(r.stderr.trim()).toMatch(/^blobdisk: --uid "no-such-user-here" is neither a number nor a user of this machine; give e\.g\./);
+  expect(r.stderr.trim().split('\n')).toHaveLength(1);
+});
