@@ -23,7 +23,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../lib/azurite';
-import { DEFAULTS } from '../lib/options';
+import { DEFAULTS } from '../lib/config';
 import { sdkDownload, writePageBlob } from './azure';
 import { MB, MiB, cpuSeconds, dropCaches, machineBusySeconds, median, round, run, sha256File, sizeFlag, table, timedRead, waitQuiet, type QuietResult, type ReadResult } from './lib';
 import { Mount, countersBetween, type BlobdiskSettings, type StatusCounters } from './mounts';

@@ -4,17 +4,10 @@
  * group names resolve through /etc/passwd and /etc/group, read once before mounting. */
 
 import fs from 'node:fs';
+import type { AccessOptions } from './config';
 import { UsageError } from './errors';
 
-export interface AccessOptions {
-  /** Other users (libvirt's QEMU runs as libvirt-qemu) may use the mount. */
-  readonly allowOther: boolean;
-  readonly uid: number;
-  readonly gid: number;
-  /** Permission bits of files; write bits are dropped on a read-only mount. */
-  readonly fileMode: number;
-  readonly dirMode: number;
-}
+export type { AccessOptions };
 
 export const DEFAULT_FILE_MODE = 0o644;
 export const DEFAULT_DIR_MODE = 0o755;

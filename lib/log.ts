@@ -3,7 +3,7 @@
 
 import pino from 'pino';
 import pretty from 'pino-pretty';
-import { LogLevel } from './options';
+import { LogLevel } from './config';
 import { redact } from './redact';
 
 export interface Logger {

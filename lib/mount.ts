@@ -21,7 +21,7 @@ import { Images } from './image/registry';
 import { Logger } from './log';
 import { ImageCounters } from './metrics';
 import { Namespace } from './namespace/namespace';
-import { MountOptions } from './options';
+import { MountOptions } from './config';
 import { checkCacheDir, checkMountpoint, mountPoints } from './preflight';
 import { RunningAzurite, startAzurite } from './azurite';
 import { AzureStore } from './store/azure';

@@ -1,91 +1,18 @@
-/* Command-line flags become one frozen MountOptions here and nowhere else. Each layer
- * receives its own slice of it through its constructor; the defaults are exported
- * constants pinned by test/unit/options.test.ts. */
+/* Command-line flags become one frozen MountOptions (lib/config.ts) here and nowhere else.
+ * Each layer receives its own slice of it through its constructor. */
 
 import os from 'node:os';
 import path from 'node:path';
-import { AccessArgs, AccessOptions, parseAccess } from './access';
+import { AccessArgs, parseAccess } from './access';
+import { DEFAULTS, LOG_LEVELS, LogLevel, MountOptions, SyncMode } from './config';
 import { UsageError } from './errors';
 import { Credentials, defaultEndpoint } from './store/credentials';
 import { formatSize, isPowerOfTwo, parseSize } from './units';
 
-export const DEFAULTS = Object.freeze({
-  grainSize: 1024 * 1024,
-  cacheSize: 10 * 1024 ** 3,
-  /** Grains fetched ahead of a sequential reader, at most. */
-  readAheadGrains: 16,
-  /** Ranged GETs in flight per mount (demand reads may exceed it by their own count). */
-  fetchConcurrency: 8,
-  /** Largest single ranged GET: adjacent missing grains are fetched together up to this.
-   *  8 MiB rather than 4: each GET costs the server and this process far more than the
-   *  bytes it carries (against Azurite a cold read went from about 160 to 210 MB/s). */
-  maxFetchBytes: 8 * 1024 * 1024,
-  maxTries: 4,
-  tryTimeoutMs: 30_000,
-  /** How long directory listings and attributes are trusted before Azure is asked again. */
-  attrTtlMs: 5_000,
-  logLevel: 'info' as LogLevel,
-  /** The cache must hold at least this many grains. */
-  minCacheGrains: 4,
-  minGrainSize: 64 * 1024,
-  maxGrainSize: 64 * 1024 * 1024,
-  sync: 'local' as SyncMode,
-  /** Unmount gives up when nothing could be uploaded for this long. */
-  drainTimeoutMs: 60_000,
-  /** A write waits this long for room when the cache is full of data not yet uploaded. */
-  dirtyWaitMs: 30_000,
-  /** Dirty data waits this long before a background upload, so neighbouring writes coalesce. */
-  writeBackDelayMs: 500,
-  uploadConcurrency: 8,
-  pageBlobPatterns: Object.freeze(['*.img', '*.raw', '*.vhd', '*.vmdk', '*.qcow2', '*.vdi']) as readonly string[],
-});
-
-export type SyncMode = 'local' | 'cloud';
-
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
-export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error', 'silent'];
-
-export interface CacheOptions {
-  readonly dir: string;
-  readonly sizeBytes: number;
-  readonly grainSize: number;
-}
-
-export interface ReadOptions {
-  readonly readAheadGrains: number;
-  readonly fetchConcurrency: number;
-  readonly maxFetchBytes: number;
-}
-
-export interface WriteOptions {
-  /** What fsync waits for: the local disk, or Azure. */
-  readonly sync: SyncMode;
-  readonly drainTimeoutMs: number;
-  readonly dirtyWaitMs: number;
-  readonly writeBackDelayMs: number;
-  readonly uploadConcurrency: number;
-  /** New files whose name matches one of these globs become page blobs, others block blobs. */
-  readonly pageBlobPatterns: readonly string[];
-}
-
-export interface MountOptions {
-  readonly mountpoint: string;
-  /** Undefined: start the embedded Azurite. */
-  readonly credentials: Credentials | undefined;
-  /** Root is this container; undefined: root lists one directory per container. */
-  readonly container: string | undefined;
-  readonly dataDir: string;
-  readonly cache: CacheOptions;
-  readonly read: ReadOptions;
-  readonly write: WriteOptions;
-  readonly readOnly: boolean;
-  /** Who may use the mount, and the owner and modes `stat` shows. */
-  readonly access: AccessOptions;
-  readonly logLevel: LogLevel;
-  readonly maxTries: number;
-  readonly tryTimeoutMs: number;
-  readonly attrTtlMs: number;
-}
+// The configuration's types and defaults live in lib/config.ts; they are re-exported here
+// for the layers that still import them from the flag parser.
+export { DEFAULTS, LOG_LEVELS } from './config';
+export type { CacheOptions, LogLevel, MountOptions, ReadOptions, SyncMode, WriteOptions } from './config';
 
 /** Flags as yargs hands them over (strings where the user typed sizes). */
 export interface MountArgs extends AccessArgs {

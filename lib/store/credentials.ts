@@ -1,10 +1,9 @@
 /* How blobdisk reaches an account. Validated by lib/options.ts; consumed only by
  * lib/store/azure.ts. None of these values may ever be logged (see lib/redact.ts). */
 
-export type Credentials =
-  | { readonly kind: 'connectionString'; readonly connectionString: string }
-  | { readonly kind: 'accountKey'; readonly account: string; readonly accountKey: string; readonly endpoint: string }
-  | { readonly kind: 'sas'; readonly account: string; readonly sas: string; readonly endpoint: string };
+import type { Credentials } from '../config';
+
+export type { Credentials };
 
 export interface StoreOptions {
   readonly credentials: Credentials;

@@ -1,4 +1,5 @@
-import { DEFAULTS, parseMountOptions } from '../../lib/options';
+import { DEFAULTS } from '../../lib/config';
+import { parseMountOptions } from '../../lib/options';
 import { formatSize, isPowerOfTwo, parseSize } from '../../lib/units';
 
 describe('defaults', () => {
