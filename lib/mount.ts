@@ -4,7 +4,6 @@
  * kernel sees a mount, and whatever was started is stopped again when a later step fails,
  * so a refused mount leaves nothing behind. */
 
-import Fuse from 'fuse-native';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { checkAllowOther } from './access';
@@ -14,6 +13,7 @@ import { ControlServer, controlSocketPath } from './control';
 import { BlobdiskError, UsageError, isBlobdiskError } from './errors';
 import { createOperations } from './fuse/ops';
 import { Handles } from './fuse/handles';
+import { FuseSession } from './fuse/session';
 import { Flusher, FlushProgress } from './flusher/flusher';
 import { GrainMap } from './grainmap/grainmap';
 import { FetchBudget } from './image/image';
@@ -203,30 +203,8 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       { uid: access.uid, gid: access.gid, fileMode: access.fileMode, dirMode: access.dirMode, grainSize: options.cache.grainSize },
       log,
     );
-    const fuse = new Fuse(options.mountpoint, ops, {
-      // libfuse reads -o options from the joined string: this is how big_writes gets through.
-      fsname: 'blobdisk,big_writes',
-      subtype: 'blobdisk',
-      maxRead: 1024 * 1024,
-      // The kernel enforces the owner and modes stat shows, so --allow-other opens the mount
-      // to exactly the users --uid, --gid, --file-mode and --dir-mode admit.
-      defaultPermissions: true,
-      allowOther: access.allowOther,
-      // Our own retries are bounded; fuse-native's 15 s default would cut a slow fetch short.
-      timeout: false,
-    });
-    await new Promise<void>((resolve, reject) =>
-      fuse.mount((err) => (err ? reject(new UsageError(`cannot mount at ${options.mountpoint}: ${err.message}`)) : resolve())),
-    );
-    cleanup.push(
-      () =>
-        new Promise<void>((resolve) =>
-          fuse.unmount((err) => {
-            if (err) log.warn(`unmounting ${options.mountpoint}: ${err.message}`);
-            resolve();
-          }),
-        ),
-    );
+    const session = await FuseSession.mount(options.mountpoint, ops, { allowOther: access.allowOther }, log);
+    cleanup.push(() => session.unmount());
 
     const status = async (): Promise<MountStatus> => {
       const all = await images.all();
