@@ -204,7 +204,10 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       log,
     );
     const session = await FuseSession.mount(options.mountpoint, ops, { allowOther: access.allowOther }, log);
-    cleanup.push(() => session.unmount());
+    // After an outside unmount (umount, fusermount -u) the kernel has nothing left to let go.
+    cleanup.push(async () => {
+      if ((await mountPoints()).has(options.mountpoint)) await session.unmount();
+    });
 
     const status = async (): Promise<MountStatus> => {
       const all = await images.all();

@@ -4,6 +4,7 @@
 
 import yargs from 'yargs';
 import { UsageError, errorMessage, isBlobdiskError, isUsageError } from '../errors';
+import { GROUPS, MOUNT_FLAGS } from './flags';
 import { Io, say } from './io';
 
 // Each command's module is loaded when it runs: the Azure SDK alone takes most of a second
@@ -15,6 +16,34 @@ const commands = {
   status: (): typeof import('./status') => require('./status') as typeof import('./status'),
 };
 
+/** `blobdisk mount`'s flags from lib/cli/flags.ts, grouped as in the help, with examples. */
+function mountFlags<T>(y: yargs.Argv<T>) {
+  let out = y
+    .positional('mountpoint', { type: 'string', demandOption: true, describe: 'an existing, empty directory' })
+    .option('config', { type: 'string', describe: 'a YAML file of settings, named like these flags (also BLOBDISK_CONFIG)' })
+    .option('print-config', { type: 'boolean', describe: 'print the settings the mount would use (secrets masked) and exit' });
+  for (const f of MOUNT_FLAGS) {
+    out = out.option(f.name, {
+      type: f.type === 'array' ? 'string' : f.type,
+      ...(f.type === 'array' ? { array: true } : {}),
+      describe: f.describe,
+      ...(f.shown !== undefined ? { defaultDescription: f.shown } : {}),
+      ...(f.choices !== undefined ? { choices: [...f.choices] } : {}),
+    });
+  }
+  for (const group of GROUPS) {
+    const names = MOUNT_FLAGS.filter((f) => f.group === group).map((f) => f.name);
+    if (group === 'Running:') names.push('config', 'print-config');
+    if (names.length > 0) out = out.group(names, group);
+  }
+  return out
+    .epilogue('Every flag can also be set as BLOBDISK_<NAME> (e.g. BLOBDISK_CACHE_SIZE=20G) or in the --config file (cache-size: 20G); flags win over the environment, the environment over the file.')
+    .example('$0 mount /mnt/blobs', 'mount the embedded Azurite (no credentials given)')
+    .example('$0 mount /mnt/blobs --connection-string "$CONN" --container vms', 'one container of an Azure account as the root')
+    .example('$0 mount /mnt/blobs --allow-other --uid libvirt-qemu --gid libvirt-qemu', 'a mount libvirt guests can use')
+    .example('$0 mount /mnt/blobs --config /etc/blobdisk.yaml --print-config', 'show the settings a config file gives');
+}
+
 export async function main(argv: string[], io: Io = { stdout: process.stdout, stderr: process.stderr, env: process.env }): Promise<number> {
   let exitCode = 0;
   const run = (command: Promise<number>): Promise<void> => command.then((code) => void (exitCode = code));
@@ -24,37 +53,8 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
     .command(
       'mount <mountpoint>',
       'mount blobs at <mountpoint> (runs in the foreground; Ctrl-C unmounts)',
-      (y) =>
-        y
-          .positional('mountpoint', { type: 'string', demandOption: true, describe: 'an existing, empty directory' })
-          .option('connection-string', { type: 'string', describe: 'storage connection string (or env AZURE_STORAGE_CONNECTION_STRING)' })
-          .option('account', { type: 'string', describe: 'storage account name (with --account-key or --sas)' })
-          .option('account-key', { type: 'string', describe: 'account key' })
-          .option('sas', { type: 'string', describe: 'SAS token (account or container)' })
-          .option('endpoint', { type: 'string', describe: 'blob endpoint URL for --account (default https://NAME.blob.core.windows.net)' })
-          .option('container', { type: 'string', describe: 'mount this container as the root (default: one directory per container)' })
-          .option('data-dir', { type: 'string', describe: 'where blobdisk keeps its state (default ~/.local/share/blobdisk or $BLOBDISK_HOME)' })
-          .option('cache-dir', { type: 'string', describe: 'local grain cache (default DATA_DIR/cache)' })
-          .option('cache-size', { type: 'string', describe: 'cache bound, e.g. 10G (default 10G)' })
-          .option('grain-size', { type: 'string', describe: 'caching unit, a power of two, e.g. 1M (default 1M)' })
-          .option('read-ahead', { type: 'string', describe: 'how far to read ahead of a sequential reader, e.g. 16M (default 16 grains)' })
-          .option('read-only', { type: 'boolean', describe: 'refuse every change with EROFS' })
-          .option('allow-other', { type: 'boolean', describe: 'let other users (e.g. libvirt-qemu) use the mount, within --uid/--gid and the modes' })
-          .option('uid', { type: 'string', describe: 'owner of every file and directory, a user name or number (default: who mounts)' })
-          .option('gid', { type: 'string', describe: 'group of every file and directory, a group name or number (default: who mounts)' })
-          .option('file-mode', { type: 'string', describe: 'permission bits of files, octal (default 0644)' })
-          .option('dir-mode', { type: 'string', describe: 'permission bits of directories, octal (default 0755)' })
-          .option('sync', { type: 'string', choices: ['local', 'cloud'], describe: 'what fsync waits for: the local disk (default; uploaded later) or Azure' })
-          .option('write-back-delay', { type: 'number', describe: 'seconds written data waits before its background upload (default 0.5)' })
-          .option('dir-cache-time', { type: 'number', describe: 'seconds listings and attributes are trusted before Azure is asked again (default 5)' })
-          .option('drain-timeout', { type: 'number', describe: 'unmount gives up after this many seconds without upload progress (default 60)' })
-          .option('page-blob-pattern', {
-            type: 'string',
-            array: true,
-            describe: "new files matching these names become page blobs (default '*.img' '*.raw' '*.vhd' '*.vmdk' '*.qcow2' '*.vdi')",
-          })
-          .option('log-level', { type: 'string', choices: ['debug', 'info', 'warn', 'error', 'silent'], describe: 'default info' }),
-      (args) => run(commands.mount().mountCommand(args, io)),
+      (y) => mountFlags(y),
+      (args) => run(commands.mount().mountCommand(args, io, argv)),
     )
     .command(
       'unmount <mountpoint>',

@@ -142,7 +142,13 @@ export function flushCli(mount: RunningMount, file?: string, env?: NodeJS.Proces
 }
 
 /** Starts a mount of `container` on `connectionString` with cache `cacheDir` (and `more` flags). */
-export function mountOn(connectionString: string, container: string | undefined, cacheDir: string, more: readonly string[] = [], options: { mnt?: string } = {}): Promise<RunningMount> {
+export function mountOn(
+  connectionString: string,
+  container: string | undefined,
+  cacheDir: string,
+  more: readonly string[] = [],
+  options: { mnt?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<RunningMount> {
   return startMount(
     [
       '--connection-string', connectionString,
@@ -153,7 +159,7 @@ export function mountOn(connectionString: string, container: string | undefined,
       ...(more.includes('--drain-timeout') ? [] : ['--drain-timeout', '20']),
       ...more,
     ],
-    options.mnt !== undefined ? { mnt: options.mnt } : {},
+    { ...(options.mnt !== undefined ? { mnt: options.mnt } : {}), ...(options.env !== undefined ? { env: options.env } : {}) },
   );
 }
 
