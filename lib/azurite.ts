@@ -8,7 +8,8 @@
  * listens on port 0 and reports the port the kernel chose, so there is no race for a port. */
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { isAlive } from './pid';
 
@@ -24,6 +25,9 @@ export interface AzuriteOptions {
   readonly debugLog?: string;
   /** How long to wait for it to listen; default 30 s. */
   readonly startTimeoutMs?: number;
+  /** The account's key (base64); default the emulator's published one, which any local
+   *  user knows: the embedded default passes its own (see embeddedAccountKey). */
+  readonly accountKey?: string;
 }
 
 export interface RunningAzurite {
@@ -32,6 +36,7 @@ export interface RunningAzurite {
   readonly connectionString: string;
   readonly port: number;
   readonly pid: number;
+  readonly accountKey: string;
   /** SIGTERM, wait for the exit, SIGKILL after a timeout. Idempotent. */
   stop(): Promise<void>;
 }
@@ -69,8 +74,22 @@ function azuriteBlobMain(): string {
   return path.join(path.dirname(pkgPath), rel);
 }
 
-function connectionStringFor(endpoint: string): string {
-  return `DefaultEndpointsProtocol=http;AccountName=${AZURITE_ACCOUNT};AccountKey=${AZURITE_KEY};BlobEndpoint=${endpoint};`;
+function connectionStringFor(endpoint: string, key: string): string {
+  return `DefaultEndpointsProtocol=http;AccountName=${AZURITE_ACCOUNT};AccountKey=${key};BlobEndpoint=${endpoint};`;
+}
+
+/** The embedded Azurite's account key for the data in `location`: made at random the first
+ *  time (64 bytes, as Azure's own keys) and kept beside the data, readable by its owner only,
+ *  so no other local user can reach the blobs with the emulator's published key. */
+export async function embeddedAccountKey(location: string): Promise<string> {
+  await mkdir(location, { recursive: true, mode: 0o700 });
+  const file = path.join(location, 'account-key');
+  const kept = (await readFile(file, 'utf8').catch(() => '')).trim();
+  if (/^[A-Za-z0-9+/]{86}==$/.test(kept)) return kept;
+  const key = randomBytes(64).toString('base64');
+  await writeFile(file, `${key}\n`, { mode: 0o600 });
+  await chmod(file, 0o600);
+  return key;
 }
 
 function tail(s: string): string {
@@ -119,6 +138,7 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Runnin
   else if (options.location !== undefined) args.push('--location', options.location);
   else throw new Error('startAzurite needs a data directory (location) or inMemory');
   if (options.debugLog !== undefined) args.push('--debug', options.debugLog);
+  const key = options.accountKey ?? AZURITE_KEY;
   const pidFile = options.inMemory !== true && options.location !== undefined ? path.join(options.location, 'azurite.pid') : undefined;
   if (options.inMemory !== true && options.location !== undefined) await mkdir(options.location, { recursive: true });
   if (pidFile !== undefined) await waitForPreviousAzurite(pidFile, STOP_TIMEOUT_MS * 2);
@@ -130,6 +150,8 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Runnin
     detached: true,
     // Azurite writes stray files into its working directory; keep them with its data.
     cwd: options.inMemory === true ? process.cwd() : options.location,
+    // Azurite serves exactly the accounts named here: the published key no longer works.
+    env: { ...process.env, AZURITE_ACCOUNTS: `${AZURITE_ACCOUNT}:${key}` },
   });
   let out = '';
   let err = '';
@@ -179,9 +201,10 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Runnin
   let stopped: Promise<void> | undefined;
   return {
     endpoint,
-    connectionString: connectionStringFor(endpoint),
+    connectionString: connectionStringFor(endpoint, key),
     port,
     pid: child.pid ?? -1,
+    accountKey: key,
     stop(): Promise<void> {
       stopped ??= (async () => {
         if (child.exitCode !== null || child.signalCode !== null) return;

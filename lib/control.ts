@@ -5,9 +5,8 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
-import { errorMessage } from './errors';
+import { UsageError, errorMessage } from './errors';
 
 export interface ControlRequest {
   readonly op: string;
@@ -18,11 +17,43 @@ export type ControlReply = { readonly progress: unknown } | { readonly result: u
 
 export type ControlHandler = (request: ControlRequest, progress: (p: unknown) => void) => Promise<unknown>;
 
-export function controlSocketPath(mountpoint: string, env: NodeJS.ProcessEnv = process.env): string {
-  const base = env.XDG_RUNTIME_DIR || os.tmpdir();
-  const uid = typeof process.getuid === 'function' ? process.getuid() : 0;
+/** The directory of this user's control sockets: the same for every command of the same user,
+ *  whatever its environment (no XDG_RUNTIME_DIR, no TMPDIR), so `blobdisk unmount` from a
+ *  shell finds the mount a service started. */
+export function controlDir(uid: number = process.getuid?.() ?? 0): string {
+  return uid === 0 ? '/run/blobdisk' : `/tmp/blobdisk-${uid}`;
+}
+
+export function controlSocketPath(mountpoint: string, dir: string = controlDir()): string {
   const hash = crypto.createHash('sha256').update(path.resolve(mountpoint)).digest('hex').slice(0, 24);
-  return path.join(base, `blobdisk-${uid}`, `${hash}.sock`);
+  return path.join(dir, `${hash}.sock`);
+}
+
+/** The pid file beside a mount's control socket: who serves the mount. */
+export function controlPidPath(socketPath: string): string {
+  return socketPath.replace(/\.sock$/, '.pid');
+}
+
+/** Refuses a control directory another user could have made or can write into: its socket
+ *  could then answer `blobdisk flush` with a false "everything is in Azure". */
+export function checkControlDir(dir: string, uid: number = process.getuid?.() ?? 0): void {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw e;
+  }
+  const why = !st.isDirectory()
+    ? 'is not a directory'
+    : st.uid !== uid
+      ? `belongs to uid ${st.uid}, not to you (uid ${uid})`
+      : (st.mode & 0o077) !== 0
+        ? `is open to other users (mode 0${(st.mode & 0o777).toString(8)})`
+        : undefined;
+  if (why !== undefined) {
+    throw new UsageError(`the control directory ${dir} ${why}; someone else may have made it: remove it (rm -r ${dir}) and try again`);
+  }
 }
 
 export class ControlServer {
@@ -32,7 +63,9 @@ export class ControlServer {
   ) {}
 
   static async listen(socketPath: string, handler: ControlHandler): Promise<ControlServer> {
+    checkControlDir(path.dirname(socketPath));
     fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
+    checkControlDir(path.dirname(socketPath));
     fs.rmSync(socketPath, { force: true });
     const server = net.createServer((socket) => {
       let buffered = '';
@@ -66,12 +99,14 @@ export class ControlServer {
       server.listen(socketPath, () => resolve());
     });
     fs.chmodSync(socketPath, 0o600);
+    fs.writeFileSync(controlPidPath(socketPath), `${process.pid}\n`, { mode: 0o600 });
     return new ControlServer(server, socketPath);
   }
 
   /** Stops listening and waits (a few seconds at most) for open requests to be answered. */
   async close(): Promise<void> {
     fs.rmSync(this.socketPath, { force: true });
+    fs.rmSync(controlPidPath(this.socketPath), { force: true });
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, 5_000);
       this.server.close(() => {
@@ -85,8 +120,14 @@ export class ControlServer {
 /** Sends one request to the mount at `mountpoint`; `onProgress` sees progress lines.
  *  Rejects with ENOENT/ECONNREFUSED (as NodeJS errors) when no mount answers there. */
 export function controlRequest(mountpoint: string, request: ControlRequest, onProgress: (p: unknown) => void = () => undefined): Promise<unknown> {
+  const socketPath = controlSocketPath(mountpoint);
+  try {
+    checkControlDir(path.dirname(socketPath));
+  } catch (e) {
+    return Promise.reject(e);
+  }
   return new Promise((resolve, reject) => {
-    const socket = net.connect(controlSocketPath(mountpoint));
+    const socket = net.connect(socketPath);
     let buffered = '';
     let settled = false;
     socket.setEncoding('utf8');

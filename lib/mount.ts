@@ -22,8 +22,8 @@ import { Logger } from './log';
 import { ImageCounters } from './metrics';
 import { Namespace } from './namespace/namespace';
 import { MountOptions } from './config';
-import { checkCacheDir, checkMountpoint, mountPoints } from './preflight';
-import { RunningAzurite, startAzurite } from './azurite';
+import { checkCacheDir, checkMountpoint, mountPoints, openToOthers } from './preflight';
+import { RunningAzurite, embeddedAccountKey, startAzurite } from './azurite';
 import { AzureStore } from './store/azure';
 import { Credentials, accountOf } from './store/credentials';
 import { BlobStore } from './store/types';
@@ -122,6 +122,10 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
   try {
     await checkMountpoint(options.mountpoint);
     checkAllowOther(options.access, process.getuid?.() ?? 0, await fsp.readFile('/etc/fuse.conf', 'utf8').catch(() => ''));
+    for (const dir of [options.dataDir, options.cache.dir]) {
+      const warning = await openToOthers(dir);
+      if (warning !== undefined) log.warn(warning);
+    }
     await checkCacheDir(options.cache.dir, 4 * options.cache.grainSize);
     const lock = CacheLock.acquire(options.cache.dir, options.mountpoint);
     cleanup.push(() => lock.release());
@@ -130,7 +134,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     let where: string;
     if (credentials === undefined) {
       const location = path.join(options.dataDir, 'azurite');
-      const azurite: RunningAzurite = await startAzurite({ location });
+      const azurite: RunningAzurite = await startAzurite({ location, accountKey: await embeddedAccountKey(location) });
       cleanup.push(() => azurite.stop());
       credentials = { kind: 'connectionString', connectionString: azurite.connectionString };
       where = 'the embedded Azurite';

@@ -1,6 +1,7 @@
 /* Command-line flags become one frozen MountOptions (lib/config.ts) here and nowhere else.
  * Each layer receives its own slice of it through its constructor. */
 
+import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AccessArgs, parseAccess } from './access';
@@ -20,6 +21,7 @@ export interface MountArgs extends AccessArgs {
   connectionString?: string | undefined;
   account?: string | undefined;
   accountKey?: string | undefined;
+  accountKeyFile?: string | undefined;
   sas?: string | undefined;
   endpoint?: string | undefined;
   container?: string | undefined;
@@ -59,27 +61,53 @@ function size(flag: string, text: string | undefined, fallback: number): number 
   return bytes;
 }
 
+/** The account key of --account-key-file: the file's first line. */
+function keyFromFile(file: string): string {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new UsageError(`cannot read --account-key-file ${file} (${(e as NodeJS.ErrnoException).code ?? 'error'}); give a file holding the account key`);
+  }
+  const key = text.split('\n')[0]?.trim() ?? '';
+  if (key === '') throw new UsageError(`--account-key-file ${file} is empty; put the account key on its first line`);
+  return key;
+}
+
+/** Credentials from the flags (or their BLOBDISK_* and --config forms), else from the Azure
+ *  CLI's variables: AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with
+ *  AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN. Undefined: none at all. */
 function credentials(args: MountArgs, env: NodeJS.ProcessEnv): Credentials | undefined {
-  const connectionString = args.connectionString ?? env.AZURE_STORAGE_CONNECTION_STRING;
-  if (args.account !== undefined) {
+  const given = args.account !== undefined || args.connectionString !== undefined;
+  const fromEnv = !given && !env.AZURE_STORAGE_CONNECTION_STRING && env.AZURE_STORAGE_ACCOUNT ? env : undefined;
+  const account = args.account ?? fromEnv?.AZURE_STORAGE_ACCOUNT;
+  if (args.accountKey !== undefined && args.accountKeyFile !== undefined) {
+    throw new UsageError('give either --account-key or --account-key-file, not both');
+  }
+  const accountKey = args.accountKey ?? (args.accountKeyFile !== undefined ? keyFromFile(args.accountKeyFile) : undefined) ?? (account !== undefined ? fromEnv?.AZURE_STORAGE_KEY || undefined : undefined);
+  const sas = args.sas ?? (account !== undefined && accountKey === undefined ? fromEnv?.AZURE_STORAGE_SAS_TOKEN || undefined : undefined);
+  if (account !== undefined) {
     if (args.connectionString !== undefined) {
       throw new UsageError('give either --connection-string or --account with --account-key/--sas, not both');
     }
-    if ((args.accountKey === undefined) === (args.sas === undefined)) {
-      throw new UsageError('--account needs exactly one of --account-key or --sas');
+    if ((accountKey === undefined) === (sas === undefined)) {
+      throw new UsageError(
+        fromEnv !== undefined
+          ? 'AZURE_STORAGE_ACCOUNT needs exactly one of AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN'
+          : '--account needs exactly one of --account-key, --account-key-file or --sas',
+      );
     }
-    if (!/^[a-z0-9]{3,24}$/.test(args.account) && args.endpoint === undefined) {
-      throw new UsageError(`--account ${JSON.stringify(args.account)} is not a storage account name (3-24 lowercase letters and digits)`);
+    if (!/^[a-z0-9]{3,24}$/.test(account) && args.endpoint === undefined) {
+      throw new UsageError(`--account ${JSON.stringify(account)} is not a storage account name (3-24 lowercase letters and digits)`);
     }
-    const endpoint = args.endpoint ?? defaultEndpoint(args.account);
-    if (args.accountKey !== undefined) {
-      return { kind: 'accountKey', account: args.account, accountKey: args.accountKey, endpoint };
-    }
-    return { kind: 'sas', account: args.account, sas: (args.sas ?? '').replace(/^\?/, ''), endpoint };
+    const endpoint = args.endpoint ?? defaultEndpoint(account);
+    if (accountKey !== undefined) return { kind: 'accountKey', account, accountKey, endpoint };
+    return { kind: 'sas', account, sas: (sas ?? '').replace(/^\?/, ''), endpoint };
   }
-  if (args.accountKey !== undefined || args.sas !== undefined) {
-    throw new UsageError('--account-key and --sas need --account NAME');
+  if (accountKey !== undefined || sas !== undefined) {
+    throw new UsageError('--account-key, --account-key-file and --sas need --account NAME');
   }
+  const connectionString = args.connectionString ?? env.AZURE_STORAGE_CONNECTION_STRING;
   if (connectionString !== undefined && connectionString !== '') {
     return { kind: 'connectionString', connectionString };
   }

@@ -47,7 +47,7 @@ export async function checkMountpoint(mountpoint: string): Promise<void> {
 
 export async function checkCacheDir(dir: string, minBytes: number): Promise<void> {
   try {
-    await fsp.mkdir(dir, { recursive: true });
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
     const probe = path.join(dir, `.probe-${process.pid}`);
     await fsp.writeFile(probe, 'blobdisk');
     await fsp.rm(probe);
@@ -60,4 +60,12 @@ export async function checkCacheDir(dir: string, minBytes: number): Promise<void
   if (free < minBytes) {
     throw new UsageError(`cache directory ${dir} has only ${formatSize(free)} free; blobdisk needs at least ${formatSize(minBytes)} there (free space, or give another --cache-dir)`);
   }
+}
+
+/** A warning when an existing directory of blobdisk's (the cache, the data dir) is open to
+ *  other users: the grain files hold the disks' data. */
+export async function openToOthers(dir: string): Promise<string | undefined> {
+  const st = await fsp.stat(dir).catch(() => undefined);
+  if (st === undefined || (st.mode & 0o077) === 0) return undefined;
+  return `${dir} can be read by other users (mode 0${(st.mode & 0o777).toString(8)}); blobdisk keeps disk data there: chmod 700 ${dir}`;
 }

@@ -10,6 +10,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { UsageError } from '../errors';
 import { Io, say } from './io';
+import { splitSecrets } from './secrets';
 
 /** Set in the child's environment: it must mount in the foreground and report to the parent. */
 export const DAEMON_CHILD_ENV = 'BLOBDISK_DAEMON_CHILD';
@@ -66,11 +67,12 @@ export async function detach(argv: readonly string[], logFile: string, io: Io): 
     throw new UsageError(`cannot write the log file ${logFile} (${(e as NodeJS.ErrnoException).code ?? 'error'}); give --log-file a path you can write`);
   }
   const from = fs.fstatSync(log).size;
-  const args = argv.filter((a) => a !== '--daemon' && !a.startsWith('--daemon='));
+  // Secrets travel in the child's environment, never on its command line.
+  const { args, env } = splitSecrets(argv.filter((a) => a !== '--daemon' && !a.startsWith('--daemon=')));
   const child = spawn(process.execPath, [CLI, ...args], {
     detached: true,
     stdio: ['ignore', log, log, 'ipc'],
-    env: { ...io.env, [DAEMON_CHILD_ENV]: '1' },
+    env: { ...io.env, ...env, [DAEMON_CHILD_ENV]: '1' },
   });
   fs.closeSync(log);
   const outcome = await new Promise<{ ready: string } | { exit: number | null } | 'timeout'>((resolve) => {

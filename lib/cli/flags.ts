@@ -29,8 +29,9 @@ const oct = (mode: number): string => `0${mode.toString(8)}`;
 export const MOUNT_FLAGS: readonly Flag[] = [
   { name: 'connection-string', type: 'string', group: 'Azure:', describe: 'storage connection string (also AZURE_STORAGE_CONNECTION_STRING)', secret: true },
   { name: 'account', type: 'string', group: 'Azure:', describe: 'storage account name, with --account-key or --sas' },
-  { name: 'account-key', type: 'string', group: 'Azure:', describe: 'the account key', secret: true },
-  { name: 'sas', type: 'string', group: 'Azure:', describe: 'a SAS token (account or container)', secret: true },
+  { name: 'account-key', type: 'string', group: 'Azure:', describe: 'the account key (also AZURE_STORAGE_KEY with AZURE_STORAGE_ACCOUNT)', secret: true },
+  { name: 'account-key-file', type: 'string', group: 'Azure:', describe: 'a file holding the account key, kept out of the command line' },
+  { name: 'sas', type: 'string', group: 'Azure:', describe: 'a SAS token, account or container (also AZURE_STORAGE_SAS_TOKEN)', secret: true },
   { name: 'endpoint', type: 'string', group: 'Azure:', describe: 'blob endpoint URL for --account', shown: 'https://ACCOUNT.blob.core.windows.net' },
   { name: 'container', type: 'string', group: 'Azure:', describe: 'mount this container as the root', shown: 'one directory per container' },
   { name: 'data-dir', type: 'string', group: 'Cache:', describe: "blobdisk's state and the embedded Azurite's data", shown: '~/.local/share/blobdisk or $BLOBDISK_HOME' },

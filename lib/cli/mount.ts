@@ -12,6 +12,7 @@ import { Io, say } from './io';
 import { printConfig } from './print-config';
 import { uploadProgress } from './progress';
 import { RunSettings, detach, isDaemonChild, removePidFile, reportReady } from './daemon';
+import { hideSecretsFromCommandLine } from './secrets';
 import { mergeSettings, parseConfigFile } from './settings';
 
 /** The command line of `blobdisk mount` as yargs hands it over. */
@@ -35,6 +36,10 @@ async function configFile(args: MountCommandArgs, io: Io): Promise<ReturnType<ty
 }
 
 export async function mountCommand(args: MountCommandArgs, io: Io, argv: readonly string[] = []): Promise<number> {
+  // Everything a mount creates (cache, grain map, grain files, the embedded Azurite's data,
+  // logs) holds disk data or secrets: readable by its owner only, whatever the umask was.
+  process.umask(0o077);
+  hideSecretsFromCommandLine(argv);
   const settings = mergeSettings(args, io.env, await configFile(args, io));
   const options = parseMountOptions(settings, io.env);
   const child = isDaemonChild(io.env);

@@ -1,12 +1,15 @@
 /* `blobdisk unmount <mountpoint>`: asks the mount through its control socket to unmount
  * and waits until it has. A mount whose process is gone (kill -9) is cleared with
- * fusermount -u. */
+ * fusermount -u; one whose process lives but does not answer is left alone, with the
+ * command that stops it. */
 
 import { execFile } from 'node:child_process';
+import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { controlRequest } from '../control';
+import { controlPidPath, controlRequest, controlSocketPath } from '../control';
 import { UsageError, errorMessage } from '../errors';
+import { isAlive } from '../pid';
 import { mountPoints } from '../preflight';
 import { FlushProgress } from '../flusher/flusher';
 import { DrainResult } from '../mount';
@@ -25,6 +28,21 @@ async function waitUntilUnmounted(mountpoint: string, ms: number): Promise<boole
   return false;
 }
 
+/** The live process that serves `mountpoint`: the one its control pid file names, or one whose
+ *  command line is `blobdisk mount <mountpoint>`. */
+async function mountProcess(mountpoint: string): Promise<number | undefined> {
+  const pattern = new RegExp(`blobdisk.* mount ${mountpoint.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}( |$)`);
+  const serves = async (pid: number): Promise<boolean> =>
+    pid !== process.pid && isAlive(pid) && pattern.test((await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0').join(' ').trim());
+  // The pid file first; its pid may since belong to another program, hence the command line.
+  const recorded = Number((await fsp.readFile(controlPidPath(controlSocketPath(mountpoint)), 'utf8').catch(() => '')).trim());
+  if (Number.isInteger(recorded) && recorded > 0 && (await serves(recorded))) return recorded;
+  for (const entry of await fsp.readdir('/proc')) {
+    if (/^\d+$/.test(entry) && (await serves(Number(entry)))) return Number(entry);
+  }
+  return undefined;
+}
+
 export async function unmountCommand(target: string, io: Io): Promise<number> {
   const mountpoint = path.resolve(target);
   const progress = uploadProgress(io, 'draining');
@@ -37,6 +55,13 @@ export async function unmountCommand(target: string, io: Io): Promise<number> {
     const type = (await mountPoints()).get(mountpoint);
     if (type === undefined) throw new UsageError(`nothing is mounted at ${mountpoint}`);
     if (!type.startsWith('fuse')) throw new UsageError(`${mountpoint} is a ${type} mount, not blobdisk; use umount`);
+    const owner = await mountProcess(mountpoint);
+    if (owner !== undefined) {
+      // Never pull a live mount from under its process: it may hold data not yet uploaded.
+      throw new UsageError(
+        `the blobdisk process ${owner} serving ${mountpoint} does not answer on its control socket; stop it with kill ${owner} (it uploads what is dirty first), then run blobdisk unmount again`,
+      );
+    }
     // The blobdisk process is gone: clear the dead mount; its cache keeps whatever was dirty.
     await promisify(execFile)('fusermount', ['-u', mountpoint]).catch(() => promisify(execFile)('fusermount', ['-uz', mountpoint]));
     say(io, `cleared ${mountpoint}: its blobdisk process was gone`);

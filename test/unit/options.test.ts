@@ -1,3 +1,6 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { DEFAULTS } from '../../lib/config';
 import { parseMountOptions } from '../../lib/options';
 import { formatSize, isPowerOfTwo, parseSize } from '../../lib/units';
@@ -80,8 +83,10 @@ describe('parseMountOptions', () => {
     [{ cacheSize: '2M' }, /--cache-size 2M is smaller than 4 grains \(4 MiB\)/],
     [{ cacheSize: 'lots' }, /--cache-size "lots" is not a size/],
     [{ container: 'Bad_Name' }, /is not a container name/],
-    [{ account: 'acct1' }, /--account needs exactly one of --account-key or --sas/],
-    [{ accountKey: 'k' }, /--account-key and --sas need --account NAME/],
+    [{ account: 'acct1' }, /--account needs exactly one of --account-key, --account-key-file or --sas/],
+    [{ accountKey: 'k' }, /--account-key, --account-key-file and --sas need --account NAME/],
+    [{ account: 'acct1', accountKey: 'k', accountKeyFile: '/k' }, /either --account-key or --account-key-file, not both/],
+    [{ account: 'acct1', accountKeyFile: '/no/such/key/file' }, /cannot read --account-key-file \/no\/such\/key\/file \(ENOENT\)/],
     [{ account: 'acct1', accountKey: 'k', connectionString: 'x' }, /not both/],
     [{ logLevel: 'loud' }, /--log-level must be one of/],
     [{ sync: 'sometimes' }, /--sync must be local .* or cloud/],
@@ -97,6 +102,29 @@ describe('parseMountOptions', () => {
       throw new Error('expected a failure');
     } catch (e) {
       expect((e as Error).message).not.toContain(key);
+    }
+  });
+  it('takes the Azure CLI variables when no flag names an account', () => {
+    const env = { AZURE_STORAGE_ACCOUNT: 'acct2', AZURE_STORAGE_KEY: 'a2V5', AZURE_STORAGE_SAS_TOKEN: 'sv=1&sig=s' };
+    expect(parseMountOptions({ mountpoint: 'm' }, env).credentials).toEqual({ kind: 'accountKey', account: 'acct2', accountKey: 'a2V5', endpoint: 'https://acct2.blob.core.windows.net' });
+    expect(parseMountOptions({ mountpoint: 'm' }, { AZURE_STORAGE_ACCOUNT: 'acct2', AZURE_STORAGE_SAS_TOKEN: '?sv=1&sig=s' }).credentials).toEqual({
+      kind: 'sas',
+      account: 'acct2',
+      sas: 'sv=1&sig=s',
+      endpoint: 'https://acct2.blob.core.windows.net',
+    });
+    // A flag naming the account, or a connection string, wins over them.
+    expect(parseMountOptions({ mountpoint: 'm', connectionString: 'AccountName=x;AccountKey=y' }, env).credentials?.kind).toBe('connectionString');
+    expect(parseMountOptions({ mountpoint: 'm' }, { ...env, AZURE_STORAGE_CONNECTION_STRING: 'AccountName=x;AccountKey=y' }).credentials?.kind).toBe('connectionString');
+    expect(() => parseMountOptions({ mountpoint: 'm' }, { AZURE_STORAGE_ACCOUNT: 'acct2' })).toThrow(/AZURE_STORAGE_ACCOUNT needs exactly one of AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN/);
+  });
+  it('reads --account-key-file', () => {
+    const file = path.join(os.tmpdir(), `blobdisk-key-${process.pid}`);
+    fs.writeFileSync(file, 'a2V5LWZyb20tZmlsZQ==\n', { mode: 0o600 });
+    try {
+      expect(parseMountOptions({ mountpoint: 'm', account: 'acct1', accountKeyFile: file }, env).credentials).toMatchObject({ kind: 'accountKey', accountKey: 'a2V5LWZyb20tZmlsZQ==' });
+    } finally {
+      fs.rmSync(file);
     }
   });
 });
