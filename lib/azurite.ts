@@ -28,6 +28,9 @@ export interface AzuriteOptions {
   /** The account's key (base64); default the emulator's published one, which any local
    *  user knows: the embedded default passes its own (see embeddedAccountKey). */
   readonly accountKey?: string;
+  /** Serve HTTPS with this certificate and key (PEM files), and accept Microsoft Entra ID
+   *  bearer tokens (Azurite's basic OAuth: issuer, audience and lifetime are checked). */
+  readonly tls?: { readonly cert: string; readonly key: string };
 }
 
 export interface RunningAzurite {
@@ -75,7 +78,7 @@ function azuriteBlobMain(): string {
 }
 
 function connectionStringFor(endpoint: string, key: string): string {
-  return `DefaultEndpointsProtocol=http;AccountName=${AZURITE_ACCOUNT};AccountKey=${key};BlobEndpoint=${endpoint};`;
+  return `DefaultEndpointsProtocol=${endpoint.startsWith('https:') ? 'https' : 'http'};AccountName=${AZURITE_ACCOUNT};AccountKey=${key};BlobEndpoint=${endpoint};`;
 }
 
 /** The embedded Azurite's account key for the data in `location`: made at random the first
@@ -138,6 +141,7 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Runnin
   else if (options.location !== undefined) args.push('--location', options.location);
   else throw new Error('startAzurite needs a data directory (location) or inMemory');
   if (options.debugLog !== undefined) args.push('--debug', options.debugLog);
+  if (options.tls !== undefined) args.push('--cert', options.tls.cert, '--key', options.tls.key, '--oauth', 'basic');
   const key = options.accountKey ?? AZURITE_KEY;
   const pidFile = options.inMemory !== true && options.location !== undefined ? path.join(options.location, 'azurite.pid') : undefined;
   if (options.inMemory !== true && options.location !== undefined) await mkdir(options.location, { recursive: true });
@@ -197,7 +201,7 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Runnin
   child.stdout?.on('data', () => undefined);
   if (pidFile !== undefined && child.pid !== undefined) await writeFile(pidFile, String(child.pid));
 
-  const endpoint = `http://${host}:${port}/${AZURITE_ACCOUNT}`;
+  const endpoint = `${options.tls !== undefined ? 'https' : 'http'}://${host}:${port}/${AZURITE_ACCOUNT}`;
   let stopped: Promise<void> | undefined;
   return {
     endpoint,

@@ -7,7 +7,14 @@
 export type Credentials =
   | { readonly kind: 'connectionString'; readonly connectionString: string }
   | { readonly kind: 'accountKey'; readonly account: string; readonly accountKey: string; readonly endpoint: string }
-  | { readonly kind: 'sas'; readonly account: string; readonly sas: string; readonly endpoint: string };
+  | { readonly kind: 'sas'; readonly account: string; readonly sas: string; readonly endpoint: string }
+  /** Microsoft Entra ID through DefaultAzureCredential: a service principal or workload
+   *  identity from the environment, a managed identity, or the Azure CLI's login. */
+  | { readonly kind: 'entra'; readonly account: string; readonly endpoint: string };
+
+/** How a mount signs in, as --auth names it. */
+export type AuthMode = 'connection-string' | 'key' | 'sas' | 'entra';
+export const AUTH_MODES: readonly AuthMode[] = ['connection-string', 'key', 'sas', 'entra'];
 
 export const DEFAULTS = Object.freeze({
   grainSize: 1024 * 1024,

@@ -99,7 +99,8 @@ function accessError(e: unknown, options: MountOptions, where: string): Error {
     case 'ENOENT':
       return new UsageError(`container ${options.container ?? '?'} does not exist in ${where}; create it, or leave out --container to see all containers`);
     case 'EACCES':
-      return new UsageError(`Azure refused the credentials for ${where} (403); check the account key, SAS or connection string`);
+      // The store's reason names what to fix: the key, a SAS permission, a role, the sign-in.
+      return new UsageError(`Azure refused ${where}: ${e.message.replace(/^\S+ failed: /, '')}`);
     case 'EINVAL':
       return new UsageError(`${e.message}`);
     default:

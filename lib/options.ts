@@ -5,9 +5,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AccessArgs, parseAccess } from './access';
-import { DEFAULTS, LOG_LEVELS, LogLevel, MountOptions, SyncMode } from './config';
+import { AUTH_MODES, AuthMode, DEFAULTS, LOG_LEVELS, LogLevel, MountOptions, SyncMode } from './config';
 import { UsageError } from './errors';
-import { Credentials, defaultEndpoint } from './store/credentials';
+import { Credentials, defaultEndpoint, sasProblem } from './store/credentials';
 import { formatSize, isPowerOfTwo, parseSize } from './units';
 
 // The configuration's types and defaults live in lib/config.ts; they are re-exported here
@@ -22,6 +22,7 @@ export interface MountArgs extends AccessArgs {
   account?: string | undefined;
   accountKey?: string | undefined;
   accountKeyFile?: string | undefined;
+  auth?: string | undefined;
   sas?: string | undefined;
   endpoint?: string | undefined;
   container?: string | undefined;
@@ -76,16 +77,30 @@ function keyFromFile(file: string): string {
 
 /** Credentials from the flags (or their BLOBDISK_* and --config forms), else from the Azure
  *  CLI's variables: AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with
- *  AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN. Undefined: none at all. */
+ *  AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN or AZURE_STORAGE_AUTH_MODE=login (Entra ID).
+ *  Undefined: none at all. */
 function credentials(args: MountArgs, env: NodeJS.ProcessEnv): Credentials | undefined {
   const given = args.account !== undefined || args.connectionString !== undefined;
   const fromEnv = !given && !env.AZURE_STORAGE_CONNECTION_STRING && env.AZURE_STORAGE_ACCOUNT ? env : undefined;
   const account = args.account ?? fromEnv?.AZURE_STORAGE_ACCOUNT;
+  if (args.auth !== undefined && !AUTH_MODES.includes(args.auth as AuthMode)) {
+    throw new UsageError(`--auth must be one of ${AUTH_MODES.join(', ')}`);
+  }
+  const auth = (args.auth as AuthMode | undefined) ?? (fromEnv?.AZURE_STORAGE_AUTH_MODE === 'login' ? 'entra' : undefined);
   if (args.accountKey !== undefined && args.accountKeyFile !== undefined) {
     throw new UsageError('give either --account-key or --account-key-file, not both');
   }
+  if (auth === 'entra') {
+    if (args.accountKey !== undefined || args.accountKeyFile !== undefined || args.sas !== undefined || args.connectionString !== undefined) {
+      throw new UsageError('--auth entra signs in with Microsoft Entra ID; leave out --account-key, --account-key-file, --sas and --connection-string');
+    }
+    if (account === undefined) throw new UsageError('--auth entra needs the storage account: --account NAME (or AZURE_STORAGE_ACCOUNT)');
+    checkAccountName(account, args.endpoint);
+    return { kind: 'entra', account, endpoint: args.endpoint ?? defaultEndpoint(account) };
+  }
   const accountKey = args.accountKey ?? (args.accountKeyFile !== undefined ? keyFromFile(args.accountKeyFile) : undefined) ?? (account !== undefined ? fromEnv?.AZURE_STORAGE_KEY || undefined : undefined);
   const sas = args.sas ?? (account !== undefined && accountKey === undefined ? fromEnv?.AZURE_STORAGE_SAS_TOKEN || undefined : undefined);
+  let out: Credentials | undefined;
   if (account !== undefined) {
     if (args.connectionString !== undefined) {
       throw new UsageError('give either --connection-string or --account with --account-key/--sas, not both');
@@ -93,25 +108,31 @@ function credentials(args: MountArgs, env: NodeJS.ProcessEnv): Credentials | und
     if ((accountKey === undefined) === (sas === undefined)) {
       throw new UsageError(
         fromEnv !== undefined
-          ? 'AZURE_STORAGE_ACCOUNT needs exactly one of AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN'
-          : '--account needs exactly one of --account-key, --account-key-file or --sas',
+          ? 'AZURE_STORAGE_ACCOUNT needs exactly one of AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN or AZURE_STORAGE_AUTH_MODE=login'
+          : '--account needs exactly one of --account-key, --account-key-file or --sas (or --auth entra)',
       );
     }
-    if (!/^[a-z0-9]{3,24}$/.test(account) && args.endpoint === undefined) {
-      throw new UsageError(`--account ${JSON.stringify(account)} is not a storage account name (3-24 lowercase letters and digits)`);
-    }
+    checkAccountName(account, args.endpoint);
     const endpoint = args.endpoint ?? defaultEndpoint(account);
-    if (accountKey !== undefined) return { kind: 'accountKey', account, accountKey, endpoint };
-    return { kind: 'sas', account, sas: (sas ?? '').replace(/^\?/, ''), endpoint };
-  }
-  if (accountKey !== undefined || sas !== undefined) {
+    out = accountKey !== undefined ? { kind: 'accountKey', account, accountKey, endpoint } : { kind: 'sas', account, sas: (sas ?? '').replace(/^\?/, ''), endpoint };
+  } else if (accountKey !== undefined || sas !== undefined) {
     throw new UsageError('--account-key, --account-key-file and --sas need --account NAME');
+  } else {
+    const connectionString = args.connectionString ?? env.AZURE_STORAGE_CONNECTION_STRING;
+    if (connectionString !== undefined && connectionString !== '') out = { kind: 'connectionString', connectionString };
   }
-  const connectionString = args.connectionString ?? env.AZURE_STORAGE_CONNECTION_STRING;
-  if (connectionString !== undefined && connectionString !== '') {
-    return { kind: 'connectionString', connectionString };
+  const kind = out === undefined ? undefined : ({ connectionString: 'connection-string', accountKey: 'key', sas: 'sas', entra: 'entra' } as const)[out.kind];
+  if (auth !== undefined && auth !== kind) {
+    const what = { 'connection-string': '--connection-string (or AZURE_STORAGE_CONNECTION_STRING)', key: '--account with --account-key or --account-key-file', sas: '--account with --sas' }[auth];
+    throw new UsageError(`--auth ${auth} needs ${what}`);
   }
-  return undefined;
+  return out;
+}
+
+function checkAccountName(account: string, endpoint: string | undefined): void {
+  if (!/^[a-z0-9]{3,24}$/.test(account) && endpoint === undefined) {
+    throw new UsageError(`--account ${JSON.stringify(account)} is not a storage account name (3-24 lowercase letters and digits)`);
+  }
 }
 
 /** The mounting user, the default owner of everything in the mount. */
@@ -153,9 +174,12 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
     if (p === '' || p.includes('/')) throw new UsageError(`--page-blob-pattern ${JSON.stringify(p)} must be a file-name pattern like '*.img'`);
   }
   const dataDir = args.dataDir !== undefined ? path.resolve(args.dataDir) : defaultDataDir(env);
+  const creds = credentials(args, env);
+  const problem = creds?.kind === 'sas' ? sasProblem(creds.sas, args.readOnly ?? false) : undefined;
+  if (problem !== undefined) throw new UsageError(problem);
   const options: MountOptions = {
     mountpoint: path.resolve(args.mountpoint),
-    credentials: credentials(args, env),
+    credentials: creds,
     container: args.container,
     dataDir,
     cache: Object.freeze({

@@ -27,6 +27,7 @@ export interface Flag {
 const oct = (mode: number): string => `0${mode.toString(8)}`;
 
 export const MOUNT_FLAGS: readonly Flag[] = [
+  { name: 'auth', type: 'string', group: 'Azure:', describe: 'how to sign in; entra uses DefaultAzureCredential (managed identity, az login, service principal, workload identity)', shown: 'from what is given', choices: ['connection-string', 'key', 'sas', 'entra'] },
   { name: 'connection-string', type: 'string', group: 'Azure:', describe: 'storage connection string (also AZURE_STORAGE_CONNECTION_STRING)', secret: true },
   { name: 'account', type: 'string', group: 'Azure:', describe: 'storage account name, with --account-key or --sas' },
   { name: 'account-key', type: 'string', group: 'Azure:', describe: 'the account key (also AZURE_STORAGE_KEY with AZURE_STORAGE_ACCOUNT)', secret: true },

@@ -17,6 +17,41 @@ export interface ErrorContext {
   readonly createOnly?: boolean;
   /** The caller's own AbortSignal fired (as opposed to our deadline). */
   readonly callerAborted?: boolean;
+  /** How the store signs in, so a refusal can say what to grant. */
+  readonly signIn?: 'connectionString' | 'accountKey' | 'sas' | 'entra';
+}
+
+/** Errors of @azure/identity: signing in failed before any request reached Azure Storage. */
+const SIGN_IN_ERRORS = new Set(['AuthenticationError', 'AggregateAuthenticationError', 'CredentialUnavailableError', 'AuthenticationRequiredError']);
+
+/** What a store operation needs permission to do, in the words of SAS permissions and roles. */
+function needed(op: string): string {
+  if (op === 'listContainers') return 'listing containers';
+  if (op === 'list' || op === 'listBlobs') return 'listing blobs';
+  if (/^delete/.test(op)) return 'deleting blobs';
+  if (/^(getInfo|read|pageRanges|blockList|checkContainer)$/.test(op)) return 'reading blobs';
+  return 'writing blobs';
+}
+
+/** The one line that says which permission a refused request lacked, and how to grant it. */
+function permissionReason(ctx: ErrorContext, tag: string): string {
+  const need = needed(ctx.op);
+  if (ctx.signIn === 'entra') {
+    return `the signed-in identity has no data role allowing ${need} ${tag}; assign it Storage Blob Data Contributor on the account or container (Storage Blob Data Reader is enough with --read-only)`;
+  }
+  if (ctx.signIn === 'sas' || ctx.signIn === 'connectionString') {
+    return `the SAS token does not allow ${need} ${tag}; make one with sp=rwdlc (and srt=sco for an account SAS, or a container SAS with --container)`;
+  }
+  return `the credentials do not allow ${need} ${tag}`;
+}
+
+/** The reason a Microsoft Entra ID sign-in failed, from @azure/identity's error: Entra's own
+ *  AADSTS code and sentence when there is one. */
+function signInReason(e: unknown): string {
+  const o = e as { name?: string; message?: string };
+  const aadsts = /AADSTS\d+: [^.]*\./.exec(o.message ?? '')?.[0];
+  const why = aadsts ?? (o.name === 'CredentialUnavailableError' || o.name === 'AggregateAuthenticationError' ? 'no credential was available' : 'refused');
+  return `Microsoft Entra ID sign-in failed (${why}); sign in with az login, or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (or AZURE_FEDERATED_TOKEN_FILE), or run where a managed identity is assigned`;
 }
 
 /** Socket-level failures: Azure (or the emulator) could not be reached at all. */
@@ -91,6 +126,7 @@ export function azureCode(e: unknown): { status: number | undefined; code: strin
 export function toBlobdiskError(e: unknown, ctx: ErrorContext): BlobdiskError {
   if (isBlobdiskError(e)) return e;
   const { status, code, name } = fields(e);
+  if (name !== undefined && SIGN_IN_ERRORS.has(name)) return make('EACCES', ctx, signInReason(e), e);
   const tag = `(${status ?? ''}${status !== undefined && code !== undefined ? ' ' : ''}${code ?? ''})`;
 
   if (status === undefined) {
@@ -114,7 +150,7 @@ export function toBlobdiskError(e: unknown, ctx: ErrorContext): BlobdiskError {
       return make('ENOENT', ctx, `not found ${tag}`, e);
     case 403:
       if (code !== undefined && PERMISSION_CODES.has(code)) {
-        return make('EACCES', ctx, `Azure refused the request ${tag}: the credentials lack the permission; check the SAS permissions or role`, e);
+        return make('EACCES', ctx, permissionReason(ctx, tag), e);
       }
       return make('EACCES', ctx, `Azure refused the credentials ${tag}; check the account key, SAS or connection string`, e);
     case 409:

@@ -17,6 +17,7 @@ import {
 import { Readable } from 'node:stream';
 import { BlobdiskError } from '../errors';
 import { azureCode, toBlobdiskError, type ErrorContext } from './azure-errors';
+import type { TokenCredential } from '@azure/identity';
 import type { Credentials, StoreOptions } from './credentials';
 import {
   MAX_PAGE_BLOB_BYTES,
@@ -46,7 +47,25 @@ export const DEVSTORE_KEY = 'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2
 
 interface Resolved {
   readonly url: string;
-  readonly credential: StorageSharedKeyCredential | AnonymousCredential;
+  readonly credential: StorageSharedKeyCredential | AnonymousCredential | TokenCredential;
+}
+
+/** Microsoft's own sign-in hosts: MSAL knows them; any other (Azure Stack, a private cloud)
+ *  has no instance discovery, which would otherwise go to login.microsoftonline.com. */
+const KNOWN_AUTHORITY_HOSTS = new Set(['login.microsoftonline.com', 'login.chinacloudapi.cn', 'login.microsoftonline.us']);
+
+/** DefaultAzureCredential: environment (service principal, workload identity), managed
+ *  identity, Azure CLI, ... in the SDK's order. Loaded only when used. */
+function entraCredential(env: NodeJS.ProcessEnv = process.env): TokenCredential {
+  const { DefaultAzureCredential } = require('@azure/identity') as typeof import('@azure/identity');
+  const authority = env.AZURE_AUTHORITY_HOST;
+  let custom = false;
+  try {
+    custom = authority !== undefined && authority !== '' && !KNOWN_AUTHORITY_HOSTS.has(new URL(authority).hostname);
+  } catch {
+    throw new BlobdiskError('EINVAL', 'AZURE_AUTHORITY_HOST is not a URL; give e.g. https://login.microsoftonline.com');
+  }
+  return new DefaultAzureCredential(custom ? { disableInstanceDiscovery: true } : {});
 }
 
 function malformed(what: string): BlobdiskError {
@@ -123,6 +142,11 @@ function resolve(credentials: Credentials): Resolved {
     }
     case 'sas':
       return withSas(checkEndpoint(credentials.endpoint, (why) => invalid(`the endpoint ${why}`)), credentials.sas, (why) => invalid(`the SAS ${why}`));
+    case 'entra': {
+      const url = checkEndpoint(credentials.endpoint, (why) => invalid(`the endpoint ${why}`));
+      if (!url.startsWith('https:')) throw invalid('Microsoft Entra ID sign-in needs an https endpoint');
+      return { url, credential: entraCredential() };
+    }
   }
 }
 
@@ -182,6 +206,7 @@ export class AzureStore implements BlobStore {
   private readonly service: BlobServiceClient;
   /** host[:port] of the endpoint, the only part of it that error messages show. */
   private readonly host: string;
+  private readonly signIn: Credentials['kind'];
   /** Bound on one SDK call, all tries and retry delays included. */
   private readonly deadlineMs: number;
   private readonly maxTries: number;
@@ -191,6 +216,7 @@ export class AzureStore implements BlobStore {
   constructor(options: StoreOptions) {
     const { url, credential } = resolve(options.credentials);
     this.host = new URL(url).host;
+    this.signIn = options.credentials.kind;
     this.maxTries = Math.max(1, Math.floor(options.maxTries));
     this.deadlineMs = this.maxTries * options.tryTimeoutMs + (this.maxTries - 1) * MAX_RETRY_DELAY_MS;
     const pipeline: StoragePipelineOptions = {
@@ -216,7 +242,7 @@ export class AzureStore implements BlobStore {
     try {
       return await fn(signal);
     } catch (e) {
-      throw toBlobdiskError(e, { ...ctx, host: this.host, callerAborted: callerSignal?.aborted === true });
+      throw toBlobdiskError(e, { ...ctx, host: this.host, callerAborted: callerSignal?.aborted === true, signIn: this.signIn });
     }
   }
 
@@ -311,6 +337,7 @@ export class AzureStore implements BlobStore {
     if (body === undefined) throw new BlobdiskError('EIO', 'read failed: Azure answered without a body');
     const counters = this.counters;
     const host = this.host;
+    const signIn = this.signIn;
     const signal = options.signal;
     return (async function* stream(): AsyncGenerator<Buffer> {
       try {
@@ -320,7 +347,7 @@ export class AzureStore implements BlobStore {
           yield buf;
         }
       } catch (e) {
-        throw toBlobdiskError(e, { ...ctx, host, callerAborted: signal?.aborted === true });
+        throw toBlobdiskError(e, { ...ctx, host, callerAborted: signal?.aborted === true, signIn });
       } finally {
         // Stops the transfer when the consumer leaves early.
         if (body instanceof Readable && !body.destroyed) body.destroy();

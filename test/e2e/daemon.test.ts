@@ -180,7 +180,7 @@ describe('settings', () => {
     const mnt = await newMountpoint();
     const r = await runCli(['mount', mnt, '--account', 'acct1', '--print-config']);
     expect(r.code).toBe(1); // no key yet: one clear line
-    expect(r.stderr.trim()).toBe('blobdisk: --account needs exactly one of --account-key, --account-key-file or --sas');
+    expect(r.stderr.trim()).toBe('blobdisk: --account needs exactly one of --account-key, --account-key-file or --sas (or --auth entra)');
     const shown = await runCli(['mount', mnt, '--account', 'acct1', '--print-config'], { env });
     expect(shown.code).toBe(0);
     expect(shown.stdout + shown.stderr).not.toContain(key);

@@ -86,6 +86,12 @@ describe('parseMountOptions', () => {
     [{ account: 'acct1' }, /--account needs exactly one of --account-key, --account-key-file or --sas/],
     [{ accountKey: 'k' }, /--account-key, --account-key-file and --sas need --account NAME/],
     [{ account: 'acct1', accountKey: 'k', accountKeyFile: '/k' }, /either --account-key or --account-key-file, not both/],
+    [{ auth: 'password' }, /--auth must be one of connection-string, key, sas, entra/],
+    [{ auth: 'entra' }, /--auth entra needs the storage account: --account NAME/],
+    [{ auth: 'entra', account: 'acct1', sas: 'sp=r' }, /--auth entra signs in with Microsoft Entra ID; leave out --account-key/],
+    [{ auth: 'sas', account: 'acct1', accountKey: 'a2V5' }, /--auth sas needs --account with --sas/],
+    [{ account: 'acct1', sas: 'sv=1&sp=rl&sig=x' }, /the SAS token lacks the Write permission \(sp=rl\)/],
+    [{ account: 'acct1', sas: 'sv=1&ss=q&sp=rwl&sig=x' }, /the SAS token is not for the Blob service \(ss=q\)/],
     [{ account: 'acct1', accountKeyFile: '/no/such/key/file' }, /cannot read --account-key-file \/no\/such\/key\/file \(ENOENT\)/],
     [{ account: 'acct1', accountKey: 'k', connectionString: 'x' }, /not both/],
     [{ logLevel: 'loud' }, /--log-level must be one of/],
@@ -116,7 +122,13 @@ describe('parseMountOptions', () => {
     // A flag naming the account, or a connection string, wins over them.
     expect(parseMountOptions({ mountpoint: 'm', connectionString: 'AccountName=x;AccountKey=y' }, env).credentials?.kind).toBe('connectionString');
     expect(parseMountOptions({ mountpoint: 'm' }, { ...env, AZURE_STORAGE_CONNECTION_STRING: 'AccountName=x;AccountKey=y' }).credentials?.kind).toBe('connectionString');
-    expect(() => parseMountOptions({ mountpoint: 'm' }, { AZURE_STORAGE_ACCOUNT: 'acct2' })).toThrow(/AZURE_STORAGE_ACCOUNT needs exactly one of AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN/);
+    expect(() => parseMountOptions({ mountpoint: 'm' }, { AZURE_STORAGE_ACCOUNT: 'acct2' })).toThrow(/AZURE_STORAGE_ACCOUNT needs exactly one of AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN or AZURE_STORAGE_AUTH_MODE=login/);
+  });
+  it('signs in with Entra ID for --auth entra, or the Azure CLI\'s AZURE_STORAGE_AUTH_MODE=login', () => {
+    expect(parseMountOptions({ mountpoint: 'm', auth: 'entra', account: 'acct1' }, env).credentials).toEqual({ kind: 'entra', account: 'acct1', endpoint: 'https://acct1.blob.core.windows.net' });
+    expect(parseMountOptions({ mountpoint: 'm' }, { AZURE_STORAGE_ACCOUNT: 'acct3', AZURE_STORAGE_AUTH_MODE: 'login' }).credentials).toMatchObject({ kind: 'entra', account: 'acct3' });
+    expect(parseMountOptions({ mountpoint: 'm', auth: 'key', account: 'acct1', accountKey: 'a2V5' }, env).credentials?.kind).toBe('accountKey');
+    expect(parseMountOptions({ mountpoint: 'm', readOnly: true, account: 'acct1', sas: 'sv=1&sp=rl&sig=x' }, env).credentials?.kind).toBe('sas');
   });
   it('reads --account-key-file', () => {
     const file = path.join(os.tmpdir(), `blobdisk-key-${process.pid}`);
