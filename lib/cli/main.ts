@@ -71,8 +71,15 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
     .command(
       'status <mountpoint>',
       'show per-image size, cached bytes and traffic of a running mount',
-      (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).option('json', { type: 'boolean', describe: 'print JSON for scripts' }),
-      (args) => run(commands.status().statusCommand(args.mountpoint, args.json === true, io)),
+      (y) =>
+        y
+          .positional('mountpoint', { type: 'string', demandOption: true })
+          .option('json', { type: 'boolean', describe: 'print JSON for scripts' })
+          .option('watch', { type: 'number', describe: 'redraw every SECONDS until Ctrl-C', defaultDescription: 'off; 2 when given alone' })
+          .coerce('watch', (v: number | undefined) => (v === undefined || Number.isNaN(v) ? 2 : v))
+          .example('$0 status /mnt/blobs', 'cache use, dirty data and traffic per image')
+          .example('$0 status /mnt/blobs --watch 1', 'the same, redrawn every second'),
+      (args) => run(commands.status().statusCommand(args.mountpoint, args.json === true, io, args.watch)),
     )
     .demandCommand(1, 'give a command: mount, unmount, flush or status')
     .strict()

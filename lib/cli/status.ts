@@ -1,25 +1,63 @@
-/* `blobdisk status <mountpoint> [--json]`: what a running mount holds and has moved. */
+/* `blobdisk status <mountpoint> [--json] [--watch [SECONDS]]`: what a running mount holds and
+ * has moved; --watch redraws it every few seconds (on a terminal in place, otherwise one
+ * table after the other) until Ctrl-C or until the mount ends. */
 
 import path from 'node:path';
 import { controlRequest } from '../control';
-import { UsageError } from '../errors';
+import { UsageError, isUsageError } from '../errors';
 import { MountStatus } from '../mount';
 import { formatSize } from '../units';
-import { Io } from './io';
+import { Io, say } from './io';
 
-export async function statusCommand(target: string, json: boolean, io: Io): Promise<number> {
-  const mountpoint = path.resolve(target);
-  let status: MountStatus;
+async function fetchStatus(mountpoint: string): Promise<MountStatus> {
   try {
-    status = (await controlRequest(mountpoint, { op: 'status' })) as MountStatus;
-  } catch {
+    return (await controlRequest(mountpoint, { op: 'status' })) as MountStatus;
+  } catch (e) {
+    if (isUsageError(e)) throw e;
     throw new UsageError(`no blobdisk mount answers at ${mountpoint}; is it mounted?`);
   }
-  if (json) {
-    io.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
+}
+
+export async function statusCommand(target: string, json: boolean, io: Io, watchSeconds?: number): Promise<number> {
+  const mountpoint = path.resolve(target);
+  const render = (status: MountStatus): string => (json ? `${JSON.stringify(status, null, 2)}\n` : table(status));
+  if (watchSeconds === undefined) {
+    io.stdout.write(render(await fetchStatus(mountpoint)));
     return 0;
   }
-  const percent = (r: number | null): string => (r === null ? '-' : `${(100 * r).toFixed(1)}%`);
+  if (!(watchSeconds > 0)) throw new UsageError('--watch takes the seconds between refreshes, e.g. --watch 2');
+  const tty = (io.stdout as NodeJS.WriteStream).isTTY === true;
+  let stopped = false;
+  let wake: () => void = () => undefined;
+  const onInt = (): void => {
+    stopped = true;
+    wake();
+  };
+  process.on('SIGINT', onInt);
+  try {
+    io.stdout.write(render(await fetchStatus(mountpoint)));
+    while (!stopped) {
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, watchSeconds * 1000);
+      });
+      if (stopped) break;
+      let status: MountStatus;
+      try {
+        status = await fetchStatus(mountpoint);
+      } catch {
+        say(io, `the mount at ${mountpoint} no longer answers; it has ended`);
+        return 0;
+      }
+      io.stdout.write(tty ? `\x1b[H\x1b[2J${render(status)}` : `\n${new Date().toISOString()}\n${render(status)}`);
+    }
+    return 0;
+  } finally {
+    process.off('SIGINT', onInt);
+  }
+}
+
+function table(status: MountStatus): string {  const percent = (r: number | null): string => (r === null ? '-' : `${(100 * r).toFixed(1)}%`);
   const lines = [
     `mount ${status.mountpoint} (pid ${status.pid})`,
     `cache ${status.cacheDir}: ${formatSize(status.cacheUsedBytes)} of ${formatSize(status.cacheSizeBytes)}, grain ${formatSize(status.grainSize)}`,
@@ -34,6 +72,5 @@ export async function statusCommand(target: string, json: boolean, io: Io): Prom
         (i.conflict ? `\tCONFLICT: ${i.conflict}` : ''),
     );
   }
-  io.stdout.write(`${lines.join('\n')}\n`);
-  return 0;
+  return `${lines.join('\n')}\n`;
 }
