@@ -175,10 +175,8 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         budget: new FetchBudget(options.read.fetchConcurrency),
         dirtyWaitMs: options.write.dirtyWaitMs,
         leaseId: map.leaseId(),
-        onDirty: (image) => flusher.notify(image),
         sync: options.write.sync,
-        flushNow: (image) => flusher.flush([image]),
-        exclusive: (image, fn) => flusher.exclusive(image, fn),
+        uploads: flusher,
       },
       account,
     );
@@ -275,7 +273,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         if (result.drained) await flush(options.write.drainTimeoutMs, onProgress).catch(() => undefined);
         const left = (await images.all()).reduce((n, i) => n + flusher.dirtyOf(i).bytes, 0);
         if (left > 0) result = { drained: false, dirtyBytes: left, reason: result.reason ?? 'writes kept arriving' };
-        for (const image of await images.all()) if (!image.needsUpload()) await image.releaseLease();
+        for (const image of await images.all()) if (!image.needsUpload()) await image.remote.releaseLease();
         await undo();
         return result;
       })();

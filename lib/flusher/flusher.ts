@@ -8,7 +8,7 @@
  *               of grains, Put Page for dirty sector runs (joined across grains, ≤ 4 MiB)
  *               and Clear Pages for runs of zeros
  *   block blob  take the lease; stage new blocks for every committed block a dirty grain
- *               or a size change touches (read-modify-write through the image), and one
+ *               or a size change touches (read-modify-write through the image's UploadSource), and one
  *               Put Block List that keeps the rest
  * after which each grain whose generation did not move is marked clean; a grain written
  * again meanwhile stays dirty and goes in the next flush.
@@ -24,8 +24,9 @@ import crypto from 'node:crypto';
 import { GrainCache } from '../cache/cache';
 import { SECTOR, runs, sectorsOf } from '../cache/sectors';
 import { BlobdiskError, isBlobdiskError } from '../errors';
-import { Image, LOGICAL_SIZE_KEY } from '../image/image';
 import { Logger } from '../log';
+import { LOGICAL_SIZE_KEY, logicalSizeText } from '../remote/remote';
+import { FlushOptions, FlushProgress, UploadSource, Uploads } from '../remote/uploads';
 import { BlobStore, MAX_PAGE_BLOB_BYTES } from '../store/types';
 import { CommittedBlock, PageUpload, blockSizeFor, planBlocks, planPageUploads } from './plan';
 
@@ -43,10 +44,7 @@ export interface FlusherOptions {
   readonly delayMs: number;
 }
 
-export interface FlushProgress {
-  readonly dirtyBytes: number;
-  readonly startBytes: number;
-}
+export type { FlushProgress };
 
 /** Dirty grains of a page blob are read and planned this many bytes at a time. */
 const WINDOW_BYTES = 8 * 1024 * 1024;
@@ -75,9 +73,9 @@ async function bounded<T>(items: readonly T[], limit: number, job: (item: T) => 
   if (failure !== undefined) throw failure;
 }
 
-export class Flusher {
-  private readonly queued = new Set<Image>();
-  private readonly backoff = new Map<Image, { failures: number; until: number }>();
+export class Flusher implements Uploads {
+  private readonly queued = new Set<UploadSource>();
+  private readonly backoff = new Map<UploadSource, { failures: number; until: number }>();
   private timer: NodeJS.Timeout | undefined;
   private timerAt = 0;
   private running: Promise<void> | undefined;
@@ -86,11 +84,11 @@ export class Flusher {
   /** Window buffers of finished uploads, for the next ones. */
   private readonly spareWindows: Buffer[] = [];
   /** When each queued image was last written (ms). */
-  private readonly lastWrite = new Map<Image, number>();
+  private readonly lastWrite = new Map<UploadSource, number>();
   /** Images no upload may start for (a rename is moving their blob). */
-  private readonly held = new Set<Image>();
+  private readonly held = new Set<UploadSource>();
   /** The upload under way, if any. */
-  private flushing: { image: Image; done: Promise<void> } | undefined;
+  private flushing: { image: UploadSource; done: Promise<void> } | undefined;
 
   constructor(
     private readonly store: BlobStore,
@@ -102,7 +100,7 @@ export class Flusher {
   /** The image has something to upload. Uploads wait until it has been quiet for the
    *  write-back delay, so a burst of writes is acknowledged at local speed and goes up
    *  after; see due(). */
-  notify(image: Image): void {
+  notify(image: UploadSource): void {
     this.queued.add(image);
     this.lastWrite.set(image, Date.now());
     this.schedule(this.underPressure() ? 0 : this.options.delayMs);
@@ -117,11 +115,11 @@ export class Flusher {
    *  delay, or its oldest change has waited MAX_AGE_FACTOR delays (a writer that never
    *  pauses), or half the cache is dirty (writes would soon wait for room), or someone
    *  waits for it (flush, fsync with --sync cloud, unmount). */
-  private due(image: Image, now: number): boolean {
+  private due(image: UploadSource, now: number): boolean {
     if (this.urgent) return true;
     const delay = this.options.delayMs;
     if (now - (this.lastWrite.get(image) ?? 0) >= delay) return true;
-    const since = this.cache.dirtyOf(image.id).since;
+    const since = this.cache.dirtyOf(image.remote.id).since;
     if (since > 0 && now - since >= Math.max(MIN_MAX_AGE_MS, delay * MAX_AGE_FACTOR)) return true;
     return this.underPressure();
   }
@@ -164,7 +162,7 @@ export class Flusher {
   /** One pass over the images that are due; run() schedules the next one. */
   private async loop(): Promise<void> {
     const now = Date.now();
-    for (const image of this.queued) if (image.conflict) this.forget(image);
+    for (const image of this.queued) if (image.remote.conflict) this.forget(image);
     const ready = [...this.queued].filter((i) => (this.backoff.get(i)?.until ?? 0) <= now && this.due(i, now));
     for (const image of ready) {
       if (this.stopped) return;
@@ -174,7 +172,7 @@ export class Flusher {
         this.flushing = { image, done };
         await done.finally(() => (this.flushing = undefined));
         this.backoff.delete(image);
-        if (!image.needsUpload()) {
+        if (!image.remote.needsUpload()) {
           this.queued.delete(image);
           this.lastWrite.delete(image);
         }
@@ -185,17 +183,16 @@ export class Flusher {
   }
 
   /** Stops tracking an image whose changes cannot go up (a conflict). */
-  private forget(image: Image): void {
+  private forget(image: UploadSource): void {
     this.queued.delete(image);
     this.lastWrite.delete(image);
     this.backoff.delete(image);
   }
 
-  private failed(image: Image, e: unknown): void {
-    const name = `${image.ref.container}/${image.ref.name}`;
+  private failed(image: UploadSource, e: unknown): void {
+    const name = `${image.remote.ref.container}/${image.remote.ref.name}`;
     if (isBlobdiskError(e) && (e.code === 'ENOENT' || e.code === 'EBUSY' || e.code === 'ESTALE')) {
-      image.conflict ??= `cannot upload to ${name} (${e.code}: ${e.message}); its changes stay in the cache`;
-      this.log.error(image.conflict);
+      image.remote.setConflict(image.remote.conflict ?? `cannot upload to ${name} (${e.code}: ${e.message}); its changes stay in the cache`);
       this.forget(image);
       return;
     }
@@ -209,68 +206,67 @@ export class Flusher {
   }
 
   /** Runs `fn` while no upload of `image` is under way or may start; uploads resume after. */
-  async exclusive<T>(image: Image, fn: () => Promise<T>): Promise<T> {
-    if (this.held.has(image)) throw new BlobdiskError('EBUSY', `${image.ref.container}/${image.ref.name} is being moved`);
+  async exclusive<T>(image: UploadSource, fn: () => Promise<T>): Promise<T> {
+    if (this.held.has(image)) throw new BlobdiskError('EBUSY', `${image.remote.ref.container}/${image.remote.ref.name} is being moved`);
     this.held.add(image);
     try {
       while (this.flushing?.image === image) await this.flushing.done.catch(() => undefined);
       return await fn();
     } finally {
       this.held.delete(image);
-      if (image.needsUpload()) this.notify(image);
+      if (image.remote.needsUpload()) this.notify(image);
     }
   }
 
   /** Notes an ETag our request produced, so a later mount does not mistake it for someone else's change. */
-  private ours(image: Image, etag: string): string {
-    image.produced(etag);
-    return etag;
+  private ours(image: UploadSource, etag: string): string {
+    return image.remote.produced(etag);
   }
 
   /** Uploads everything the image holds dirty now. */
-  private async flushImage(image: Image): Promise<void> {
-    if (!image.needsUpload()) return;
-    await image.takeLease();
-    if (image.kind === 'page') await this.flushPageBlob(image);
-    else if (image.kind === 'block') await this.flushBlockBlob(image);
-    else throw new BlobdiskError('EROFS', `${image.ref.name} is an append blob`);
+  private async flushImage(image: UploadSource): Promise<void> {
+    if (!image.remote.needsUpload()) return;
+    await image.remote.takeLease();
+    if (image.remote.kind === 'page') await this.flushPageBlob(image);
+    else if (image.remote.kind === 'block') await this.flushBlockBlob(image);
+    else throw new BlobdiskError('EROFS', `${image.remote.ref.name} is an append blob`);
   }
 
-  private async flushPageBlob(image: Image): Promise<void> {
-    const { ref } = image;
+  private async flushPageBlob(image: UploadSource): Promise<void> {
+    const { ref } = image.remote;
     const g = this.options.grainSize;
-    let info = image.remote;
-    const size = image.size;
-    const cuts = image.cuts;
+    let info = image.remote.info;
+    const size = image.remote.size;
+    const cuts = image.remote.cuts;
     const physical = roundUp(size);
     if (physical > MAX_PAGE_BLOB_BYTES) throw new BlobdiskError('EFBIG', `${ref.name} would exceed the 8 TiB page blob limit`);
     let sized = false;
-    if (image.remoteEnd < info.size) {
+    if (image.remote.remoteEnd < info.size) {
       // Cut what no longer belongs to the image before growing again, so it reads as zeros.
-      info = { ...info, size: roundDown(image.remoteEnd), etag: this.ours(image, await this.store.resizePageBlob(ref, roundDown(image.remoteEnd), image.writeConditions())) };
+      info = { ...info, size: roundDown(image.remote.remoteEnd), etag: this.ours(image, await this.store.resizePageBlob(ref, roundDown(image.remote.remoteEnd), image.remote.writeConditions())) };
       sized = true;
       image.counters.uploads++;
     }
     if (info.size !== physical) {
-      info = { ...info, size: physical, etag: this.ours(image, await this.store.resizePageBlob(ref, physical, image.writeConditions())) };
+      info = { ...info, size: physical, etag: this.ours(image, await this.store.resizePageBlob(ref, physical, image.remote.writeConditions())) };
       sized = true;
       image.counters.uploads++;
     }
-    const want = size % SECTOR === 0 ? undefined : String(size);
+    const want = logicalSizeText(size);
     if (info.metadata[LOGICAL_SIZE_KEY] !== want) {
       const metadata: Record<string, string> = { ...info.metadata };
       delete metadata[LOGICAL_SIZE_KEY];
       if (want !== undefined) metadata[LOGICAL_SIZE_KEY] = want;
-      info = { ...info, metadata, etag: this.ours(image, await this.store.setMetadata(ref, metadata, image.writeConditions())) };
+      info = { ...info, metadata, etag: this.ours(image, await this.store.setMetadata(ref, metadata, image.remote.writeConditions())) };
       sized = true;
       image.counters.uploads++;
     }
-    if (sized || image.remoteEnd < image.size) image.uploaded(info, cuts);
+    if (sized || image.remote.remoteEnd < image.remote.size) image.remote.uploaded(info, cuts);
 
     // Grains are read a window at a time, just ahead of the uploads, so reading the cache,
     // planning and marking grains clean overlap with requests in flight instead of
     // stalling the pipeline between batches.
-    const dirty = this.cache.dirtyGrains(image.id);
+    const dirty = this.cache.dirtyGrains(image.remote.id);
     const perWindow = Math.max(1, Math.floor(WINDOW_BYTES / g));
     interface Job { readonly upload: PageUpload; readonly window: Window }
     interface Window { left: number; readonly grains: { idx: number; gen: number; data: Buffer; end: number }[]; buffer?: Buffer }
@@ -285,12 +281,12 @@ export class Flusher {
       nextGrain += batch.length;
       // Generations and bitmaps first, then the grain files read side by side.
       const snapshots = batch.flatMap((idx) => {
-        const state = this.cache.state(image.id, idx);
+        const state = this.cache.state(image.remote.id, idx);
         return state?.dirty ? [{ idx, gen: state.gen, bitmap: Buffer.from(state.dirty) }] : [];
       });
       // One buffer for the window: neighbouring grains' runs join into a Put Page as a view of it.
       const buffer = this.windowBuffer(perWindow * g);
-      const present = await Promise.all(snapshots.map((snap, i) => this.cache.read(image.id, snap.idx, 0, g, buffer, i * g)));
+      const present = await Promise.all(snapshots.map((snap, i) => this.cache.read(image.remote.id, snap.idx, 0, g, buffer, i * g)));
       const window: Window = { left: 0, grains: [] };
       const pieces: { offset: number; data: Buffer }[] = [];
       for (const [i, { idx, gen, bitmap }] of snapshots.entries()) {
@@ -336,9 +332,9 @@ export class Flusher {
           const job = await next();
           if (!job) return;
           const { upload: u, window } = job;
-          const conditions = image.writeConditions();
+          const conditions = image.remote.writeConditions();
           etag = this.ours(image, u.zero ? await this.store.clearPages(ref, u.offset, u.data.length, conditions) : await this.store.putPages(ref, u.offset, u.data, conditions));
-          image.pagesChanged(u.offset, u.offset + u.data.length);
+          image.remote.pagesChanged(u.offset, u.offset + u.data.length);
           sent++;
           image.counters.uploads++;
           if (u.zero) image.counters.bytesCleared += u.data.length;
@@ -358,7 +354,7 @@ export class Flusher {
       try {
         // Concurrent calls finish in any order: ask which ETag the blob ended with.
         info = sent === 1 && failure === undefined ? { ...info, etag } : await this.store.getInfo(ref);
-        image.uploaded(info);
+        image.remote.uploaded(info);
       } catch (e) {
         failure ??= e;
       }
@@ -369,9 +365,9 @@ export class Flusher {
   /** Every upload of a window went through: marks its grains clean that went up whole
    *  (unless written again since their snapshot) and, once their checksums are taken,
    *  keeps its buffer for the next one. */
-  private async windowDone(image: Image, window: { grains: readonly { idx: number; gen: number; data: Buffer; end: number }[]; buffer?: Buffer }): Promise<void> {
+  private async windowDone(image: UploadSource, window: { grains: readonly { idx: number; gen: number; data: Buffer; end: number }[]; buffer?: Buffer }): Promise<void> {
     const clean = window.grains.filter((grain) => this.mayBeClean(image, grain.end));
-    await Promise.all(clean.map((grain) => this.cache.markUploaded(image.id, grain.idx, grain.gen, grain.data)));
+    await Promise.all(clean.map((grain) => this.cache.markUploaded(image.remote.id, grain.idx, grain.gen, grain.data)));
     if (window.buffer && this.spareWindows.length < this.options.concurrency + 2) this.spareWindows.push(window.buffer);
   }
 
@@ -383,22 +379,22 @@ export class Flusher {
     return spare && spare.length === bytes ? spare : Buffer.from(new SharedArrayBuffer(bytes));
   }
 
-  private async flushBlockBlob(image: Image): Promise<void> {
-    const { ref } = image;
+  private async flushBlockBlob(image: UploadSource): Promise<void> {
+    const { ref } = image.remote;
     const g = this.options.grainSize;
-    const info = image.remote;
-    const size = image.size;
-    const cuts = image.cuts;
-    const grains = this.cache.dirtyGrains(image.id).map((idx) => ({ idx, gen: this.cache.state(image.id, idx)?.gen ?? -1 }));
+    const info = image.remote.info;
+    const size = image.remote.size;
+    const cuts = image.remote.cuts;
+    const grains = this.cache.dirtyGrains(image.remote.id).map((idx) => ({ idx, gen: this.cache.state(image.remote.id, idx)?.gen ?? -1 }));
     // Changed bytes by dirty sector runs, so a small write does not restage a neighbouring block.
     const changed: { start: number; end: number }[] = [];
     for (const { idx } of grains) {
-      const dirty = this.cache.state(image.id, idx)?.dirty;
+      const dirty = this.cache.state(image.remote.id, idx)?.dirty;
       for (const [from, to] of dirty ? runs(dirty, sectorsOf(g)) : [[0, sectorsOf(g)] as [number, number]]) {
         changed.push({ start: idx * g + from * SECTOR, end: idx * g + to * SECTOR });
       }
     }
-    const intact = Math.min(image.remoteEnd, info.size);
+    const intact = Math.min(image.remote.remoteEnd, info.size);
     if (size > intact) changed.push({ start: intact, end: size });
     changed.sort((a, b) => a.start - b.start);
 
@@ -427,41 +423,41 @@ export class Flusher {
     await bounded(stages, this.options.concurrency, async (s) => {
       const data = await image.readForUpload(s.start, s.end - s.start);
       if (data.length !== s.end - s.start) throw new BlobdiskError('EIO', `${ref.name} shrank while its blocks were staged; trying again`);
-      await this.store.stageBlock(ref, s.id, data, image.writeConditions());
+      await this.store.stageBlock(ref, s.id, data, image.remote.writeConditions());
       image.counters.uploads++;
       image.counters.bytesUp += data.length;
     });
-    const etag = this.ours(image, await this.store.commitBlockList(ref, ids, { ...image.writeConditions(), metadata: { ...info.metadata } }));
+    const etag = this.ours(image, await this.store.commitBlockList(ref, ids, { ...image.remote.writeConditions(), metadata: { ...info.metadata } }));
     image.counters.uploads++;
     // Recorded before any grain is clean: a clean grain may be evicted, and is then read
     // from Azure only if the image's end in Azure covers it.
-    image.uploaded({ ...info, size, etag }, cuts);
+    image.remote.uploaded({ ...info, size, etag }, cuts);
     for (const { idx, gen } of grains) {
       // A grain reaching past the size this flush committed was written after it began.
       if ((idx + 1) * g > size && this.dirtyPast(image, idx, size)) continue;
       if (!this.mayBeClean(image, Math.min((idx + 1) * g, size))) continue;
-      if (this.cache.state(image.id, idx)?.gen === gen) await this.cache.markUploaded(image.id, idx, gen, await this.cache.readWhole(image.id, idx));
+      if (this.cache.state(image.remote.id, idx)?.gen === gen) await this.cache.markUploaded(image.remote.id, idx, gen, await this.cache.readWhole(image.remote.id, idx));
     }
   }
 
   /** Resolves once everything dirty in `images` now is in Azure. `onProgress` sees the
    *  dirty bytes left. With `stallMs`, gives up (EIO) when nothing got uploaded for that
    *  long; a conflict fails at once. */
-  async flush(images: readonly Image[], options: { stallMs?: number; onProgress?: (p: FlushProgress) => void } = {}): Promise<void> {
-    const targets = images.filter((i) => i.needsUpload() || this.queued.has(i));
-    const gens = new Map<Image, Map<number, number>>();
+  async flush(images: readonly UploadSource[], options: FlushOptions = {}): Promise<void> {
+    const targets = images.filter((i) => i.remote.needsUpload() || this.queued.has(i));
+    const gens = new Map<UploadSource, Map<number, number>>();
     for (const image of targets) {
       const m = new Map<number, number>();
-      for (const idx of this.cache.dirtyGrains(image.id)) m.set(idx, this.cache.state(image.id, idx)?.gen ?? 0);
+      for (const idx of this.cache.dirtyGrains(image.remote.id)) m.set(idx, this.cache.state(image.remote.id, idx)?.gen ?? 0);
       gens.set(image, m);
       this.queued.add(image);
     }
-    const left = (): number => targets.reduce((n, i) => n + this.cache.dirtyOf(i.id).bytes, 0);
+    const left = (): number => targets.reduce((n, i) => n + this.cache.dirtyOf(i.remote.id).bytes, 0);
     const startBytes = left();
-    const isDone = (image: Image): boolean => {
-      if (!this.sizeSynced(image)) return false;
+    const isDone = (image: UploadSource): boolean => {
+      if (!image.remote.sizeSynced()) return false;
       for (const [idx, gen] of gens.get(image) ?? []) {
-        const state = this.cache.state(image.id, idx);
+        const state = this.cache.state(image.remote.id, idx);
         // Written again since the call is fine, once the bytes of the call went up.
         if (state?.dirty && state.uploadedGen < gen) return false;
       }
@@ -472,8 +468,8 @@ export class Flusher {
     this.urgent = true;
     try {
       for (;;) {
-        const conflicted = targets.find((i) => i.conflict);
-        if (conflicted) throw new BlobdiskError('EIO', conflicted.conflict ?? 'conflict');
+        const conflicted = targets.find((i) => i.remote.conflict);
+        if (conflicted) throw new BlobdiskError('EIO', conflicted.remote.conflict ?? 'conflict');
         if (targets.every(isDone)) {
           options.onProgress?.({ dirtyBytes: left(), startBytes });
           return;
@@ -499,31 +495,22 @@ export class Flusher {
    *  the blob there first (a page blob) or restages from there (a block blob); a grain
    *  marked clean and evicted before then would read as zeros, and the cut would take
    *  its uploaded bytes. Kept dirty, it goes up again after the cut. */
-  private mayBeClean(image: Image, end: number): boolean {
-    return end <= image.remoteEnd;
+  private mayBeClean(image: UploadSource, end: number): boolean {
+    return end <= image.remote.remoteEnd;
   }
 
   /** Whether grain `idx` has dirty sectors at or past byte `size` of the image. */
-  private dirtyPast(image: Image, idx: number, size: number): boolean {
-    const dirty = this.cache.state(image.id, idx)?.dirty;
+  private dirtyPast(image: UploadSource, idx: number, size: number): boolean {
+    const dirty = this.cache.state(image.remote.id, idx)?.dirty;
     if (!dirty) return false;
     const g = this.options.grainSize;
     const firstPast = Math.max(0, Math.ceil((size - idx * g) / SECTOR));
     return runs(dirty, sectorsOf(g)).some(([, to]) => to > firstPast);
   }
 
-  /** Whether Azure has the image's size (and nothing past a shrink). */
-  private sizeSynced(image: Image): boolean {
-    const remote = image.remote;
-    if (image.remoteEnd < remote.size) return false;
-    if (image.kind !== 'page') return image.size === remote.size;
-    const want = image.size % SECTOR === 0 ? undefined : String(image.size);
-    return roundUp(image.size) === remote.size && remote.metadata[LOGICAL_SIZE_KEY] === want;
-  }
-
   /** Dirty bytes and the oldest dirty age of an image, for status. */
-  dirtyOf(image: Image): { bytes: number; since: number } {
-    return this.cache.dirtyOf(image.id);
+  dirtyOf(image: UploadSource): { bytes: number; since: number } {
+    return this.cache.dirtyOf(image.remote.id);
   }
 
   stop(): void {

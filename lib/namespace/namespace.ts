@@ -6,9 +6,10 @@
  * blob changed elsewhere is noticed at open (close-to-open consistency). */
 
 import { BlobdiskError, isBlobdiskError } from '../errors';
-import { Image, logicalSize } from '../image/image';
+import { Image } from '../image/image';
 import { Images } from '../image/registry';
 import { Logger } from '../log';
+import { logicalSize } from '../remote/remote';
 import { BlobInfo, BlobRef, BlobStore } from '../store/types';
 import { Location, blobComponentProblem, isShowableComponent, locate, parentAndBase } from './paths';
 
@@ -170,8 +171,8 @@ export class Namespace {
       // adopt it (revalidate keeps local changes and reports a conflict), or stat keeps the
       // old size until the next open. An older listing says nothing new (Last-Modified has
       // one-second resolution, so it cannot order two changes within a second).
-      if (info.etag !== image.etag && entry.askedAt > image.knownAt) await image.revalidate(info);
-      return { type: 'file', size: image.size, blocks: Math.ceil((await image.allocatedBytes()) / 512), mtime: image.mtime, writable };
+      if (info.etag !== image.remote.etag && entry.askedAt > image.remote.knownAt) await image.remote.revalidate(info);
+      return { type: 'file', size: image.size, blocks: Math.ceil((await image.remote.allocatedBytes()) / 512), mtime: image.mtime, writable };
     }
     const size = logicalSize(info);
     return { type: 'file', size, blocks: Math.ceil(size / 512), mtime: info.lastModified, writable };
@@ -306,7 +307,7 @@ export class Namespace {
     const info = await this.store.getInfo(ref);
     await this.remember(container, parent, base, { type: 'file', info, askedAt: Date.now() });
     const image = await this.images.get(ref, info, true);
-    await image.takeLease();
+    await image.remote.takeLease();
     return image;
   }
 
@@ -314,7 +315,7 @@ export class Namespace {
   async openForWrite(path: string): Promise<Image> {
     this.checkWritable(path);
     const image = await this.open(path);
-    await image.takeLease();
+    await image.remote.takeLease();
     return image;
   }
 

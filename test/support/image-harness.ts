@@ -46,10 +46,8 @@ export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
       budget: new FetchBudget(4),
       dirtyWaitMs: o.dirtyWaitMs ?? 200,
       leaseId: map.leaseId(),
-      onDirty: (image) => flusher.notify(image),
       sync: o.sync ?? 'local',
-      flushNow: (image) => flusher.flush([image]),
-      exclusive: (image, fn) => flusher.exclusive(image, fn),
+      uploads: flusher,
     },
     'acct',
   );

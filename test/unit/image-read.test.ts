@@ -138,7 +138,7 @@ describe('Image reads', () => {
     await store.createPageBlob(ref, 512 * G);
     const h = harness(store, { readAheadGrains: 0, cacheBytes: 1024 * G });
     const image = await h.open(ref);
-    await image.takeLease();
+    await image.remote.takeLease();
     // Every other grain: one Put Page each, more than one flush window of them.
     const data = new Map<number, Buffer>();
     for (let idx = 0; idx < 400; idx += 2) {
