@@ -1,40 +1,38 @@
-/* The flusher: uploads, in the background, what writes left dirty in the cache.
+/* The flusher: uploads, in the background, what writes left dirty in the cache. It is
+ * the Uploads of lib/remote/uploads.ts: images tell it when they have something to upload
+ * and it works on their RemoteBlob, the cache and their bytes, never on lib/image.
  *
  * An image is queued when it gets something to upload and flushed after a short delay
  * (so that neighbouring writes share requests), or at once when someone waits for it
- * (fsync with --sync cloud, `blobdisk flush`, unmount). One flush of an image:
- *   page blob   take the lease; fix the size (shrink to what still belongs to the image,
- *               then grow to the new size; logical size in metadata); then, in batches
- *               of grains, Put Page for dirty sector runs (joined across grains, ≤ 4 MiB)
- *               and Clear Pages for runs of zeros
- *   block blob  take the lease; stage new blocks for every committed block a dirty grain
- *               or a size change touches (read-modify-write through the image's UploadSource), and one
- *               Put Block List that keeps the rest
- * after which each grain whose generation did not move is marked clean; a grain written
- * again meanwhile stays dirty and goes in the next flush.
+ * (fsync with --sync cloud, `blobdisk flush`, unmount). One flush of an image takes the
+ * lease, then uploads a page blob (page-upload.ts) or a block blob (block-upload.ts);
+ * after that each grain whose generation did not move is marked clean; a grain written
+ * again meanwhile stays dirty and goes in the next flush. Flushes run one image at a time.
  *
- * Failures:   ENOENT / EBUSY / ESTALE   the blob vanished, or someone else holds it: the
- *                                       image is in conflict, nothing is overwritten, its
- *                                       dirty data stays in the cache, status says so
- *             anything else (EIO, 5xx, resets, Azure down)
- *                                       retried with backoff from 0.5 s up to 30 s, forever;
- *                                       every failure is logged, none is dropped */
+ *   failure                               what happens
+ *   ENOENT / EBUSY / ESTALE               the blob vanished, or someone else holds it: the image is
+ *                                         in conflict, nothing is overwritten, its dirty data stays
+ *                                         in the cache, status says so; the image leaves the queue
+ *   anything else (EIO, 5xx, resets,      retried with backoff from MIN_BACKOFF_MS doubling up to
+ *     Azure down)                         MAX_BACKOFF_MS, forever; every failure is logged, none dropped
+ *   the image is held (a rename)          skipped; looked at again after HELD_RETRY_MS */
 
-import crypto from 'node:crypto';
 import { GrainCache } from '../cache/cache';
-import { SECTOR, runs, sectorsOf } from '../cache/sectors';
 import { BlobdiskError, isBlobdiskError } from '../errors';
 import { Logger } from '../log';
-import { LOGICAL_SIZE_KEY, logicalSizeText } from '../remote/remote';
 import { FlushOptions, FlushProgress, UploadSource, Uploads } from '../remote/uploads';
-import { BlobStore, MAX_PAGE_BLOB_BYTES } from '../store/types';
-import { CommittedBlock, PageUpload, blockSizeFor, planBlocks, planPageUploads } from './plan';
+import { BlobStore } from '../store/types';
+import { BlockUploader } from './block-upload';
+import { PageUploader } from './page-upload';
 
 const HELD_RETRY_MS = 100;
 /** A writer that never pauses still gets its changes uploaded once the oldest has waited
  *  this many write-back delays (and at least MIN_MAX_AGE_MS). */
 const MAX_AGE_FACTOR = 10;
 const MIN_MAX_AGE_MS = 5_000;
+const MIN_BACKOFF_MS = 500;
+const MAX_BACKOFF_MS = 30_000;
+const POLL_MS = 50;
 
 export interface FlusherOptions {
   readonly grainSize: number;
@@ -46,33 +44,6 @@ export interface FlusherOptions {
 
 export type { FlushProgress };
 
-/** Dirty grains of a page blob are read and planned this many bytes at a time. */
-const WINDOW_BYTES = 8 * 1024 * 1024;
-const MIN_BACKOFF_MS = 500;
-const MAX_BACKOFF_MS = 30_000;
-const POLL_MS = 50;
-
-const roundUp = (n: number): number => Math.ceil(n / SECTOR) * SECTOR;
-const roundDown = (n: number): number => Math.floor(n / SECTOR) * SECTOR;
-
-/** Runs `jobs` with at most `limit` at a time; rejects with the first failure after all settled. */
-async function bounded<T>(items: readonly T[], limit: number, job: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failure: unknown;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const item = items[next++] as T;
-      try {
-        await job(item);
-      } catch (e) {
-        failure ??= e;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  if (failure !== undefined) throw failure;
-}
-
 export class Flusher implements Uploads {
   private readonly queued = new Set<UploadSource>();
   private readonly backoff = new Map<UploadSource, { failures: number; until: number }>();
@@ -81,8 +52,6 @@ export class Flusher implements Uploads {
   private running: Promise<void> | undefined;
   private urgent = false;
   private stopped = false;
-  /** Window buffers of finished uploads, for the next ones. */
-  private readonly spareWindows: Buffer[] = [];
   /** When each queued image was last written (ms). */
   private readonly lastWrite = new Map<UploadSource, number>();
   /** Images no upload may start for (a rename is moving their blob). */
@@ -90,12 +59,19 @@ export class Flusher implements Uploads {
   /** The upload under way, if any. */
   private flushing: { image: UploadSource; done: Promise<void> } | undefined;
 
+  private readonly pages: PageUploader;
+  private readonly blocks: BlockUploader;
+
   constructor(
-    private readonly store: BlobStore,
+    store: BlobStore,
     private readonly cache: GrainCache,
     private readonly options: FlusherOptions,
     private readonly log: Logger,
-  ) {}
+  ) {
+    const deps = { store, cache, grainSize: options.grainSize, concurrency: options.concurrency };
+    this.pages = new PageUploader(deps);
+    this.blocks = new BlockUploader(deps);
+  }
 
   /** The image has something to upload. Uploads wait until it has been quiet for the
    *  write-back delay, so a burst of writes is acknowledged at local speed and goes up
@@ -218,226 +194,13 @@ export class Flusher implements Uploads {
     }
   }
 
-  /** Notes an ETag our request produced, so a later mount does not mistake it for someone else's change. */
-  private ours(image: UploadSource, etag: string): string {
-    return image.remote.produced(etag);
-  }
-
   /** Uploads everything the image holds dirty now. */
   private async flushImage(image: UploadSource): Promise<void> {
     if (!image.remote.needsUpload()) return;
     await image.remote.takeLease();
-    if (image.remote.kind === 'page') await this.flushPageBlob(image);
-    else if (image.remote.kind === 'block') await this.flushBlockBlob(image);
+    if (image.remote.kind === 'page') await this.pages.upload(image);
+    else if (image.remote.kind === 'block') await this.blocks.upload(image);
     else throw new BlobdiskError('EROFS', `${image.remote.ref.name} is an append blob`);
-  }
-
-  private async flushPageBlob(image: UploadSource): Promise<void> {
-    const { ref } = image.remote;
-    const g = this.options.grainSize;
-    let info = image.remote.info;
-    const size = image.remote.size;
-    const cuts = image.remote.cuts;
-    const physical = roundUp(size);
-    if (physical > MAX_PAGE_BLOB_BYTES) throw new BlobdiskError('EFBIG', `${ref.name} would exceed the 8 TiB page blob limit`);
-    let sized = false;
-    if (image.remote.remoteEnd < info.size) {
-      // Cut what no longer belongs to the image before growing again, so it reads as zeros.
-      info = { ...info, size: roundDown(image.remote.remoteEnd), etag: this.ours(image, await this.store.resizePageBlob(ref, roundDown(image.remote.remoteEnd), image.remote.writeConditions())) };
-      sized = true;
-      image.counters.uploads++;
-    }
-    if (info.size !== physical) {
-      info = { ...info, size: physical, etag: this.ours(image, await this.store.resizePageBlob(ref, physical, image.remote.writeConditions())) };
-      sized = true;
-      image.counters.uploads++;
-    }
-    const want = logicalSizeText(size);
-    if (info.metadata[LOGICAL_SIZE_KEY] !== want) {
-      const metadata: Record<string, string> = { ...info.metadata };
-      delete metadata[LOGICAL_SIZE_KEY];
-      if (want !== undefined) metadata[LOGICAL_SIZE_KEY] = want;
-      info = { ...info, metadata, etag: this.ours(image, await this.store.setMetadata(ref, metadata, image.remote.writeConditions())) };
-      sized = true;
-      image.counters.uploads++;
-    }
-    if (sized || image.remote.remoteEnd < image.remote.size) image.remote.uploaded(info, cuts);
-
-    // Grains are read a window at a time, just ahead of the uploads, so reading the cache,
-    // planning and marking grains clean overlap with requests in flight instead of
-    // stalling the pipeline between batches.
-    const dirty = this.cache.dirtyGrains(image.remote.id);
-    const perWindow = Math.max(1, Math.floor(WINDOW_BYTES / g));
-    interface Job { readonly upload: PageUpload; readonly window: Window }
-    interface Window { left: number; readonly grains: { idx: number; gen: number; data: Buffer; end: number }[]; buffer?: Buffer }
-    const ready: Job[] = [];
-    /** Grains of finished windows being marked clean (their checksums are under way). */
-    const marking: Promise<void>[] = [];
-    let failure: unknown;
-    let nextGrain = 0;
-    let reading: Promise<void> | undefined;
-    const readWindow = async (): Promise<void> => {
-      const batch = dirty.slice(nextGrain, nextGrain + perWindow);
-      nextGrain += batch.length;
-      // Generations and bitmaps first, then the grain files read side by side.
-      const snapshots = batch.flatMap((idx) => {
-        const state = this.cache.state(image.remote.id, idx);
-        return state?.dirty ? [{ idx, gen: state.gen, bitmap: Buffer.from(state.dirty) }] : [];
-      });
-      // One buffer for the window: neighbouring grains' runs join into a Put Page as a view of it.
-      const buffer = this.windowBuffer(perWindow * g);
-      const present = await Promise.all(snapshots.map((snap, i) => this.cache.read(image.remote.id, snap.idx, 0, g, buffer, i * g)));
-      const window: Window = { left: 0, grains: [] };
-      const pieces: { offset: number; data: Buffer }[] = [];
-      for (const [i, { idx, gen, bitmap }] of snapshots.entries()) {
-        // A grain gone meanwhile (a truncate) is looked at again by the next flush.
-        if (!present[i]) continue;
-        const data = buffer.subarray(i * g, (i + 1) * g);
-        let whole = true;
-        for (const [from, to] of runs(bitmap, sectorsOf(g))) {
-          const start = idx * g + from * SECTOR;
-          const end = Math.min(idx * g + to * SECTOR, physical);
-          // Bytes past the size we set were written after this flush began: next time.
-          if (end < idx * g + to * SECTOR) whole = false;
-          if (end > start) pieces.push({ offset: start, data: data.subarray(start - idx * g, end - idx * g) });
-        }
-        if (whole) window.grains.push({ idx, gen, data, end: Math.min((idx + 1) * g, physical) });
-      }
-      const uploads = planPageUploads(pieces);
-      window.left = uploads.length;
-      window.buffer = buffer;
-      if (uploads.length === 0) marking.push(this.windowDone(image, window));
-      for (const upload of uploads) ready.push({ upload, window });
-    };
-    const next = async (): Promise<Job | undefined> => {
-      for (;;) {
-        // Keep a window read ahead of the requests in flight.
-        if (ready.length <= this.options.concurrency && nextGrain < dirty.length) {
-          reading ??= readWindow()
-            .catch((e: unknown) => void (failure ??= e))
-            .finally(() => (reading = undefined));
-        }
-        const job = ready.shift();
-        if (job) return job;
-        if (!reading) return undefined;
-        await reading;
-        if (failure !== undefined) return undefined;
-      }
-    };
-    let etag = info.etag;
-    let sent = 0;
-    const worker = async (): Promise<void> => {
-      while (failure === undefined) {
-        try {
-          const job = await next();
-          if (!job) return;
-          const { upload: u, window } = job;
-          const conditions = image.remote.writeConditions();
-          etag = this.ours(image, u.zero ? await this.store.clearPages(ref, u.offset, u.data.length, conditions) : await this.store.putPages(ref, u.offset, u.data, conditions));
-          image.remote.pagesChanged(u.offset, u.offset + u.data.length);
-          sent++;
-          image.counters.uploads++;
-          if (u.zero) image.counters.bytesCleared += u.data.length;
-          else image.counters.bytesUp += u.data.length;
-          if (--window.left === 0) marking.push(this.windowDone(image, window));
-        } catch (e) {
-          failure ??= e;
-        }
-      }
-    };
-    // Workers never reject: a failure stops them all, after the requests in flight.
-    await Promise.all(Array.from({ length: this.options.concurrency }, worker));
-    await reading;
-    // Before the flush counts as done: a grain still dirty then would be uploaded again.
-    await Promise.all(marking).catch((e: unknown) => void (failure ??= e));
-    if (sent > 0) {
-      try {
-        // Concurrent calls finish in any order: ask which ETag the blob ended with.
-        info = sent === 1 && failure === undefined ? { ...info, etag } : await this.store.getInfo(ref);
-        image.remote.uploaded(info);
-      } catch (e) {
-        failure ??= e;
-      }
-    }
-    if (failure !== undefined) throw failure;
-  }
-
-  /** Every upload of a window went through: marks its grains clean that went up whole
-   *  (unless written again since their snapshot) and, once their checksums are taken,
-   *  keeps its buffer for the next one. */
-  private async windowDone(image: UploadSource, window: { grains: readonly { idx: number; gen: number; data: Buffer; end: number }[]; buffer?: Buffer }): Promise<void> {
-    const clean = window.grains.filter((grain) => this.mayBeClean(image, grain.end));
-    await Promise.all(clean.map((grain) => this.cache.markUploaded(image.remote.id, grain.idx, grain.gen, grain.data)));
-    if (window.buffer && this.spareWindows.length < this.options.concurrency + 2) this.spareWindows.push(window.buffer);
-  }
-
-  /** A window buffer of `bytes`, reused: fresh ones of 8 MiB per window kept the garbage
-   *  collector busy for a tenth of a drain. Shared memory, so that the cache checksums
-   *  uploaded grains in its worker thread without a copy. */
-  private windowBuffer(bytes: number): Buffer {
-    const spare = this.spareWindows.pop();
-    return spare && spare.length === bytes ? spare : Buffer.from(new SharedArrayBuffer(bytes));
-  }
-
-  private async flushBlockBlob(image: UploadSource): Promise<void> {
-    const { ref } = image.remote;
-    const g = this.options.grainSize;
-    const info = image.remote.info;
-    const size = image.remote.size;
-    const cuts = image.remote.cuts;
-    const grains = this.cache.dirtyGrains(image.remote.id).map((idx) => ({ idx, gen: this.cache.state(image.remote.id, idx)?.gen ?? -1 }));
-    // Changed bytes by dirty sector runs, so a small write does not restage a neighbouring block.
-    const changed: { start: number; end: number }[] = [];
-    for (const { idx } of grains) {
-      const dirty = this.cache.state(image.remote.id, idx)?.dirty;
-      for (const [from, to] of dirty ? runs(dirty, sectorsOf(g)) : [[0, sectorsOf(g)] as [number, number]]) {
-        changed.push({ start: idx * g + from * SECTOR, end: idx * g + to * SECTOR });
-      }
-    }
-    const intact = Math.min(image.remote.remoteEnd, info.size);
-    if (size > intact) changed.push({ start: intact, end: size });
-    changed.sort((a, b) => a.start - b.start);
-
-    const listed = info.size > 0 ? await this.store.blockList(ref) : [];
-    const committed: CommittedBlock[] = [];
-    let at = 0;
-    for (const block of listed) {
-      committed.push({ id: block.id, start: at, end: at + block.size });
-      at += block.size;
-    }
-    if (committed.length === 0 && info.size > 0) committed.push({ id: undefined, start: 0, end: info.size });
-    const firstId = listed[0]?.id;
-    let idBytes = firstId !== undefined ? Buffer.from(firstId, 'base64').length : 32;
-    const plan = planBlocks(idBytes < 8 ? committed.map((c) => ({ ...c, id: undefined })) : committed, changed, size, blockSizeFor(size, g));
-    if (idBytes < 8) idBytes = 32; // every block is staged anew: our ids may have our length
-    const ids: string[] = [];
-    const stages: { id: string; start: number; end: number }[] = [];
-    for (const p of plan) {
-      if ('keep' in p) ids.push(p.keep);
-      else {
-        const id = crypto.randomBytes(idBytes).toString('base64');
-        ids.push(id);
-        stages.push({ id, ...p.stage });
-      }
-    }
-    await bounded(stages, this.options.concurrency, async (s) => {
-      const data = await image.readForUpload(s.start, s.end - s.start);
-      if (data.length !== s.end - s.start) throw new BlobdiskError('EIO', `${ref.name} shrank while its blocks were staged; trying again`);
-      await this.store.stageBlock(ref, s.id, data, image.remote.writeConditions());
-      image.counters.uploads++;
-      image.counters.bytesUp += data.length;
-    });
-    const etag = this.ours(image, await this.store.commitBlockList(ref, ids, { ...image.remote.writeConditions(), metadata: { ...info.metadata } }));
-    image.counters.uploads++;
-    // Recorded before any grain is clean: a clean grain may be evicted, and is then read
-    // from Azure only if the image's end in Azure covers it.
-    image.remote.uploaded({ ...info, size, etag }, cuts);
-    for (const { idx, gen } of grains) {
-      // A grain reaching past the size this flush committed was written after it began.
-      if ((idx + 1) * g > size && this.dirtyPast(image, idx, size)) continue;
-      if (!this.mayBeClean(image, Math.min((idx + 1) * g, size))) continue;
-      if (this.cache.state(image.remote.id, idx)?.gen === gen) await this.cache.markUploaded(image.remote.id, idx, gen, await this.cache.readWhole(image.remote.id, idx));
-    }
   }
 
   /** Resolves once everything dirty in `images` now is in Azure. `onProgress` sees the
@@ -488,24 +251,6 @@ export class Flusher implements Uploads {
     } finally {
       this.urgent = false;
     }
-  }
-
-  /** Whether an uploaded grain ending at byte `end` may be marked clean: not while a
-   *  truncate since has cut Azure's part of the image below that end. The next flush cuts
-   *  the blob there first (a page blob) or restages from there (a block blob); a grain
-   *  marked clean and evicted before then would read as zeros, and the cut would take
-   *  its uploaded bytes. Kept dirty, it goes up again after the cut. */
-  private mayBeClean(image: UploadSource, end: number): boolean {
-    return end <= image.remote.remoteEnd;
-  }
-
-  /** Whether grain `idx` has dirty sectors at or past byte `size` of the image. */
-  private dirtyPast(image: UploadSource, idx: number, size: number): boolean {
-    const dirty = this.cache.state(image.remote.id, idx)?.dirty;
-    if (!dirty) return false;
-    const g = this.options.grainSize;
-    const firstPast = Math.max(0, Math.ceil((size - idx * g) / SECTOR));
-    return runs(dirty, sectorsOf(g)).some(([, to]) => to > firstPast);
   }
 
   /** Dirty bytes and the oldest dirty age of an image, for status. */
