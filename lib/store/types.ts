@@ -1,4 +1,4 @@
-/* The blob-store interface: the bottom layer of blobdisk. lib/store/azure.ts implements it
+/* The blob-store interface: the bottom layer of blobdisk. lib/store/azure/ implements it
  * with @azure/storage-blob; test/support/memory-store.ts implements it in memory for unit
  * tests. Every method rejects only with BlobdiskError:
  *   ENOENT    container or blob does not exist

@@ -3,8 +3,8 @@
  * (container, blob, endpoint host): never from the SDK's message or request URL, which can
  * carry a SAS. Everything still passes through redact() as a safety net. */
 
-import { BlobdiskError, isBlobdiskError, type ErrnoName } from '../errors';
-import { redact } from '../redact';
+import { BlobdiskError, isBlobdiskError, type ErrnoName } from '../../errors';
+import { redact } from '../../redact';
 
 export interface ErrorContext {
   /** Store method that failed, e.g. 'read'. */

@@ -1,29 +1,21 @@
-/* BlobStore on Azure Blob Storage (or Azurite) through @azure/storage-blob.
+/* BlobStore on Azure Blob Storage (or Azurite) through @azure/storage-blob: the only
+ * importer of the SDK, with its neighbours in this folder (connection.ts: credentials to
+ * a client; convert.ts: shapes and limits; errors.ts: SDK failures to BlobdiskError).
  * Every SDK call goes through call(): it counts the request, bounds it by a deadline
  * (the SDK's tryTimeoutInMs only sets the server-side timeout, so a host that accepts
- * connections and never answers would otherwise hang the caller) and translates failures
- * in lib/store/azure-errors.ts. Azure limits that Azurite does not enforce are checked
- * here before sending (Put Page ≤ 4 MiB and 512-aligned, lease durations, page blob size). */
+ * connections and never answers would otherwise hang the caller) and translates failures.
+ * Listings go through eachPage(): one call() per page, following continuation tokens.
+ * Azure limits that Azurite does not enforce are checked before sending (Put Page ≤ 4 MiB
+ * and 512-aligned, lease durations, page blob size). */
 
-import {
-  AnonymousCredential,
-  BlobServiceClient,
-  StorageSharedKeyCredential,
-  type BlobClient,
-  type BlobRequestConditions,
-  type ContainerClient,
-  type StoragePipelineOptions,
-} from '@azure/storage-blob';
+import { BlobServiceClient, type BlobClient, type ContainerClient, type StoragePipelineOptions } from '@azure/storage-blob';
 import { Readable } from 'node:stream';
-import { BlobdiskError } from '../errors';
-import { azureCode, toBlobdiskError, type ErrorContext } from './azure-errors';
-import type { Credentials, StoreOptions } from './credentials';
+import { BlobdiskError } from '../../errors';
+import type { StoreOptions } from '../credentials';
 import {
-  MAX_PAGE_BLOB_BYTES,
   MAX_PUT_PAGE_BYTES,
   PAGE_SIZE,
   type BlobInfo,
-  type BlobKind,
   type BlobRef,
   type BlobStore,
   type BlockInfo,
@@ -32,146 +24,16 @@ import {
   type ReadOptions,
   type StoreCounters,
   type WriteConditions,
-} from './types';
+} from '../types';
+import { resolve } from './connection';
+import { checkAligned, checkPageBlobSize, conditionsOf, etagOf, invalid, kindOf, lowerKeys, mergeRanges, quoteEtag } from './convert';
+import { azureCode, toBlobdiskError, type ErrorContext } from './errors';
 
 /** Clear Pages is split into calls of at most this size (Azure would accept more; keep calls bounded). */
 export const MAX_CLEAR_PAGES_BYTES = MAX_PUT_PAGE_BYTES;
 const RETRY_DELAY_MS = 200;
 const MAX_RETRY_DELAY_MS = 2000;
 const COPY_POLL_MS = [200, 500, 1000, 2000] as const;
-
-/** The emulator's well-known account (public, documented by Microsoft). */
-export const DEVSTORE_ACCOUNT = 'devstoreaccount1';
-export const DEVSTORE_KEY = 'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
-
-interface Resolved {
-  readonly url: string;
-  readonly credential: StorageSharedKeyCredential | AnonymousCredential;
-}
-
-function malformed(what: string): BlobdiskError {
-  return new BlobdiskError('EINVAL', `the connection string is malformed: ${what}`);
-}
-
-type Fail = (why: string) => BlobdiskError;
-
-function checkEndpoint(endpoint: string, fail: Fail): string {
-  let url: URL;
-  try {
-    url = new URL(endpoint);
-  } catch {
-    throw fail('is not a valid URL');
-  }
-  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw fail('must be an http or https URL');
-  if (url.search !== '') throw fail('must not contain a query (give the SAS separately)');
-  return url.toString().replace(/\/$/, '');
-}
-
-function checkKey(key: string, fail: Fail): void {
-  if (key === '') throw fail('is empty');
-  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(key) || key.length % 4 !== 0) throw fail('is not valid base64');
-}
-
-function withSas(endpoint: string, sas: string, fail: Fail): Resolved {
-  const query = sas.replace(/^\?/, '');
-  if (query === '') throw fail('is empty');
-  return { url: `${endpoint}?${query}`, credential: new AnonymousCredential() };
-}
-
-/** Parses `Name=Value;...` without ever echoing the input (it holds the key or SAS). */
-function parseConnectionString(text: string): Resolved {
-  const parts = new Map<string, string>();
-  for (const part of text.trim().split(';')) {
-    if (part.trim() === '') continue;
-    const eq = part.indexOf('=');
-    if (eq <= 0) throw malformed('a part is not of the form Name=Value');
-    parts.set(part.slice(0, eq).trim().toLowerCase(), part.slice(eq + 1).trim());
-  }
-  if (parts.get('usedevelopmentstorage')?.toLowerCase() === 'true') {
-    return { url: `http://127.0.0.1:10000/${DEVSTORE_ACCOUNT}`, credential: new StorageSharedKeyCredential(DEVSTORE_ACCOUNT, DEVSTORE_KEY) };
-  }
-  const account = parts.get('accountname');
-  const key = parts.get('accountkey');
-  const sas = parts.get('sharedaccesssignature');
-  let endpoint = parts.get('blobendpoint');
-  if (endpoint === undefined) {
-    if (account === undefined) throw malformed('it has neither BlobEndpoint nor AccountName');
-    const protocol = (parts.get('defaultendpointsprotocol') ?? 'https').toLowerCase();
-    if (protocol !== 'https' && protocol !== 'http') throw malformed('DefaultEndpointsProtocol must be http or https');
-    endpoint = `${protocol}://${account}.blob.${parts.get('endpointsuffix') ?? 'core.windows.net'}`;
-  }
-  const url = checkEndpoint(endpoint, (why) => malformed(`BlobEndpoint ${why}`));
-  if (key !== undefined) {
-    if (account === undefined || account === '') throw malformed('AccountKey is given without AccountName');
-    checkKey(key, (why) => malformed(`AccountKey ${why}`));
-    return { url, credential: new StorageSharedKeyCredential(account, key) };
-  }
-  if (sas !== undefined) return withSas(url, sas, (why) => malformed(`SharedAccessSignature ${why}`));
-  throw malformed('it has neither AccountKey nor SharedAccessSignature');
-}
-
-function resolve(credentials: Credentials): Resolved {
-  const invalid: Fail = (why) => new BlobdiskError('EINVAL', why);
-  switch (credentials.kind) {
-    case 'connectionString':
-      return parseConnectionString(credentials.connectionString);
-    case 'accountKey': {
-      if (credentials.account === '') throw invalid('the account name is empty');
-      checkKey(credentials.accountKey, (why) => invalid(`the account key ${why}`));
-      const url = checkEndpoint(credentials.endpoint, (why) => invalid(`the endpoint ${why}`));
-      return { url, credential: new StorageSharedKeyCredential(credentials.account, credentials.accountKey) };
-    }
-    case 'sas':
-      return withSas(checkEndpoint(credentials.endpoint, (why) => invalid(`the endpoint ${why}`)), credentials.sas, (why) => invalid(`the SAS ${why}`));
-  }
-}
-
-const KINDS: Readonly<Record<string, BlobKind>> = { PageBlob: 'page', BlockBlob: 'block', AppendBlob: 'append' };
-
-function kindOf(blobType: string | undefined): BlobKind {
-  const kind = blobType === undefined ? undefined : KINDS[blobType];
-  if (kind === undefined) throw new BlobdiskError('EIO', `Azure reported an unknown blob type`);
-  return kind;
-}
-
-function lowerKeys(metadata: Record<string, string> | undefined): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(metadata ?? {})) out[k.toLowerCase()] = v;
-  return out;
-}
-
-function conditionsOf(c: WriteConditions | undefined): BlobRequestConditions {
-  const out: BlobRequestConditions = {};
-  if (c?.leaseId !== undefined) out.leaseId = c.leaseId;
-  if (c?.ifMatch !== undefined) out.ifMatch = c.ifMatch;
-  return out;
-}
-
-/** Listings carry the ETag bare, headers quoted: give callers one form to compare. */
-function quoteEtag(etag: string): string {
-  return etag.startsWith('"') || etag.startsWith('W/') ? etag : `"${etag}"`;
-}
-
-function etagOf(response: { etag?: string }): string {
-  if (response.etag === undefined) throw new BlobdiskError('EIO', 'Azure answered without an ETag');
-  return quoteEtag(response.etag);
-}
-
-function invalid(op: string, ref: BlobRef, why: string): BlobdiskError {
-  return new BlobdiskError('EINVAL', `${op} ${ref.container}/${ref.name} failed: ${why}`);
-}
-
-function checkAligned(op: string, ref: BlobRef, offset: number, length: number, max: number): void {
-  if (!Number.isSafeInteger(offset) || offset < 0 || offset % PAGE_SIZE !== 0) throw invalid(op, ref, `offset ${offset} is not a multiple of ${PAGE_SIZE}`);
-  if (!Number.isSafeInteger(length) || length <= 0 || length % PAGE_SIZE !== 0) throw invalid(op, ref, `length ${length} is not a positive multiple of ${PAGE_SIZE}`);
-  if (length > max) throw invalid(op, ref, `length ${length} exceeds the Azure limit of ${max} bytes per call`);
-}
-
-function checkPageBlobSize(op: string, ref: BlobRef, size: number): void {
-  if (!Number.isSafeInteger(size) || size < 0 || size % PAGE_SIZE !== 0 || size > MAX_PAGE_BLOB_BYTES) {
-    throw invalid(op, ref, `page blob size ${size} is not a multiple of ${PAGE_SIZE} between 0 and 8 TiB`);
-  }
-}
 
 function sleep(ms: number): Promise<void> {
   return new Promise((done) => setTimeout(done, ms));
@@ -220,6 +82,30 @@ export class AzureStore implements BlobStore {
     }
   }
 
+  /** Runs a paged listing: one call() per page, `each` on every page, until the last. */
+  private async eachPage<P extends { continuationToken?: string | undefined }>(
+    ctx: Omit<ErrorContext, 'host'>,
+    byPage: (settings: { continuationToken?: string }, abortSignal: AbortSignal) => AsyncIterableIterator<P>,
+    each: (page: P) => void,
+    callerSignal?: AbortSignal,
+  ): Promise<void> {
+    let marker: string | undefined;
+    do {
+      const settings = marker === undefined ? {} : { continuationToken: marker };
+      const page = await this.call(
+        ctx,
+        async (abortSignal) => {
+          const r = await byPage(settings, abortSignal).next();
+          return r.done === true ? undefined : r.value;
+        },
+        callerSignal,
+      );
+      if (page === undefined) return;
+      each(page);
+      marker = page.continuationToken || undefined;
+    } while (marker !== undefined);
+  }
+
   private container(name: string): ContainerClient {
     return this.service.getContainerClient(name);
   }
@@ -234,15 +120,13 @@ export class AzureStore implements BlobStore {
 
   async listContainers(): Promise<string[]> {
     const names: string[] = [];
-    let marker: string | undefined;
-    do {
-      const page = await this.call({ op: 'listContainers' }, async (abortSignal) => {
-        const r = await this.service.listContainers({ abortSignal }).byPage(marker === undefined ? {} : { continuationToken: marker }).next();
-        return r.done === true ? undefined : r.value;
-      });
-      for (const item of page?.containerItems ?? []) names.push(item.name);
-      marker = page?.continuationToken || undefined;
-    } while (marker !== undefined);
+    await this.eachPage(
+      { op: 'listContainers' },
+      (settings, abortSignal) => this.service.listContainers({ abortSignal }).byPage(settings),
+      (page) => {
+        for (const item of page.containerItems) names.push(item.name);
+      },
+    );
     return names;
   }
 
@@ -258,26 +142,23 @@ export class AzureStore implements BlobStore {
     const blobs: BlobInfo[] = [];
     const prefixes: string[] = [];
     const client = this.container(container);
-    let marker: string | undefined;
-    do {
-      const page = await this.call({ op: 'listDirectory', container }, async (abortSignal) => {
-        const iter = client.listBlobsByHierarchy('/', { prefix, includeMetadata: true, abortSignal });
-        const r = await iter.byPage(marker === undefined ? {} : { continuationToken: marker }).next();
-        return r.done === true ? undefined : r.value;
-      });
-      for (const p of page?.segment.blobPrefixes ?? []) prefixes.push(p.name);
-      for (const item of page?.segment.blobItems ?? []) {
-        blobs.push({
-          name: item.name,
-          kind: kindOf(item.properties.blobType),
-          size: item.properties.contentLength ?? 0,
-          etag: quoteEtag(item.properties.etag),
-          lastModified: item.properties.lastModified,
-          metadata: lowerKeys(item.metadata),
-        });
-      }
-      marker = page?.continuationToken || undefined;
-    } while (marker !== undefined);
+    await this.eachPage(
+      { op: 'listDirectory', container },
+      (settings, abortSignal) => client.listBlobsByHierarchy('/', { prefix, includeMetadata: true, abortSignal }).byPage(settings),
+      (page) => {
+        for (const p of page.segment.blobPrefixes ?? []) prefixes.push(p.name);
+        for (const item of page.segment.blobItems) {
+          blobs.push({
+            name: item.name,
+            kind: kindOf(item.properties.blobType),
+            size: item.properties.contentLength ?? 0,
+            etag: quoteEtag(item.properties.etag),
+            lastModified: item.properties.lastModified,
+            metadata: lowerKeys(item.metadata),
+          });
+        }
+      },
+    );
     return { blobs, prefixes };
   }
 
@@ -337,22 +218,16 @@ export class AzureStore implements BlobStore {
     const client = this.blob(ref).getPageBlobClient();
     const conditions = options.etag === undefined ? {} : { ifMatch: options.etag };
     const raw: ByteRange[] = [];
-    let marker: string | undefined;
     try {
-      do {
-        const page = await this.call(
-          this.ctx('pageRanges', ref),
-          async (abortSignal) => {
-            const iter = client.listPageRanges(from, to - from, { conditions, abortSignal });
-            const r = await iter.byPage(marker === undefined ? {} : { continuationToken: marker }).next();
-            return r.done === true ? undefined : r.value;
-          },
-          options.signal,
-        );
-        // Azure's ends are inclusive.
-        for (const r of page?.pageRange ?? []) raw.push({ start: Math.max(r.start, start), end: Math.min(r.end + 1, end) });
-        marker = page?.continuationToken || undefined;
-      } while (marker !== undefined);
+      await this.eachPage(
+        this.ctx('pageRanges', ref),
+        (settings, abortSignal) => client.listPageRanges(from, to - from, { conditions, abortSignal }).byPage(settings),
+        (page) => {
+          // Azure's ends are inclusive.
+          for (const r of page.pageRange ?? []) raw.push({ start: Math.max(r.start, start), end: Math.min(r.end + 1, end) });
+        },
+        options.signal,
+      );
     } catch (e) {
       // A window beyond the end of the blob holds no pages (Azure may answer 416 for it).
       if (azureCode(e).status === 416) return [];
@@ -513,14 +388,3 @@ export class AzureStore implements BlobStore {
   }
 }
 
-/** Sorts, drops empty ranges and merges overlapping or adjacent ones. */
-export function mergeRanges(ranges: readonly ByteRange[]): ByteRange[] {
-  const sorted = ranges.filter((r) => r.end > r.start).sort((a, b) => a.start - b.start);
-  const out: { start: number; end: number }[] = [];
-  for (const r of sorted) {
-    const last = out[out.length - 1];
-    if (last !== undefined && r.start <= last.end) last.end = Math.max(last.end, r.end);
-    else out.push({ start: r.start, end: r.end });
-  }
-  return out;
-}
