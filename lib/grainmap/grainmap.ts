@@ -17,48 +17,10 @@ import path from 'node:path';
 import { BlobdiskError } from '../errors';
 import { BlobKind } from '../store/types';
 import { GrainLog, LogRecord } from './log';
+import { GrainRow, ImageRow, RawGrain, RawImage, toGrain, toImage } from './rows';
 import { SCHEMA, SCHEMA_VERSION } from './schema';
 
-export interface ImageRow {
-  readonly id: number;
-  readonly account: string;
-  readonly container: string;
-  readonly name: string;
-  readonly kind: BlobKind;
-  readonly size: number;
-  readonly etag: string | null;
-  readonly allocated: number | null;
-  readonly allocatedEtag: string | null;
-  readonly remoteEnd: number | null;
-}
-
-export interface GrainRow {
-  readonly imageId: number;
-  readonly idx: number;
-  readonly length: number;
-  readonly checksum: number | null;
-  readonly valid: Buffer | null;
-  readonly dirty: Buffer | null;
-  readonly lastAccess: number;
-}
-
-interface RawImage {
-  id: number; account: string; container: string; name: string; kind: BlobKind; size: number;
-  etag: string | null; allocated: number | null; allocated_etag: string | null; remote_end: number | null;
-}
-interface RawGrain {
-  image_id: number; idx: number; length: number; checksum: number | null;
-  valid: Buffer | null; dirty: Buffer | null; last_access: number;
-}
-
-const toImage = (r: RawImage): ImageRow => ({
-  id: r.id, account: r.account, container: r.container, name: r.name, kind: r.kind, size: r.size,
-  etag: r.etag, allocated: r.allocated, allocatedEtag: r.allocated_etag, remoteEnd: r.remote_end,
-});
-const toGrain = (r: RawGrain): GrainRow => ({
-  imageId: r.image_id, idx: r.idx, length: r.length, checksum: r.checksum,
-  valid: r.valid, dirty: r.dirty, lastAccess: r.last_access,
-});
+export type { GrainRow, ImageRow };
 
 /** ETags of our own uploads kept per image (see recordEtag). */
 const KEPT_ETAGS = 64;
