@@ -85,7 +85,7 @@ async function recover(map: GrainMap, images: Images, log: Logger): Promise<void
       await images.recover(ref);
       log.info(`uploading what an earlier mount left dirty in ${row.container}/${row.name}`);
     } catch (e) {
-      log.error(`${row.container}/${row.name} holds data not yet uploaded, but cannot be opened (${isBlobdiskError(e) ? e.code : 'error'}: ${(e as Error).message}); it stays in the cache`);
+      log.error(`${row.container}/${row.name} holds data not yet uploaded, but cannot be opened (${isBlobdiskError(e) ? e.kind : 'error'}: ${(e as Error).message}); it stays in the cache`);
     }
   }
 }
@@ -93,12 +93,12 @@ async function recover(map: GrainMap, images: Images, log: Logger): Promise<void
 /** Turns a failure of the first request to Azure into one line that says what to do. */
 function accessError(e: unknown, options: MountOptions, where: string): Error {
   if (!isBlobdiskError(e)) return e instanceof Error ? e : new Error(String(e));
-  switch (e.code) {
-    case 'ENOENT':
+  switch (e.kind) {
+    case 'not-found':
       return new UsageError(`container ${options.container ?? '?'} does not exist in ${where}; create it, or leave out --container to see all containers`);
-    case 'EACCES':
+    case 'denied':
       return new UsageError(`Azure refused the credentials for ${where} (403); check the account key, SAS or connection string`);
-    case 'EINVAL':
+    case 'invalid':
       return new UsageError(`${e.message}`);
     default:
       return new UsageError(`cannot reach Azure Storage for ${where}: ${e.message}`);
@@ -296,7 +296,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         return { flushed: true };
       }
       if (request.op === 'unmount') return unmount(progress);
-      throw new BlobdiskError('EINVAL', `unknown request ${request.op}`);
+      throw new BlobdiskError('invalid', `unknown request ${request.op}`);
     });
     const watch = setInterval(() => {
       void mountPoints().then((mounts) => {

@@ -287,7 +287,7 @@ export class GrainCache {
 
   /** Writes `data` at `offset` within the grain and marks it dirty. Sectors the write only
    *  partly covers must already be valid (the image fetches them first). Waits up to
-   *  `waitMs` for room when the cache is full of dirty data, then fails with ENOSPC. */
+   *  `waitMs` for room when the cache is full of dirty data, then fails with no-space. */
   write(imageId: number, idx: number, offset: number, data: Buffer, waitMs: number): Promise<void> {
     return this.writes.write(imageId, idx, offset, data, waitMs);
   }

@@ -1,7 +1,7 @@
 /* Room in the cache: the cache holds at most `sizeBytes` of grains. Clean grains are
  * evicted, least recently used first, to make room; dirty grains and grains a write is
  * landing in never are. A write that finds the cache full of dirty data waits for the
- * flusher to clean some, up to its bound, then the caller fails with ENOSPC. Room is
+ * flusher to clean some, up to its bound, then the caller fails (no-space). Room is
  * claimed (reserved) before the caller awaits anything, so concurrent callers never count
  * the same free bytes twice; the caller gives it back once its grain is in the index. */
 

@@ -37,13 +37,13 @@ export class GrainWrites {
 
   /** Writes `data` at `offset` within the grain and marks it dirty. Sectors the write only
    *  partly covers must already be valid (the image fetches them first). Waits up to
-   *  `waitMs` for room when the cache is full of dirty data, then fails with ENOSPC. */
+   *  `waitMs` for room when the cache is full of dirty data, then fails with no-space. */
   async write(imageId: number, idx: number, offset: number, data: Buffer, waitMs: number): Promise<void> {
     const key = keyOf(imageId, idx);
     let entry = this.parts.index.get(key);
     if (!entry) {
       if (!(await this.parts.room.make(this.parts.grainSize, true, waitMs))) {
-        throw new BlobdiskError('ENOSPC', `the cache is full of data not yet uploaded (${this.parts.index.stats.dirtyBytes} bytes); the upload to Azure is not keeping up or Azure is unreachable`);
+        throw new BlobdiskError('no-space', `the cache is full of data not yet uploaded (${this.parts.index.stats.dirtyBytes} bytes); the upload to Azure is not keeping up or Azure is unreachable`);
       }
       this.parts.room.release(this.parts.grainSize);
       entry = this.parts.index.get(key) ?? this.newWritten(imageId, idx);

@@ -76,7 +76,7 @@ export class BlockUploader {
     }
     await bounded(stages, this.deps.concurrency, async (s) => {
       const data = await image.readForUpload(s.start, s.end - s.start);
-      if (data.length !== s.end - s.start) throw new BlobdiskError('EIO', `${ref.name} shrank while its blocks were staged; trying again`);
+      if (data.length !== s.end - s.start) throw new BlobdiskError('failed', `${ref.name} shrank while its blocks were staged; trying again`);
       await this.deps.store.stageBlock(ref, s.id, data, image.remote.writeConditions());
       image.counters.uploads++;
       image.counters.bytesUp += data.length;

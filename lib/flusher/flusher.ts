@@ -10,11 +10,11 @@
  * again meanwhile stays dirty and goes in the next flush. Flushes run one image at a time.
  *
  *   failure                               what happens
- *   ENOENT / EBUSY / ESTALE               the blob vanished, or someone else holds it: the image is
+ *   not-found / busy / stale              the blob vanished, or someone else holds it: the image is
  *                                         in conflict, nothing is overwritten, its dirty data stays
  *                                         in the cache, status says so; the image leaves the queue
- *   anything else (EIO, 5xx, resets,      retried with backoff from MIN_BACKOFF_MS doubling up to
- *     Azure down)                         MAX_BACKOFF_MS, forever; every failure is logged, none dropped
+ *   anything else (unavailable,           retried with backoff from MIN_BACKOFF_MS doubling up to
+ *     failed)                             MAX_BACKOFF_MS, forever; every failure is logged, none dropped
  *   the image is held (a rename)          skipped; looked at again after HELD_RETRY_MS */
 
 import { GrainCache } from '../cache/cache';
@@ -167,8 +167,8 @@ export class Flusher implements Uploads {
 
   private failed(image: UploadSource, e: unknown): void {
     const name = `${image.remote.ref.container}/${image.remote.ref.name}`;
-    if (isBlobdiskError(e) && (e.code === 'ENOENT' || e.code === 'EBUSY' || e.code === 'ESTALE')) {
-      image.remote.setConflict(image.remote.conflict ?? `cannot upload to ${name} (${e.code}: ${e.message}); its changes stay in the cache`);
+    if (isBlobdiskError(e) && (e.kind === 'not-found' || e.kind === 'busy' || e.kind === 'stale')) {
+      image.remote.setConflict(image.remote.conflict ?? `cannot upload to ${name} (${e.kind}: ${e.message}); its changes stay in the cache`);
       this.forget(image);
       return;
     }
@@ -177,13 +177,13 @@ export class Flusher implements Uploads {
     const wait = Math.min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** (b.failures - 1));
     b.until = Date.now() + wait;
     this.backoff.set(image, b);
-    const code = isBlobdiskError(e) ? e.code : 'error';
+    const code = isBlobdiskError(e) ? e.kind : 'error';
     this.log.warn(`uploading ${name} failed (${code}: ${(e as Error).message}); trying again in ${(wait / 1000).toFixed(1)} s (attempt ${b.failures})`);
   }
 
   /** Runs `fn` while no upload of `image` is under way or may start; uploads resume after. */
   async exclusive<T>(image: UploadSource, fn: () => Promise<T>): Promise<T> {
-    if (this.held.has(image)) throw new BlobdiskError('EBUSY', `${image.remote.ref.container}/${image.remote.ref.name} is being moved`);
+    if (this.held.has(image)) throw new BlobdiskError('busy', `${image.remote.ref.container}/${image.remote.ref.name} is being moved`);
     this.held.add(image);
     try {
       while (this.flushing?.image === image) await this.flushing.done.catch(() => undefined);
@@ -200,11 +200,11 @@ export class Flusher implements Uploads {
     await image.remote.takeLease();
     if (image.remote.kind === 'page') await this.pages.upload(image);
     else if (image.remote.kind === 'block') await this.blocks.upload(image);
-    else throw new BlobdiskError('EROFS', `${image.remote.ref.name} is an append blob`);
+    else throw new BlobdiskError('read-only', `${image.remote.ref.name} is an append blob`);
   }
 
   /** Resolves once everything dirty in `images` now is in Azure. `onProgress` sees the
-   *  dirty bytes left. With `stallMs`, gives up (EIO) when nothing got uploaded for that
+   *  dirty bytes left. With `stallMs`, gives up (unavailable) when nothing got uploaded for that
    *  long; a conflict fails at once. */
   async flush(images: readonly UploadSource[], options: FlushOptions = {}): Promise<void> {
     const targets = images.filter((i) => i.remote.needsUpload() || this.queued.has(i));
@@ -232,7 +232,7 @@ export class Flusher implements Uploads {
     try {
       for (;;) {
         const conflicted = targets.find((i) => i.remote.conflict);
-        if (conflicted) throw new BlobdiskError('EIO', conflicted.remote.conflict ?? 'conflict');
+        if (conflicted) throw new BlobdiskError('conflict', conflicted.remote.conflict ?? 'conflict');
         if (targets.every(isDone)) {
           options.onProgress?.({ dirtyBytes: left(), startBytes });
           return;
@@ -245,7 +245,7 @@ export class Flusher implements Uploads {
         if (now < lastLeft) lastProgress = Date.now();
         lastLeft = now;
         if (options.stallMs !== undefined && Date.now() - lastProgress > options.stallMs) {
-          throw new BlobdiskError('EIO', `nothing could be uploaded for ${Math.round(options.stallMs / 1000)} s; ${now} bytes stay dirty`);
+          throw new BlobdiskError('unavailable', `nothing could be uploaded for ${Math.round(options.stallMs / 1000)} s; ${now} bytes stay dirty`);
         }
       }
     } finally {

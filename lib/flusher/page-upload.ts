@@ -29,7 +29,7 @@ export class PageUploader {
     const size = image.remote.size;
     const cuts = image.remote.cuts;
     const physical = roundUp(size);
-    if (physical > MAX_PAGE_BLOB_BYTES) throw new BlobdiskError('EFBIG', `${ref.name} would exceed the 8 TiB page blob limit`);
+    if (physical > MAX_PAGE_BLOB_BYTES) throw new BlobdiskError('too-large', `${ref.name} would exceed the 8 TiB page blob limit`);
     let sized = false;
     if (image.remote.remoteEnd < info.size) {
       // Cut what no longer belongs to the image before growing again, so it reads as zeros.

@@ -57,7 +57,7 @@ export class GrainMap {
   }
 
   /** Opens (creating when new) the grain map at `file`. A map written for another grain
-   *  size is reset when it holds no dirty grains, refused (EINVAL) when it does. */
+   *  size is reset when it holds no dirty grains, refused (invalid) when it does. */
   static open(file: string, grainSize: number): GrainMap {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     const db = new Database(file);
@@ -98,7 +98,7 @@ export class GrainMap {
       this.setMeta('schema_version', String(SCHEMA_VERSION));
     } else if (version !== SCHEMA_VERSION) {
       throw new BlobdiskError(
-        'EINVAL',
+        'invalid',
         `the cache was written by another blobdisk version (grain map schema ${version}, this one reads ${SCHEMA_VERSION}); ` +
           'unmount with that version to drain it, or give another --cache-dir',
       );
@@ -108,7 +108,7 @@ export class GrainMap {
     if (stored !== grainSize) {
       if (this.dirtyGrainCount() > 0) {
         throw new BlobdiskError(
-          'EINVAL',
+          'invalid',
           `the cache holds data not yet uploaded with grain size ${stored} bytes; mount once with --grain-size ${stored} to upload it, or give another --cache-dir`,
         );
       }
@@ -148,7 +148,7 @@ export class GrainMap {
 
   /** Commits a change by appending it to the log; folds when enough are pending. */
   private logChange(record: LogRecord): void {
-    if (!this.log) throw new BlobdiskError('EIO', 'the grain map is closed');
+    if (!this.log) throw new BlobdiskError('failed', 'the grain map is closed');
     const seq = this.seq + 1;
     this.log.append(seq, record);
     this.pend(seq, record);
@@ -205,7 +205,7 @@ export class GrainMap {
     this.sql('INSERT INTO images (account, container, name, kind, size) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING')
       .run(account, container, name, kind, size);
     const row = this.image(account, container, name);
-    if (!row) throw new BlobdiskError('EIO', `grain map lost the row of ${container}/${name}`);
+    if (!row) throw new BlobdiskError('failed', `grain map lost the row of ${container}/${name}`);
     return row;
   }
 

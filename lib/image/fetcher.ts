@@ -62,7 +62,7 @@ export class Fetcher {
     });
     this.fetching.add(fetching);
     const head = grains[0];
-    if (!head) throw new BlobdiskError('EIO', 'empty fetch');
+    if (!head) throw new BlobdiskError('failed', 'empty fetch');
     return head;
   }
 
@@ -80,14 +80,15 @@ export class Fetcher {
           while (used < chunk.length) {
             const p = grains[Math.floor(pos / g) - (grains[0]?.idx ?? 0)];
             const take = p ? Math.min(chunk.length - used, p.idx * g + p.to - pos) : 0;
-            if (!p || take <= 0 || pos >= end) throw new BlobdiskError('EIO', `Azure sent more bytes than asked for ${this.ctx.remote.ref.name}`);
+            if (!p || take <= 0 || pos >= end) throw new BlobdiskError('failed', `Azure sent more bytes than asked for ${this.ctx.remote.ref.name}`);
             p.append(chunk, used, used + take);
             used += take;
             pos += take;
           }
           this.ctx.counters.bytesDown += chunk.length;
         }
-        if (pos !== end) throw new BlobdiskError('EIO', `Azure ended the read of ${this.ctx.remote.ref.name} at ${pos} instead of ${end}`);
+        // The body was cut short: the connection, not the blob, failed.
+        if (pos !== end) throw new BlobdiskError('unavailable', `Azure ended the read of ${this.ctx.remote.ref.name} at ${pos} instead of ${end}`);
       }
       for (const p of grains) p.complete();
       for (const p of grains) {
@@ -104,7 +105,7 @@ export class Fetcher {
         }
       }
     } catch (e) {
-      const error = isBlobdiskError(e) ? e : new BlobdiskError('EIO', `reading ${this.ctx.remote.ref.name} failed: ${(e as Error).message}`, { cause: e });
+      const error = isBlobdiskError(e) ? e : new BlobdiskError('failed', `reading ${this.ctx.remote.ref.name} failed: ${(e as Error).message}`, { cause: e });
       for (const p of grains) {
         p.fail(error);
         if (this.pending.get(p.idx) === p) this.pending.delete(p.idx);

@@ -76,7 +76,7 @@ export class Image implements UploadSource {
 
   /** Reads `length` bytes at `offset` into `target` (from its start). Returns the bytes
    *  read: fewer at the end of the image, 0 past it. Never-written ranges read as zeros.
-   *  Rejects only with BlobdiskError: ENOENT if the blob vanished, EIO after retries. */
+   *  Rejects only with BlobdiskError: not-found if the blob vanished, unavailable after retries. */
   readInto(target: Buffer, offset: number, length: number): Promise<number> {
     return this.reader.readInto(target, offset, length);
   }
@@ -99,7 +99,7 @@ export class Image implements UploadSource {
 
   /** Writes `data` at `offset`, growing the image when it ends past it. Resolves once the
    *  bytes are in the cache and the grain map has recorded them (not yet in Azure).
-   *  EIO on a conflict, EFBIG past the page-blob limit, ENOSPC when the cache stays full
+   *  conflict on a conflict, too-large past the page-blob limit, no-space when the cache stays full
    *  of data not yet uploaded. */
   write(data: Buffer, offset: number): Promise<number> {
     return this.writer.write(data, offset);

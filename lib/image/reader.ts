@@ -47,12 +47,12 @@ export class Reader {
 
   /** Reads `length` bytes at `offset` into `target` (from its start). Returns the bytes
    *  read: fewer at the end of the image, 0 past it. Never-written ranges read as zeros.
-   *  Rejects only with BlobdiskError: ENOENT if the blob vanished, EIO after retries. */
+   *  Rejects only with BlobdiskError: not-found if the blob vanished, unavailable after retries. */
   async readInto(target: Buffer, offset: number, length: number): Promise<number> {
     try {
       return await this.readOnce(target, offset, length);
     } catch (e) {
-      if (!isBlobdiskError(e) || e.code !== 'ESTALE') throw e;
+      if (!isBlobdiskError(e) || e.kind !== 'stale') throw e;
       // The blob changed under us: take its new state and read once more.
       await this.ctx.remote.refresh();
       return this.readOnce(target, offset, length);
@@ -177,7 +177,7 @@ export class Reader {
       await p.copyTo(start, end, target, at);
       return;
     }
-    throw new BlobdiskError('EIO', `grain ${idx} of ${this.ctx.remote.ref.name} kept leaving the cache while being read`);
+    throw new BlobdiskError('failed', `grain ${idx} of ${this.ctx.remote.ref.name} kept leaving the cache while being read`);
   }
 
   /** Grains worth fetching together with `idx` on a demand miss: the following missing

@@ -53,10 +53,10 @@ export class Images {
   async rename(src: BlobRef, dest: BlobRef): Promise<void> {
     const { store, map, cache, log } = this.deps;
     const image = await this.peek(src);
-    if (image?.conflict) throw new BlobdiskError('EIO', image.conflict);
+    if (image?.conflict) throw new BlobdiskError('conflict', image.conflict);
     // A blob another writer holds could be copied but not deleted: refuse before copying.
     if (image?.remote.leaseId === undefined && (await store.getInfo(src)).leased === true) {
-      throw new BlobdiskError('EBUSY', `${src.container}/${src.name} is leased by another writer; it cannot be renamed`);
+      throw new BlobdiskError('busy', `${src.container}/${src.name} is leased by another writer; it cannot be renamed`);
     }
     const move = async (): Promise<WriteConditions> => {
       const replaced = await this.peek(dest);
@@ -94,8 +94,8 @@ export class Images {
     try {
       await store.deleteBlob(src, conditions);
     } catch (e) {
-      if (!isBlobdiskError(e) || e.code !== 'ENOENT') {
-        log.warn(`renamed ${src.container}/${src.name} to ${dest.container}/${dest.name}, but deleting the old blob failed (${isBlobdiskError(e) ? e.code : 'error'}: ${(e as Error).message}); delete it by hand`);
+      if (!isBlobdiskError(e) || e.kind !== 'not-found') {
+        log.warn(`renamed ${src.container}/${src.name} to ${dest.container}/${dest.name}, but deleting the old blob failed (${isBlobdiskError(e) ? e.kind : 'error'}: ${(e as Error).message}); delete it by hand`);
       }
     }
     if (image && conditions.leaseId !== undefined) await image.remote.takeLease();

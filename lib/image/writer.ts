@@ -25,16 +25,16 @@ export class Writer {
   ) {}
 
   private checkWritable(end: number): void {
-    if (this.ctx.remote.conflict) throw new BlobdiskError('EIO', this.ctx.remote.conflict);
-    if (this.ctx.remote.kind === 'append') throw new BlobdiskError('EROFS', `${this.ctx.remote.ref.name} is an append blob; blobdisk only reads those`);
+    if (this.ctx.remote.conflict) throw new BlobdiskError('conflict', this.ctx.remote.conflict);
+    if (this.ctx.remote.kind === 'append') throw new BlobdiskError('read-only', `${this.ctx.remote.ref.name} is an append blob; blobdisk only reads those`);
     if (this.ctx.remote.kind === 'page' && end > MAX_PAGE_BLOB_BYTES) {
-      throw new BlobdiskError('EFBIG', `page blobs end at 8 TiB; ${this.ctx.remote.ref.name} cannot grow to ${end} bytes`);
+      throw new BlobdiskError('too-large', `page blobs end at 8 TiB; ${this.ctx.remote.ref.name} cannot grow to ${end} bytes`);
     }
   }
 
   /** Writes `data` at `offset`, growing the image when it ends past it. Resolves once the
    *  bytes are in the cache and the grain map has recorded them (not yet in Azure).
-   *  EIO on a conflict, EFBIG past the page-blob limit, ENOSPC when the cache stays full
+   *  conflict on a conflict, too-large past the page-blob limit, no-space when the cache stays full
    *  of data not yet uploaded. */
   async write(data: Buffer, offset: number): Promise<number> {
     const now = this.writeNow(data, offset);

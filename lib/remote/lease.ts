@@ -6,11 +6,11 @@
  *   state    event                                  next     effect
  *   free     take()                                 taking   Acquire Lease, proposing our id, LEASE_SECONDS
  *   taking   granted                                held     renewal every third of LEASE_SECONDS
- *   taking   refused: another writer holds it       free     take() rejects EBUSY; the image stays readable
+ *   taking   refused: another writer holds it       free     take() rejects busy; the image stays readable
  *   taking   other failure                          free     take() rejects with it; the next take() tries again
  *   held     take()                                 held     nothing (one take per lease)
  *   held     renewed, or renewal failed otherwise   held     a failed renewal is logged and tried at the next tick
- *   held     renewal refused (EBUSY) or blob gone   lost     onLost(): the image is in conflict, nothing is overwritten
+ *   held     renewal refused (busy) or blob gone   lost     onLost(): the image is in conflict, nothing is overwritten
  *   held     drop() (moved, replaced, deleted,      free     renewal stops; the id is forgotten (moved: the caller
  *            closing)                                        deletes the old blob with it, then take() = retake)
  *   held     release() (unmount, drained)           free     Release Lease; if that fails Azure expires it by itself
@@ -50,7 +50,7 @@ export class Lease {
     return this.held;
   }
 
-  /** Takes the lease (once); EBUSY when another host holds it. */
+  /** Takes the lease (once); busy when another host holds it. */
   take(): Promise<void> {
     if (this.held !== undefined) return Promise.resolve();
     this.taking ??= (async () => {
@@ -60,8 +60,8 @@ export class Lease {
         this.timer = setInterval(() => void this.renew(), (LEASE_SECONDS * 1000) / 3);
         this.timer.unref();
       } catch (e) {
-        if (isBlobdiskError(e) && e.code === 'EBUSY') {
-          throw new BlobdiskError('EBUSY', `${ref.container}/${ref.name} is leased by another writer; it can only be read here`, { cause: e });
+        if (isBlobdiskError(e) && e.kind === 'busy') {
+          throw new BlobdiskError('busy', `${ref.container}/${ref.name} is leased by another writer; it can only be read here`, { cause: e });
         }
         throw e;
       } finally {
@@ -78,11 +78,11 @@ export class Lease {
     try {
       await this.deps.store.renewLease(ref, id);
     } catch (e) {
-      if (isBlobdiskError(e) && (e.code === 'EBUSY' || e.code === 'ENOENT')) {
+      if (isBlobdiskError(e) && (e.kind === 'busy' || e.kind === 'not-found')) {
         this.drop();
-        this.onLost(`lost the lease on ${ref.container}/${ref.name} (${e.code}); another writer may have taken the blob`);
+        this.onLost(`lost the lease on ${ref.container}/${ref.name} (${e.kind}); another writer may have taken the blob`);
       } else {
-        this.deps.log.warn(`renewing the lease on ${ref.name} failed (${isBlobdiskError(e) ? e.code : 'error'}); trying again`);
+        this.deps.log.warn(`renewing the lease on ${ref.name} failed (${isBlobdiskError(e) ? e.kind : 'error'}); trying again`);
       }
     }
   }
@@ -104,7 +104,7 @@ export class Lease {
       await this.deps.store.releaseLease(ref, id);
       return true;
     } catch (e) {
-      this.deps.log.warn(`releasing the lease on ${ref.name} failed (${isBlobdiskError(e) ? e.code : 'error'}); it expires by itself within ${LEASE_SECONDS} s`);
+      this.deps.log.warn(`releasing the lease on ${ref.name} failed (${isBlobdiskError(e) ? e.kind : 'error'}); it expires by itself within ${LEASE_SECONDS} s`);
       return false;
     }
   }

@@ -23,7 +23,7 @@
 
 import { GrainCache } from '../cache/cache';
 import { SECTOR } from '../cache/sectors';
-import { isBlobdiskError } from '../errors';
+import { isBlobdiskError, isKind } from '../errors';
 import { GrainMap, ImageRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { BlobInfo, BlobKind, BlobRef, BlobStore, WriteConditions } from '../store/types';
@@ -189,7 +189,7 @@ export class RemoteBlob {
     this.pageMap?.reset(info.etag, info.size);
   }
 
-  /** Asks Azure for the blob's properties again and revalidates. ENOENT when it is gone. */
+  /** Asks Azure for the blob's properties again and revalidates. not-found when it is gone. */
   async refresh(): Promise<void> {
     await this.revalidate(await this.deps.store.getInfo(this.ref));
   }
@@ -226,7 +226,7 @@ export class RemoteBlob {
     try {
       await this.deps.store.deleteBlob(this.ref, conditions);
     } catch (e) {
-      if (!isBlobdiskError(e) || e.code !== 'ENOENT') throw e;
+      if (!isBlobdiskError(e) || e.kind !== 'not-found') throw e;
     }
     this.conflictReason = `${this.ref.name} was deleted`;
     await this.deps.cache.dropImage(this.row.id);
@@ -325,7 +325,7 @@ export class RemoteBlob {
     try {
       return await this.allocatedOnce();
     } catch (e) {
-      if (!isBlobdiskError(e) || e.code !== 'ESTALE') throw e;
+      if (!isBlobdiskError(e) || e.kind !== 'stale') throw e;
       await this.refresh();
       return this.allocatedOnce();
     }
@@ -342,7 +342,7 @@ export class RemoteBlob {
     } catch (e) {
       // st_blocks is advisory: with Azure unreachable, stat (and so every open) answers from
       // what this mount last knew instead of failing with EIO.
-      if (!isBlobdiskError(e) || e.code !== 'EIO') throw e;
+      if (!isKind(e, 'unavailable')) throw e;
       return Math.min(this.size, Math.max(this.row.allocated ?? 0, this.deps.cache.cachedBytes(this.row.id)) + pendingBytes);
     }
     if (this.current.etag === etag) this.setRow({ allocated, allocatedEtag: etag });
@@ -351,7 +351,7 @@ export class RemoteBlob {
 
   // ---- the lease -----------------------------------------------------------------------
 
-  /** Takes the blob's lease (once); EBUSY when another host holds it. */
+  /** Takes the blob's lease (once); busy when another host holds it. */
   takeLease(): Promise<void> {
     return this.lease.take();
   }

@@ -23,7 +23,7 @@ export interface FlushProgress {
 }
 
 export interface FlushOptions {
-  /** Give up (EIO) when nothing got uploaded for this long. */
+  /** Give up (unavailable) when nothing got uploaded for this long. */
   readonly stallMs?: number;
   /** Sees the dirty bytes left. */
   readonly onProgress?: (p: FlushProgress) => void;
@@ -32,8 +32,8 @@ export interface FlushOptions {
 export interface Uploads {
   /** The source has something to upload: it goes up after the write-back delay. */
   notify(source: UploadSource): void;
-  /** Resolves once everything dirty in `sources` now is in Azure; EIO on a conflict, or a stall. */
+  /** Resolves once everything dirty in `sources` now is in Azure; conflict on a conflict, unavailable on a stall. */
   flush(sources: readonly UploadSource[], options?: FlushOptions): Promise<void>;
-  /** Runs `fn` while no upload of `source` is under way or may start (a rename); EBUSY when one already runs. */
+  /** Runs `fn` while no upload of `source` is under way or may start (a rename); busy when one already runs. */
   exclusive<T>(source: UploadSource, fn: () => Promise<T>): Promise<T>;
 }

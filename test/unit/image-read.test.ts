@@ -127,8 +127,8 @@ describe('Image reads', () => {
     await pageBlob(store, G, [[0, Buffer.alloc(G, 9)]]);
     const h = harness(store);
     const image = await h.open(ref);
-    store.failNext('read', new BlobdiskError('EIO', 'Azure is unreachable'));
-    await expect(image.read(0, 10)).rejects.toMatchObject({ code: 'EIO' });
+    store.failNext('read', new BlobdiskError('unavailable', 'Azure is unreachable'));
+    await expect(image.read(0, 10)).rejects.toMatchObject({ kind: 'unavailable' });
     expect((await image.read(0, 10))[0]).toBe(9);
     await h.close();
   });

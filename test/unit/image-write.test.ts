@@ -172,9 +172,9 @@ describe('Image writes and the flusher', () => {
     await store.createPageBlob(page, 16 * G);
     const h = harness(store, { cacheBytes: 4 * G, dirtyWaitMs: 300, writeBackDelayMs: 10 });
     const image = await h.open(page);
-    store.failNext('putPages', new BlobdiskError('EIO', 'Azure is down'), Infinity);
+    store.failNext('putPages', new BlobdiskError('unavailable', 'Azure is down'), Infinity);
     for (let i = 0; i < 4; i++) await image.write(Buffer.alloc(G, i + 1), i * G);
-    await expect(image.write(Buffer.alloc(G, 9), 4 * G)).rejects.toMatchObject({ code: 'ENOSPC' });
+    await expect(image.write(Buffer.alloc(G, 9), 4 * G)).rejects.toMatchObject({ kind: 'no-space' });
     store.clearFaults();
     await h.flusher.flush([image]);
     const content = store.contentOf(page);
@@ -327,7 +327,7 @@ describe('Image writes and the flusher', () => {
     let calls = 0;
     const putPages = store.putPages.bind(store);
     store.putPages = async (ref, offset, bytes, conditions) => {
-      if (++calls === 5) throw new BlobdiskError('EIO', 'connection reset');
+      if (++calls === 5) throw new BlobdiskError('unavailable', 'connection reset');
       return putPages(ref, offset, bytes, conditions);
     };
     await h.flusher.flush([image]);

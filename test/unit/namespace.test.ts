@@ -98,7 +98,7 @@ describe('Namespace rename', () => {
       expect(store.contentOf({ container: 'd', name: 'vms/b.img' }).equals(want)).toBe(true);
       expect(store.counters.bytesUp - upBefore).toBeLessThanOrEqual(4 * G + 2 * 512);
       expect((await ns.getattr('/d/vms/b.img')).size).toBe(8 * G);
-      await expect(ns.getattr('/c/a.img')).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(ns.getattr('/c/a.img')).rejects.toMatchObject({ kind: 'not-found' });
     } finally {
       await h.close();
     }
@@ -128,11 +128,11 @@ describe('Namespace rename', () => {
       // properties; the grains come from the cache.
       expect(seen.sort()).toEqual(['getInfo', 'listDirectory']);
       expect(store.counters.requests - requests).toBe(2);
-      await expect(b.write(Buffer.from('x'), 0)).rejects.toMatchObject({ code: 'EIO' });
-      await expect(ns.rename('/c/b.bin', '/c/dir')).rejects.toMatchObject({ code: 'EISDIR' });
-      await expect(ns.rename('/c/dir', '/c/b.bin')).rejects.toMatchObject({ code: 'ENOTDIR' });
-      await expect(ns.rename('/c/dir', '/c/dir/sub')).rejects.toMatchObject({ code: 'EINVAL' });
-      await expect(ns.rename('/c/nothing', '/c/x')).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(b.write(Buffer.from('x'), 0)).rejects.toMatchObject({ kind: 'conflict' });
+      await expect(ns.rename('/c/b.bin', '/c/dir')).rejects.toMatchObject({ kind: 'is-directory' });
+      await expect(ns.rename('/c/dir', '/c/b.bin')).rejects.toMatchObject({ kind: 'not-directory' });
+      await expect(ns.rename('/c/dir', '/c/dir/sub')).rejects.toMatchObject({ kind: 'invalid' });
+      await expect(ns.rename('/c/nothing', '/c/x')).rejects.toMatchObject({ kind: 'not-found' });
     } finally {
       await h.close();
     }
@@ -150,8 +150,8 @@ describe('Namespace rename', () => {
       }
       await ns.mkdir('/c/full');
       await (await ns.create('/c/full/x.bin')).write(Buffer.from('x'), 0);
-      await expect(ns.rename('/c/vms', '/c/full')).rejects.toMatchObject({ code: 'ENOTEMPTY' });
-      await expect(ns.rename('/c/vms', '/c/old/vms2')).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(ns.rename('/c/vms', '/c/full')).rejects.toMatchObject({ kind: 'not-empty' });
+      await expect(ns.rename('/c/vms', '/c/old/vms2')).rejects.toMatchObject({ kind: 'not-found' });
       await ns.mkdir('/c/old');
       await ns.rename('/c/vms', '/c/old/vms2');
       expect(await names(store, 'c')).toEqual(['full', 'full/x.bin', 'old', 'old/vms2', 'old/vms2/db.img', 'old/vms2/empty', 'old/vms2/web', 'old/vms2/web/disk.img', 'old/vms2/web/disk.vmdk']);
@@ -161,7 +161,7 @@ describe('Namespace rename', () => {
       const disk = await ns.open('/d/vms/web/disk.img');
       await h.flusher.flush([disk]);
       expect(store.contentOf({ container: 'd', name: 'vms/web/disk.img' }).subarray(0, 19).toString()).toBe('/c/vms/web/disk.img');
-      await expect(ns.readdir('/c/old/vms2')).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(ns.readdir('/c/old/vms2')).rejects.toMatchObject({ kind: 'not-found' });
     } finally {
       await h.close();
     }

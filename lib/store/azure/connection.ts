@@ -16,7 +16,7 @@ export interface Resolved {
 }
 
 function malformed(what: string): BlobdiskError {
-  return new BlobdiskError('EINVAL', `the connection string is malformed: ${what}`);
+  return new BlobdiskError('invalid', `the connection string is malformed: ${what}`);
 }
 
 type Fail = (why: string) => BlobdiskError;
@@ -77,7 +77,7 @@ function parseConnectionString(text: string): Resolved {
 }
 
 export function resolve(credentials: Credentials): Resolved {
-  const invalid: Fail = (why) => new BlobdiskError('EINVAL', why);
+  const invalid: Fail = (why) => new BlobdiskError('invalid', why);
   switch (credentials.kind) {
     case 'connectionString':
       return parseConnectionString(credentials.connectionString);

@@ -10,7 +10,7 @@ const KINDS: Readonly<Record<string, BlobKind>> = { PageBlob: 'page', BlockBlob:
 
 export function kindOf(blobType: string | undefined): BlobKind {
   const kind = blobType === undefined ? undefined : KINDS[blobType];
-  if (kind === undefined) throw new BlobdiskError('EIO', `Azure reported an unknown blob type`);
+  if (kind === undefined) throw new BlobdiskError('failed', `Azure reported an unknown blob type`);
   return kind;
 }
 
@@ -33,12 +33,12 @@ export function quoteEtag(etag: string): string {
 }
 
 export function etagOf(response: { etag?: string }): string {
-  if (response.etag === undefined) throw new BlobdiskError('EIO', 'Azure answered without an ETag');
+  if (response.etag === undefined) throw new BlobdiskError('failed', 'Azure answered without an ETag');
   return quoteEtag(response.etag);
 }
 
 export function invalid(op: string, ref: BlobRef, why: string): BlobdiskError {
-  return new BlobdiskError('EINVAL', `${op} ${ref.container}/${ref.name} failed: ${why}`);
+  return new BlobdiskError('invalid', `${op} ${ref.container}/${ref.name} failed: ${why}`);
 }
 
 export function checkAligned(op: string, ref: BlobRef, offset: number, length: number, max: number): void {

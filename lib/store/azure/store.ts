@@ -49,7 +49,7 @@ export class AzureStore implements BlobStore {
   private readonly maxTries: number;
   private closed = false;
 
-  /** Throws BlobdiskError('EINVAL') for malformed credentials, never echoing them. */
+  /** Throws BlobdiskError('invalid') for malformed credentials, never echoing them. */
   constructor(options: StoreOptions) {
     const { url, credential } = resolve(options.credentials);
     this.host = new URL(url).host;
@@ -71,7 +71,7 @@ export class AzureStore implements BlobStore {
 
   /** Runs one SDK request: counted, bounded by the deadline, errors translated. */
   private async call<T>(ctx: Omit<ErrorContext, 'host'>, fn: (signal: AbortSignal) => Promise<T>, callerSignal?: AbortSignal): Promise<T> {
-    if (this.closed) throw new BlobdiskError('EIO', `${ctx.op} failed: the store is closed`);
+    if (this.closed) throw new BlobdiskError('failed', `${ctx.op} failed: the store is closed`);
     this.counters.requests++;
     const deadline = AbortSignal.timeout(this.deadlineMs);
     const signal = callerSignal === undefined ? deadline : AbortSignal.any([deadline, callerSignal]);
@@ -189,7 +189,7 @@ export class AzureStore implements BlobStore {
       options.signal,
     );
     const body = response.readableStreamBody;
-    if (body === undefined) throw new BlobdiskError('EIO', 'read failed: Azure answered without a body');
+    if (body === undefined) throw new BlobdiskError('failed', 'read failed: Azure answered without a body');
     const counters = this.counters;
     const host = this.host;
     const signal = options.signal;
@@ -310,7 +310,7 @@ export class AzureStore implements BlobStore {
       metadata = await this.getInfo(ref).then(
         (info) => ({ ...info.metadata }),
         (e: unknown) => {
-          if (e instanceof BlobdiskError && e.code === 'ENOENT') return {};
+          if (e instanceof BlobdiskError && e.kind === 'not-found') return {};
           throw e;
         },
       );
@@ -350,7 +350,7 @@ export class AzureStore implements BlobStore {
       const p = await this.call(ctx, (abortSignal) => dest.getProperties({ abortSignal }));
       status = p.copyStatus ?? 'success';
     }
-    if (status !== 'success') throw new BlobdiskError('EIO', `${ctx.op} ${target.container}/${target.name} failed: the server-side copy ended as ${status}`);
+    if (status !== 'success') throw new BlobdiskError('failed', `${ctx.op} ${target.container}/${target.name} failed: the server-side copy ended as ${status}`);
     return (await this.getInfo(target)).etag;
   }
 
@@ -361,7 +361,7 @@ export class AzureStore implements BlobStore {
     const r = await this.call(this.ctx('acquireLease', ref), (abortSignal) =>
       this.blob(ref).getBlobLeaseClient(proposedLeaseId).acquireLease(durationSeconds, { abortSignal }),
     );
-    if (r.leaseId === undefined) throw new BlobdiskError('EIO', 'acquireLease failed: Azure answered without a lease id');
+    if (r.leaseId === undefined) throw new BlobdiskError('failed', 'acquireLease failed: Azure answered without a lease id');
     return r.leaseId;
   }
 
