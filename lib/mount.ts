@@ -23,8 +23,8 @@ import { MountOptions } from './options';
 import { checkCacheDir, checkMountpoint, mountPoints } from './preflight';
 import { RunningAzurite, startAzurite } from './azurite';
 import { AzureStore } from './store/azure';
+import { MeteredStore } from './store/metered';
 import { Credentials, accountOf } from './store/credentials';
-import { BlobStore } from './store/types';
 
 /** How often the mount looks whether someone unmounted it from outside (fusermount -u). */
 const MOUNT_WATCH_MS = 2_000;
@@ -136,9 +136,9 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       where = `account ${accountOf(credentials)}`;
     }
     const account = accountOf(credentials);
-    let store: BlobStore;
+    let store: MeteredStore;
     try {
-      store = new AzureStore({ credentials, maxTries: options.maxTries, tryTimeoutMs: options.tryTimeoutMs });
+      store = new MeteredStore(new AzureStore({ credentials, maxTries: options.maxTries, tryTimeoutMs: options.tryTimeoutMs }));
     } catch (e) {
       throw accessError(e, options, where);
     }

@@ -144,7 +144,7 @@ export class Flusher implements Uploads {
       if (this.stopped) return;
       if (this.held.has(image)) continue;
       try {
-        const done = this.flushImage(image);
+        const done = this.pass(image);
         this.flushing = { image, done };
         await done.finally(() => (this.flushing = undefined));
         this.backoff.delete(image);
@@ -194,8 +194,9 @@ export class Flusher implements Uploads {
     }
   }
 
-  /** Uploads everything the image holds dirty now. */
-  private async flushImage(image: UploadSource): Promise<void> {
+  /** One pass over the image, as the background loop makes it: uploads everything it holds
+   *  dirty now, once, without retries or bookkeeping of the queue; rejects with what failed. */
+  async pass(image: UploadSource): Promise<void> {
     if (!image.remote.needsUpload()) return;
     await image.remote.takeLease();
     if (image.remote.kind === 'page') await this.pages.upload(image);

@@ -63,7 +63,7 @@ export interface ReadOptions {
   readonly signal?: AbortSignal;
 }
 
-/** Requests and bytes exchanged with the store since it was created. */
+/** Requests and bytes exchanged with a store, as MeteredStore counts them. */
 export interface StoreCounters {
   requests: number;
   bytesDown: number;
@@ -76,10 +76,9 @@ export const MAX_PUT_PAGE_BYTES = 4 * 1024 * 1024;
 export const MAX_PAGE_BLOB_BYTES = 8 * 1024 ** 4;
 export const MAX_COMMITTED_BLOCKS = 50_000;
 
+/** A store's operations. Counters live in a MeteredStore (metered.ts) that wraps one;
+ *  faults for tests in a FaultyStore (faulty.ts). */
 export interface BlobStore {
-  /** Live counters; a request is counted when it is sent, bytes when they arrive/leave. */
-  readonly counters: StoreCounters;
-
   /** Names of all containers in the account (all pages). */
   listContainers(): Promise<string[]>;
   /** Resolves when the container exists; not-found when not. */

@@ -1,7 +1,8 @@
 /* An in-memory BlobStore with Azure's semantics as blobdisk relies on them: ETags change
  * on every write, page blobs track allocated 512-byte pages, block blobs keep committed and
- * staged blocks, leases and If-Match are enforced. Tests inject latency, slow chunked reads
- * and faults (failNext) to exercise retries and partial reads without a network. */
+ * staged blocks, leases and If-Match are enforced. Tests set latency and slow chunked reads
+ * here; faults come from wrapping it in a FaultyStore (lib/store/faulty.ts). It counts its
+ * own requests and bytes (`counters`), as a MeteredStore would, for tests to read. */
 
 import { randomUUID } from 'node:crypto';
 import { BlobdiskError } from '../../lib/errors';
@@ -36,30 +37,17 @@ interface MemBlob {
   lease?: Lease;
 }
 
-type Fault = { error: BlobdiskError; times: number };
-
 const sleep = (ms: number): Promise<void> => new Promise((done) => setTimeout(done, ms));
 
 export class MemoryStore implements BlobStore {
   readonly counters: StoreCounters = { requests: 0, bytesDown: 0, bytesUp: 0 };
   private readonly containers = new Map<string, Map<string, MemBlob>>();
   private readonly staged = new Map<string, Map<string, Buffer>>();
-  private readonly faults = new Map<string, Fault>();
   private seq = 0;
   private closed = false;
 
   constructor(readonly settings: MemoryStoreOptions = {}) {
     for (const c of settings.containers ?? []) this.containers.set(c, new Map());
-  }
-
-  /** The next `times` calls of `method` (e.g. 'read', 'putPages') reject with `error`;
-   *  `times` may be Infinity ("Azure is down") until clearFaults(). */
-  failNext(method: keyof BlobStore, error: BlobdiskError, times = 1): void {
-    this.faults.set(method, { error, times });
-  }
-
-  clearFaults(): void {
-    this.faults.clear();
   }
 
   /** Whole content of a blob, for assertions. */
@@ -75,11 +63,6 @@ export class MemoryStore implements BlobStore {
     if (this.closed) throw new BlobdiskError('failed', `${method} failed: the store is closed`);
     this.counters.requests++;
     if ((this.settings.latencyMs ?? 0) > 0) await sleep(this.settings.latencyMs ?? 0);
-    const fault = this.faults.get(method);
-    if (fault !== undefined) {
-      if (--fault.times <= 0) this.faults.delete(method);
-      throw fault.error;
-    }
   }
 
   private fail(code: BlobdiskError['kind'], op: string, ref: BlobRef | string, why: string): BlobdiskError {

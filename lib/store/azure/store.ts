@@ -1,7 +1,7 @@
 /* BlobStore on Azure Blob Storage (or Azurite) through @azure/storage-blob: the only
  * importer of the SDK, with its neighbours in this folder (connection.ts: credentials to
  * a client; convert.ts: shapes and limits; errors.ts: SDK failures to BlobdiskError).
- * Every SDK call goes through call(): it counts the request, bounds it by a deadline
+ * Every SDK call goes through call(): it bounds it by a deadline
  * (the SDK's tryTimeoutInMs only sets the server-side timeout, so a host that accepts
  * connections and never answers would otherwise hang the caller) and translates failures.
  * Listings go through eachPage(): one call() per page, following continuation tokens.
@@ -22,7 +22,6 @@ import {
   type ByteRange,
   type Listing,
   type ReadOptions,
-  type StoreCounters,
   type WriteConditions,
 } from '../types';
 import { resolve } from './connection';
@@ -40,7 +39,6 @@ function sleep(ms: number): Promise<void> {
 }
 
 export class AzureStore implements BlobStore {
-  readonly counters: StoreCounters = { requests: 0, bytesDown: 0, bytesUp: 0 };
   private readonly service: BlobServiceClient;
   /** host[:port] of the endpoint, the only part of it that error messages show. */
   private readonly host: string;
@@ -69,10 +67,9 @@ export class AzureStore implements BlobStore {
     this.service = new BlobServiceClient(url, credential, pipeline);
   }
 
-  /** Runs one SDK request: counted, bounded by the deadline, errors translated. */
+  /** Runs one SDK request: bounded by the deadline, errors translated. */
   private async call<T>(ctx: Omit<ErrorContext, 'host'>, fn: (signal: AbortSignal) => Promise<T>, callerSignal?: AbortSignal): Promise<T> {
     if (this.closed) throw new BlobdiskError('failed', `${ctx.op} failed: the store is closed`);
-    this.counters.requests++;
     const deadline = AbortSignal.timeout(this.deadlineMs);
     const signal = callerSignal === undefined ? deadline : AbortSignal.any([deadline, callerSignal]);
     try {
@@ -190,14 +187,12 @@ export class AzureStore implements BlobStore {
     );
     const body = response.readableStreamBody;
     if (body === undefined) throw new BlobdiskError('failed', 'read failed: Azure answered without a body');
-    const counters = this.counters;
     const host = this.host;
     const signal = options.signal;
     return (async function* stream(): AsyncGenerator<Buffer> {
       try {
         for await (const chunk of body) {
           const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string | Uint8Array);
-          counters.bytesDown += buf.length;
           yield buf;
         }
       } catch (e) {
@@ -271,10 +266,9 @@ export class AzureStore implements BlobStore {
   async putPages(ref: BlobRef, offset: number, data: Buffer, conditions?: WriteConditions): Promise<string> {
     // Azurite accepts larger Put Page bodies; Azure answers 413. Refuse before sending.
     checkAligned('putPages', ref, offset, data.length, MAX_PUT_PAGE_BYTES);
-    const r = await this.call(this.ctx('putPages', ref), (abortSignal) => {
-      this.counters.bytesUp += data.length;
-      return this.blob(ref).getPageBlobClient().uploadPages(data, offset, data.length, { conditions: conditionsOf(conditions), abortSignal });
-    });
+    const r = await this.call(this.ctx('putPages', ref), (abortSignal) =>
+      this.blob(ref).getPageBlobClient().uploadPages(data, offset, data.length, { conditions: conditionsOf(conditions), abortSignal }),
+    );
     return etagOf(r);
   }
 
@@ -297,10 +291,9 @@ export class AzureStore implements BlobStore {
   async stageBlock(ref: BlobRef, blockId: string, data: Buffer, conditions?: WriteConditions): Promise<void> {
     // Put Block takes no If-Match; only the lease applies (the commit carries the If-Match).
     const lease = conditions?.leaseId === undefined ? {} : { leaseId: conditions.leaseId };
-    await this.call(this.ctx('stageBlock', ref), (abortSignal) => {
-      this.counters.bytesUp += data.length;
-      return this.blob(ref).getBlockBlobClient().stageBlock(blockId, data, data.length, { conditions: lease, abortSignal });
-    });
+    await this.call(this.ctx('stageBlock', ref), (abortSignal) =>
+      this.blob(ref).getBlockBlobClient().stageBlock(blockId, data, data.length, { conditions: lease, abortSignal }),
+    );
   }
 
   async commitBlockList(ref: BlobRef, blockIds: string[], options: WriteConditions & { metadata?: Record<string, string> } = {}): Promise<string> {
