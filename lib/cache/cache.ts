@@ -297,6 +297,16 @@ export class GrainCache {
     return this.writes.writeNow(imageId, idx, offset, data);
   }
 
+  /** Resolves once the file of grain `idx`, if it is being opened (prepare()), is open. */
+  fileReady(imageId: number, idx: number): Promise<void> {
+    return this.files.ready(keyOf(imageId, idx));
+  }
+
+  /** Resolves once the grain files being closed now are closed. */
+  filesClosed(): Promise<void> {
+    return this.files.closed();
+  }
+
   /** Opens the file of grain `idx` ahead of a sequential writer (see GrainWrites.prepare). */
   prepare(imageId: number, idx: number): void {
     this.writes.prepare(imageId, idx);

@@ -22,9 +22,6 @@ interface OpenFile {
   closing: boolean;
 }
 
-function closeFileNow(file: OpenFile): void {
-  file.handle.then((h) => h.close()).catch(() => undefined);
-}
 
 /** A grain file prefetch() opened for reading, for as long as `entry` is the grain's: a
  *  grain made anew (dropped, then fetched or written again) has a new Entry, and its file
@@ -46,6 +43,8 @@ export class GrainFiles {
   /** Files of dropped grains whose removal is under way. */
   private readonly removing = new Map<string, Promise<void>>();
   private readonly dirs = new Set<string>();
+  /** Closes under way in the thread pool. */
+  private readonly closing = new Set<Promise<void>>();
 
   constructor(
     /** The cache directory. */
@@ -122,7 +121,7 @@ export class GrainFiles {
       return await fn(await file.handle);
     } finally {
       file.users--;
-      if (file.closing && file.users === 0) closeFileNow(file);
+      if (file.closing && file.users === 0) this.closeNow(file);
     }
   }
 
@@ -174,7 +173,26 @@ export class GrainFiles {
     this.files.delete(key);
     this.fds.delete(key);
     file.closing = true;
-    if (file.users === 0) closeFileNow(file);
+    if (file.users === 0) this.closeNow(file);
+  }
+
+  private closeNow(file: OpenFile): void {
+    const closed: Promise<void> = file.handle
+      .then((h) => h.close())
+      .catch(() => undefined)
+      .finally(() => this.closing.delete(closed));
+    this.closing.add(closed);
+  }
+
+  /** Resolves once the grain's file, if it is being opened, is open (or failed to open). */
+  ready(key: string): Promise<void> {
+    const file = this.files.get(key);
+    return file ? file.handle.then(() => undefined, () => undefined) : Promise.resolve();
+  }
+
+  /** Resolves once the closes under way now have finished. */
+  async closed(): Promise<void> {
+    await Promise.all(this.closing);
   }
 
   /** The removal under way of the grain's file, if any. */

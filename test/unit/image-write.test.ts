@@ -46,7 +46,7 @@ describe('Image writes and the flusher', () => {
     await image.write(data.subarray(0, piece), 0);
     const atOnce: boolean[] = [];
     for (let at = piece; at < data.length; at += piece) {
-      await new Promise((r) => setTimeout(r, 20)); // the next grain's file opens meanwhile
+      await h.cache.fileReady(image.id, Math.floor(at / G)); // opened ahead while the last grain filled
       const chunk = data.subarray(at, at + piece);
       const n = image.writeNow(chunk, at);
       atOnce.push(n !== undefined);
@@ -80,18 +80,18 @@ describe('Image writes and the flusher', () => {
   it('keeps a grain dirty when it is written again while its upload runs', async () => {
     const store = new MemoryStore({ containers: ['c'] });
     await store.createPageBlob(page, 4 * G);
-    const h = harness(store);
+    const faulty = new FaultyStore(store);
+    const h = harness(faulty);
     const image = await h.open(page);
     await image.write(Buffer.alloc(G, 1), 0);
-    store.settings.latencyMs = 300; // every request is slow now
-    const flushing = h.flusher.flush([image]);
-    await new Promise((r) => setTimeout(r, 900)); // the lease and the Put Page are under way
-    await image.write(Buffer.alloc(512, 2), 0);
-    await flushing;
+    // The grain was read for the upload; while its Put Page is on its way, it is written again.
+    const again = { ops: ['putPages'], action: { kind: 'wait', until: () => image.write(Buffer.alloc(512, 2), 0) } } as const;
+    faulty.inject(again);
+    await h.flusher.flush([image]);
+    expect(faulty.hitsOf(again)).toBe(1);
     // The first flush has put the old bytes; the grain is still dirty with the new ones.
     expect(h.cache.state(image.id, 0)?.dirty).not.toBeNull();
     await h.flusher.flush([image]);
-    store.settings.latencyMs = 0;
     const expected = Buffer.alloc(4 * G);
     expected.fill(1, 0, G);
     expected.fill(2, 0, 512);
