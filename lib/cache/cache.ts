@@ -36,6 +36,8 @@ import path from 'node:path';
 import { GrainMap, GrainRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { CacheOptions } from '../options';
+import { Timer } from '../clock';
+import { SYSTEM_TIMING, Timing } from '../tunables';
 import { crc32 } from './crc';
 import { GrainFiles } from './files';
 import { CacheStats, Entry, GrainIndex, GrainState, keyOf } from './grain-index';
@@ -46,8 +48,6 @@ import { GrainWrites } from './writes';
 
 export type { CacheStats, GrainState };
 
-const TOUCH_FLUSH_MS = 5_000;
-
 export class GrainCache {
   private readonly index: GrainIndex;
   private readonly files: GrainFiles;
@@ -57,7 +57,7 @@ export class GrainCache {
   private readonly touched = new Map<string, { imageId: number; idx: number; at: number }>();
   /** Grains not cached whose files prepare() opened ahead of a sequential writer. */
   private readonly ahead = new Map<string, string>();
-  private readonly timer: NodeJS.Timeout;
+  private readonly timer: Timer;
   private readonly grainSize: number;
 
   /** Generations come from one counter for the whole cache, so a grain dropped and
@@ -69,16 +69,18 @@ export class GrainCache {
     private readonly options: CacheOptions,
     private readonly map: GrainMap,
     private readonly log: Logger,
+    private readonly timing: Timing = SYSTEM_TIMING,
   ) {
+    const { tunables } = timing;
     this.grainSize = options.grainSize;
     this.index = new GrainIndex(options.grainSize);
-    this.files = new GrainFiles(options.dir, options.grainSize);
+    this.files = new GrainFiles(options.dir, options.grainSize, tunables.maxOpenFiles, tunables.maxReadFiles);
     const drop = (entries: Entry[]): Promise<void> => this.drop(entries);
     this.verifier = new Verifier(this.index, this.files, options.grainSize, log, drop);
-    this.room = new Room(this.index, options.sizeBytes, options.grainSize, drop);
+    this.room = new Room(this.index, options.sizeBytes, options.grainSize, drop, timing.clock, tunables.roomPollMs);
     this.writes = new GrainWrites({
       grainSize: options.grainSize, sizeBytes: options.sizeBytes, index: this.index, files: this.files, verifier: this.verifier, room: this.room, ahead: this.ahead,
-      nextGen: () => this.nextGen(), persist: (e) => this.persist(e), drop, readWhole: (imageId, idx) => this.readWhole(imageId, idx),
+      nextGen: () => this.nextGen(), persist: (e) => this.persist(e), now: () => timing.clock.now(), drop, readWhole: (imageId, idx) => this.readWhole(imageId, idx),
     });
     for (const row of map.allGrains()) {
       this.index.insert({
@@ -86,8 +88,7 @@ export class GrainCache {
         gen: 0, uploadedGen: -1, verified: false, unsynced: false, dirtySince: row.dirty ? row.lastAccess : 0,
       });
     }
-    this.timer = setInterval(() => this.flushTouches(), TOUCH_FLUSH_MS);
-    this.timer.unref();
+    this.timer = timing.clock.interval(() => this.flushTouches(), tunables.touchFlushMs);
   }
 
   get stats(): CacheStats {
@@ -106,7 +107,7 @@ export class GrainCache {
   private persist(e: Entry): void {
     const row: GrainRow = {
       imageId: e.imageId, idx: e.idx, length: this.grainSize, checksum: e.checksum, valid: e.valid, dirty: e.dirty,
-      lastAccess: e.dirty ? e.dirtySince : Date.now(),
+      lastAccess: e.dirty ? e.dirtySince : this.timing.clock.now(),
     };
     this.map.putGrain(row);
   }
@@ -142,7 +143,7 @@ export class GrainCache {
     const entry = this.index.get(key);
     if (!entry) return false;
     this.index.use(key, entry);
-    this.touched.set(key, { imageId, idx, at: Date.now() });
+    this.touched.set(key, { imageId, idx, at: this.timing.clock.now() });
     try {
       const checksum = entry.checksum;
       if (this.verifier.needsCheck(entry) && checksum !== null) {
@@ -180,7 +181,7 @@ export class GrainCache {
     const fd = this.files.readFd(key, entry) ?? this.files.fd(key);
     if (fd === undefined) return false;
     this.index.use(key, entry);
-    this.touched.set(key, { imageId, idx, at: Date.now() });
+    this.touched.set(key, { imageId, idx, at: this.timing.clock.now() });
     let done = 0;
     while (done < length) {
       const n = fs.readSync(fd, target, targetOffset + done, length - done, offset + done);
@@ -388,7 +389,7 @@ export class GrainCache {
 
   /** Writes pending access times and closes files; the grain map stays open (its owner closes it). */
   async close(): Promise<void> {
-    clearInterval(this.timer);
+    this.timer.cancel();
     this.flushTouches();
     await this.files.closeAll();
     // Files opened ahead of a writer who stopped before reaching them (still empty).

@@ -1,16 +1,12 @@
 /* The grain files of the cache directory: grains/<image id>/<grain index>, each up to
  * grain-size bytes (holes and a missing tail read as zeros). Open files are kept, at most
- * MAX_OPEN_FILES, most recently used last; a file closes once it left them and nobody
+ * maxOpenFiles, most recently used last; a file closes once it left them and nobody
  * uses it. Removal of a dropped grain's file is ordered before any new open of it. */
 
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { Entry } from './grain-index';
-
-const MAX_OPEN_FILES = 128;
-/** Files prefetch() opens for readNow(), at most: a few read-ahead windows. */
-const MAX_READ_FILES = 256;
 
 /** An open grain file. It closes once it has left the open files and nobody uses it: a
  *  descriptor closed under a user could be reused by another file and take its bytes, and
@@ -50,6 +46,10 @@ export class GrainFiles {
     /** The cache directory. */
     private readonly dir: string,
     private readonly grainSize: number,
+    /** Open grain files kept, at most. */
+    private readonly maxOpenFiles: number,
+    /** Files prefetch() opens for readNow(), at most: a few read-ahead windows. */
+    private readonly maxReadFiles: number,
   ) {
     fs.mkdirSync(path.join(dir, 'grains'), { recursive: true });
   }
@@ -93,7 +93,7 @@ export class GrainFiles {
       return false;
     }
     this.readFiles.set(key, { fd, entry });
-    while (this.readFiles.size > MAX_READ_FILES) {
+    while (this.readFiles.size > this.maxReadFiles) {
       const oldest = this.readFiles.keys().next().value;
       if (oldest === undefined) break;
       this.closeRead(oldest);
@@ -148,7 +148,7 @@ export class GrainFiles {
       },
     );
     this.files.set(key, file);
-    while (this.files.size > MAX_OPEN_FILES) {
+    while (this.files.size > this.maxOpenFiles) {
       const oldest = this.files.keys().next().value;
       if (oldest === undefined) break;
       this.close(oldest);

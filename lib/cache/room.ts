@@ -5,9 +5,8 @@
  * claimed (reserved) before the caller awaits anything, so concurrent callers never count
  * the same free bytes twice; the caller gives it back once its grain is in the index. */
 
+import { Clock } from '../clock';
 import { Entry, GrainIndex } from './grain-index';
-
-const ROOM_POLL_MS = 50;
 
 export class Room {
   /** Room make() promised to grains whose files are still being written (not yet in usedBytes). */
@@ -19,6 +18,9 @@ export class Room {
     private readonly grainSize: number,
     /** Drops evicted grains (the cache's own drop). */
     private readonly drop: (entries: Entry[]) => Promise<void>,
+    private readonly clock: Clock,
+    /** How often a write waiting for room looks again. */
+    private readonly pollMs: number,
   ) {}
 
   /** Bytes neither used nor promised. */
@@ -30,7 +32,7 @@ export class Room {
    *  them (give them back with release()). For dirty data, waits up to `waitMs` for the
    *  flusher to clean grains that can then go. False when there is no room. */
   async make(bytes: number, forDirty: boolean, waitMs = 0): Promise<boolean> {
-    const until = Date.now() + waitMs;
+    const until = this.clock.now() + waitMs;
     for (;;) {
       const victims: Entry[] = [];
       let free = this.free;
@@ -46,8 +48,8 @@ export class Room {
         await this.drop(victims);
         return true;
       }
-      if (!forDirty || Date.now() >= until) return false;
-      await new Promise((r) => setTimeout(r, ROOM_POLL_MS));
+      if (!forDirty || this.clock.now() >= until) return false;
+      await this.clock.sleep(this.pollMs);
     }
   }
 

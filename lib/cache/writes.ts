@@ -26,6 +26,8 @@ export interface CacheParts {
   nextGen(): number;
   /** Records the entry in the grain map. */
   persist(entry: Entry): void;
+  /** The time (the cache's clock). */
+  now(): number;
   /** Drops grains: their entries, rows and files. */
   drop(entries: Entry[]): Promise<void>;
   /** The whole grain as its file holds it. */
@@ -110,7 +112,7 @@ export class GrainWrites {
     }
     if (!entry.dirty) {
       entry.dirty = emptyBitmap(this.parts.grainSize);
-      entry.dirtySince = Date.now();
+      entry.dirtySince = this.parts.now();
       this.parts.index.stats.dirtyBytes += this.parts.grainSize;
     }
     setBits(entry.dirty, from, to);
@@ -161,7 +163,7 @@ export class GrainWrites {
         if (cut % SECTOR !== 0) setBits(boundary.dirty, firstGone - 1, firstGone);
       } else if (cut % SECTOR !== 0) {
         boundary.dirty = emptyBitmap(g);
-        boundary.dirtySince = Date.now();
+        boundary.dirtySince = this.parts.now();
         this.parts.index.stats.dirtyBytes += g;
         setBits(boundary.dirty, firstGone - 1, firstGone);
       }

@@ -13,26 +13,20 @@
  *   not-found / busy / stale              the blob vanished, or someone else holds it: the image is
  *                                         in conflict, nothing is overwritten, its dirty data stays
  *                                         in the cache, status says so; the image leaves the queue
- *   anything else (unavailable,           retried with backoff from MIN_BACKOFF_MS doubling up to
- *     failed)                             MAX_BACKOFF_MS, forever; every failure is logged, none dropped
- *   the image is held (a rename)          skipped; looked at again after HELD_RETRY_MS */
+ *   anything else (unavailable,           retried with backoff from minBackoffMs doubling up to
+ *     failed)                             maxBackoffMs, forever; every failure is logged, none dropped
+ *   the image is held (a rename)          skipped; looked at again after heldRetryMs
+ * The numbers are Tunables (lib/tunables.ts); time comes from the injected Clock. */
 
 import { GrainCache } from '../cache/cache';
 import { BlobdiskError, isBlobdiskError } from '../errors';
 import { Logger } from '../log';
 import { FlushOptions, FlushProgress, UploadSource, Uploads } from '../remote/uploads';
 import { BlobStore } from '../store/types';
+import { Timer } from '../clock';
+import { SYSTEM_TIMING, Timing } from '../tunables';
 import { BlockUploader } from './block-upload';
 import { PageUploader } from './page-upload';
-
-const HELD_RETRY_MS = 100;
-/** A writer that never pauses still gets its changes uploaded once the oldest has waited
- *  this many write-back delays (and at least MIN_MAX_AGE_MS). */
-const MAX_AGE_FACTOR = 10;
-const MIN_MAX_AGE_MS = 5_000;
-const MIN_BACKOFF_MS = 500;
-const MAX_BACKOFF_MS = 30_000;
-const POLL_MS = 50;
 
 export interface FlusherOptions {
   readonly grainSize: number;
@@ -47,7 +41,7 @@ export type { FlushProgress };
 export class Flusher implements Uploads {
   private readonly queued = new Set<UploadSource>();
   private readonly backoff = new Map<UploadSource, { failures: number; until: number }>();
-  private timer: NodeJS.Timeout | undefined;
+  private timer: Timer | undefined;
   private timerAt = 0;
   private running: Promise<void> | undefined;
   private urgent = false;
@@ -67,8 +61,9 @@ export class Flusher implements Uploads {
     private readonly cache: GrainCache,
     private readonly options: FlusherOptions,
     private readonly log: Logger,
+    private readonly timing: Timing = SYSTEM_TIMING,
   ) {
-    const deps = { store, cache, grainSize: options.grainSize, concurrency: options.concurrency };
+    const deps = { store, cache, grainSize: options.grainSize, concurrency: options.concurrency, windowBytes: timing.tunables.uploadWindowBytes };
     this.pages = new PageUploader(deps);
     this.blocks = new BlockUploader(deps);
   }
@@ -78,7 +73,7 @@ export class Flusher implements Uploads {
    *  after; see due(). */
   notify(image: UploadSource): void {
     this.queued.add(image);
-    this.lastWrite.set(image, Date.now());
+    this.lastWrite.set(image, this.timing.clock.now());
     this.schedule(this.underPressure() ? 0 : this.options.delayMs);
   }
 
@@ -88,7 +83,7 @@ export class Flusher implements Uploads {
   }
 
   /** Whether the image's upload should start now: it has been quiet for the write-back
-   *  delay, or its oldest change has waited MAX_AGE_FACTOR delays (a writer that never
+   *  delay, or its oldest change has waited maxAgeFactor delays (a writer that never
    *  pauses), or half the cache is dirty (writes would soon wait for room), or someone
    *  waits for it (flush, fsync with --sync cloud, unmount). */
   private due(image: UploadSource, now: number): boolean {
@@ -96,21 +91,21 @@ export class Flusher implements Uploads {
     const delay = this.options.delayMs;
     if (now - (this.lastWrite.get(image) ?? 0) >= delay) return true;
     const since = this.cache.dirtyOf(image.remote.id).since;
-    if (since > 0 && now - since >= Math.max(MIN_MAX_AGE_MS, delay * MAX_AGE_FACTOR)) return true;
+    const { minMaxAgeMs, maxAgeFactor } = this.timing.tunables;
+    if (since > 0 && now - since >= Math.max(minMaxAgeMs, delay * maxAgeFactor)) return true;
     return this.underPressure();
   }
 
   private schedule(ms: number): void {
     if (this.stopped) return;
-    const at = Date.now() + ms;
+    const at = this.timing.clock.now() + ms;
     if (this.timer && this.timerAt <= at) return;
-    if (this.timer) clearTimeout(this.timer);
+    this.timer?.cancel();
     this.timerAt = at;
-    this.timer = setTimeout(() => {
+    this.timer = this.timing.clock.timeout(() => {
       this.timer = undefined;
       void this.run();
     }, ms);
-    this.timer.unref();
   }
 
   private run(): Promise<void> {
@@ -123,9 +118,9 @@ export class Flusher implements Uploads {
 
   private nextAttemptIn(): number {
     // Held images are skipped: do not spin on them while a rename copies their blob.
-    if ([...this.queued].every((i) => this.held.has(i))) return HELD_RETRY_MS;
+    if ([...this.queued].every((i) => this.held.has(i))) return this.timing.tunables.heldRetryMs;
     if (this.urgent) return 0;
-    const now = Date.now();
+    const now = this.timing.clock.now();
     let soonest = this.options.delayMs;
     for (const image of this.queued) {
       const b = this.backoff.get(image);
@@ -137,7 +132,7 @@ export class Flusher implements Uploads {
 
   /** One pass over the images that are due; run() schedules the next one. */
   private async loop(): Promise<void> {
-    const now = Date.now();
+    const now = this.timing.clock.now();
     for (const image of this.queued) if (image.remote.conflict) this.forget(image);
     const ready = [...this.queued].filter((i) => (this.backoff.get(i)?.until ?? 0) <= now && this.due(i, now));
     for (const image of ready) {
@@ -174,8 +169,9 @@ export class Flusher implements Uploads {
     }
     const b = this.backoff.get(image) ?? { failures: 0, until: 0 };
     b.failures++;
-    const wait = Math.min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** (b.failures - 1));
-    b.until = Date.now() + wait;
+    const { minBackoffMs, maxBackoffMs } = this.timing.tunables;
+    const wait = Math.min(maxBackoffMs, minBackoffMs * 2 ** (b.failures - 1));
+    b.until = this.timing.clock.now() + wait;
     this.backoff.set(image, b);
     const code = isBlobdiskError(e) ? e.kind : 'error';
     this.log.warn(`uploading ${name} failed (${code}: ${(e as Error).message}); trying again in ${(wait / 1000).toFixed(1)} s (attempt ${b.failures})`);
@@ -227,7 +223,7 @@ export class Flusher implements Uploads {
       }
       return true;
     };
-    let lastProgress = Date.now();
+    let lastProgress = this.timing.clock.now();
     let lastLeft = startBytes;
     this.urgent = true;
     try {
@@ -240,12 +236,12 @@ export class Flusher implements Uploads {
         }
         for (const image of targets) this.backoff.delete(image);
         if (!this.running) void this.run();
-        await new Promise((r) => setTimeout(r, POLL_MS));
+        await this.timing.clock.sleep(this.timing.tunables.flushPollMs);
         const now = left();
         options.onProgress?.({ dirtyBytes: now, startBytes });
-        if (now < lastLeft) lastProgress = Date.now();
+        if (now < lastLeft) lastProgress = this.timing.clock.now();
         lastLeft = now;
-        if (options.stallMs !== undefined && Date.now() - lastProgress > options.stallMs) {
+        if (options.stallMs !== undefined && this.timing.clock.now() - lastProgress > options.stallMs) {
           throw new BlobdiskError('unavailable', `nothing could be uploaded for ${Math.round(options.stallMs / 1000)} s; ${now} bytes stay dirty`);
         }
       }
@@ -261,7 +257,7 @@ export class Flusher implements Uploads {
 
   stop(): void {
     this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.timer?.cancel();
     this.timer = undefined;
   }
 }

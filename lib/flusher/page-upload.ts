@@ -12,9 +12,6 @@ import { MAX_PAGE_BLOB_BYTES } from '../store/types';
 import { PageUpload, planPageUploads } from './plan';
 import { UploaderDeps, mayBeClean, roundDown, roundUp } from './upload';
 
-/** Dirty grains of a page blob are read and planned this many bytes at a time. */
-const WINDOW_BYTES = 8 * 1024 * 1024;
-
 export class PageUploader {
   /** Window buffers of finished uploads, for the next ones. */
   private readonly spareWindows: Buffer[] = [];
@@ -57,7 +54,7 @@ export class PageUploader {
     // planning and marking grains clean overlap with requests in flight instead of
     // stalling the pipeline between batches.
     const dirty = this.deps.cache.dirtyGrains(image.remote.id);
-    const perWindow = Math.max(1, Math.floor(WINDOW_BYTES / g));
+    const perWindow = Math.max(1, Math.floor(this.deps.windowBytes / g));
     interface Job { readonly upload: PageUpload; readonly window: Window }
     interface Window { left: number; readonly grains: { idx: number; gen: number; data: Buffer; end: number }[]; buffer?: Buffer }
     const ready: Job[] = [];

@@ -12,6 +12,8 @@ export interface UploaderDeps {
   readonly grainSize: number;
   /** Uploads in flight per image. */
   readonly concurrency: number;
+  /** Page uploads read and plan dirty grains this many bytes at a time. */
+  readonly windowBytes: number;
 }
 
 export const roundUp = (n: number): number => Math.ceil(n / SECTOR) * SECTOR;

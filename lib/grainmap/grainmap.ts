@@ -6,7 +6,7 @@
  * The write path's changes (putGrain, a new image size) are not SQLite commits: each is
  * one record appended to the change log (log.ts), committed once that returns, at a
  * tenth of a commit's cost. The records are folded into SQLite in one transaction every
- * FOLD_MS or FOLD_RECORDS, and before any other method reads or changes the map, so the
+ * foldMs or foldRecords (Tunables), and before any other method reads or changes the map, so the
  * log only ever holds changes newer than everything in SQLite and replaying it in order
  * (at open, after a crash) gives the state the crashed process had. */
 
@@ -16,6 +16,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BlobdiskError } from '../errors';
 import { BlobKind } from '../store/types';
+import { Timer } from '../clock';
+import { SYSTEM_TIMING, Timing } from '../tunables';
 import { GrainLog, LogRecord } from './log';
 import { GrainRow, ImageRow, RawGrain, RawImage, toGrain, toImage } from './rows';
 import { SCHEMA, SCHEMA_VERSION } from './schema';
@@ -24,9 +26,6 @@ export type { GrainRow, ImageRow };
 
 /** ETags of our own uploads kept per image (see recordEtag). */
 const KEPT_ETAGS = 64;
-/** Logged changes are folded into SQLite at least this often, and after this many records. */
-const FOLD_MS = 1_000;
-const FOLD_RECORDS = 4_096;
 
 export class GrainMap {
   private readonly db: Database.Database;
@@ -40,9 +39,12 @@ export class GrainMap {
   /** Logged changes not yet in SQLite: the newest row per grain, the newest size per image. */
   private readonly pendingGrains = new Map<string, GrainRow>();
   private readonly pendingSizes = new Map<number, number>();
-  private foldTimer: NodeJS.Timeout | undefined;
+  private foldTimer: Timer | undefined;
 
-  private constructor(db: Database.Database) {
+  private constructor(
+    db: Database.Database,
+    private readonly timing: Timing,
+  ) {
     this.db = db;
   }
 
@@ -58,7 +60,7 @@ export class GrainMap {
 
   /** Opens (creating when new) the grain map at `file`. A map written for another grain
    *  size is reset when it holds no dirty grains, refused (invalid) when it does. */
-  static open(file: string, grainSize: number): GrainMap {
+  static open(file: string, grainSize: number, timing: Timing = SYSTEM_TIMING): GrainMap {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     const db = new Database(file);
     try {
@@ -70,7 +72,7 @@ export class GrainMap {
       db.close();
       throw e;
     }
-    const map = new GrainMap(db);
+    const map = new GrainMap(db, timing);
     try {
       map.prepare(grainSize, `${file}.log`);
     } catch (e) {
@@ -129,14 +131,13 @@ export class GrainMap {
       this.fold();
       log.clear();
     }
-    this.foldTimer = setInterval(() => {
+    this.foldTimer = this.timing.clock.interval(() => {
       try {
         this.fold();
       } catch {
         // Left pending: the next fold tries again, and a caller that needs it sees the error.
       }
-    }, FOLD_MS);
-    this.foldTimer.unref();
+    }, this.timing.tunables.foldMs);
   }
 
   /** Takes a logged change into the pending state (it is in the log already). */
@@ -152,7 +153,7 @@ export class GrainMap {
     const seq = this.seq + 1;
     this.log.append(seq, record);
     this.pend(seq, record);
-    if (this.pendingGrains.size + this.pendingSizes.size >= FOLD_RECORDS) this.fold();
+    if (this.pendingGrains.size + this.pendingSizes.size >= this.timing.tunables.foldRecords) this.fold();
   }
 
   /** Writes the logged changes into SQLite in one transaction and empties the log. Every
@@ -271,7 +272,7 @@ export class GrainMap {
    *  writes records thousands). */
   recordEtag(imageId: number, etag: string): void {
     // Strictly increasing, so that pruning keeps the newest even within one millisecond.
-    this.etagClock = Math.max(Date.now(), this.etagClock + 1);
+    this.etagClock = Math.max(this.timing.clock.now(), this.etagClock + 1);
     this.sql('INSERT OR REPLACE INTO etags (image_id, etag, at) VALUES (?, ?, ?)').run(imageId, etag, this.etagClock);
     const recorded = (this.etagsRecorded.get(imageId) ?? 0) + 1;
     this.etagsRecorded.set(imageId, recorded % KEPT_ETAGS);
@@ -309,7 +310,7 @@ export class GrainMap {
     this.fold();
     this.db.pragma('synchronous = FULL');
     try {
-      this.setMeta('synced_at', String(Date.now()));
+      this.setMeta('synced_at', String(this.timing.clock.now()));
     } finally {
       this.db.pragma('synchronous = NORMAL');
     }
@@ -353,7 +354,7 @@ export class GrainMap {
   }
 
   close(): void {
-    if (this.foldTimer) clearInterval(this.foldTimer);
+    this.foldTimer?.cancel();
     this.foldTimer = undefined;
     if (this.db.open) this.fold();
     this.log?.close();

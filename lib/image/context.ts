@@ -10,6 +10,7 @@ import { ReadOptions, SyncMode } from '../options';
 import { RemoteBlob } from '../remote/remote';
 import { Uploads } from '../remote/uploads';
 import { BlobStore } from '../store/types';
+import { SYSTEM_TIMING, Timing } from '../tunables';
 import { GrainLocks } from './grain-lock';
 
 /** Ranged GETs in flight across the whole mount; read-ahead waits its turn, demand reads do not. */
@@ -37,6 +38,8 @@ export interface ImageDeps {
   /** Told whenever the image gets something to upload; uploads it now for fsync with
    *  --sync cloud; holds its uploads during a rename. */
   readonly uploads: Uploads;
+  /** The clock and tunables (the system's when absent). */
+  readonly timing?: Timing;
 }
 
 export class ImageContext {
@@ -45,12 +48,19 @@ export class ImageContext {
   /** Bumped when sizes or the remote change: fetches started before must not fill the cache. */
   epoch = 0;
   mtime: Date;
+  readonly timing: Timing;
 
   constructor(
     readonly deps: ImageDeps,
     readonly remote: RemoteBlob,
   ) {
     this.mtime = remote.info.lastModified;
+    this.timing = deps.timing ?? SYSTEM_TIMING;
+  }
+
+  /** Now, as a Date (for mtime). */
+  now(): Date {
+    return new Date(this.timing.clock.now());
   }
 
   get id(): number {

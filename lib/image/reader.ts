@@ -11,9 +11,6 @@ import { BlobdiskError, isBlobdiskError } from '../errors';
 import { ImageContext } from './context';
 import { Fetcher } from './fetcher';
 
-/** How far a read may start from where the last one ended and still count as sequential. */
-const SEQUENTIAL_SLACK = 1024 * 1024;
-
 /** A cached grain got ready ahead of a sequential reader by GrainCache.prefetch() (its
  *  checksum checked, its file open and in the page cache); `warm` once readNow() may serve it. */
 interface Staged {
@@ -100,7 +97,7 @@ export class Reader {
   /** The kernel sends a sequential reader's requests a few at a time, and they may arrive
    *  out of order: a read starting near where the last one ended continues the streak. */
   private noteReader(offset: number, end: number): void {
-    const near = this.lastEnd >= 0 && Math.abs(offset - this.lastEnd) <= SEQUENTIAL_SLACK;
+    const near = this.lastEnd >= 0 && Math.abs(offset - this.lastEnd) <= this.ctx.timing.tunables.sequentialSlackBytes;
     this.streak = near ? this.streak + (end - offset) : 0;
     this.lastEnd = near ? Math.max(this.lastEnd, end) : end;
   }

@@ -79,7 +79,7 @@ export class Writer {
     if (offset === this.lastWriteEnd && end - last * g >= g / 2) this.ctx.deps.cache.prepare(this.ctx.id, last + 1);
     this.lastWriteEnd = end;
     this.ctx.remote.wroteTo(end);
-    this.ctx.mtime = new Date();
+    this.ctx.mtime = this.ctx.now();
     this.notify();
   }
 
@@ -148,7 +148,7 @@ export class Writer {
       // cache was being cut must keep its new size.
       this.ctx.remote.grow(size);
     }
-    this.ctx.mtime = new Date();
+    this.ctx.mtime = this.ctx.now();
     this.notify();
   }
 }

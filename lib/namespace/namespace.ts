@@ -8,6 +8,7 @@
 import { BlobdiskError, isBlobdiskError, isKind } from '../errors';
 import { Image } from '../image/image';
 import { Images } from '../image/registry';
+import { Clock, systemClock } from '../clock';
 import { Logger } from '../log';
 import { logicalSize } from '../remote/remote';
 import { BlobInfo, BlobRef, BlobStore } from '../store/types';
@@ -29,7 +30,7 @@ export function globToRegExp(glob: string): RegExp {
 
 const MAX_BLOB_NAME = 1024;
 
-/** A file entry carries `askedAt`: when the request that described it was sent (Date.now()),
+/** A file entry carries `askedAt`: when the request that described it was sent (the clock's now()),
  *  so that an open image can tell whether the entry is newer than what it knows. */
 export type Entry = { readonly type: 'dir'; readonly mtime: Date } | { readonly type: 'file'; readonly info: BlobInfo; readonly askedAt: number };
 
@@ -57,7 +58,7 @@ export class Namespace {
   private readonly listings = new Map<string, Promise<Listed>>();
   private containers: { expires: number; names: Promise<string[]> } | undefined;
   private readonly warned = new Set<string>();
-  private readonly started = new Date();
+  private readonly started: Date;
   private readonly pagePatterns: RegExp[];
 
   constructor(
@@ -65,7 +66,9 @@ export class Namespace {
     private readonly images: Images,
     private readonly options: NamespaceOptions,
     private readonly log: Logger,
+    private readonly clock: Clock = systemClock,
   ) {
+    this.started = new Date(clock.now());
     this.pagePatterns = options.pageBlobPatterns.map(globToRegExp);
   }
 
@@ -74,7 +77,7 @@ export class Namespace {
   }
 
   private async containerNames(): Promise<string[]> {
-    const now = Date.now();
+    const now = this.clock.now();
     if (!this.containers || this.containers.expires < now) {
       const names = this.store.listContainers();
       this.containers = { expires: now + this.options.attrTtlMs, names };
@@ -89,7 +92,7 @@ export class Namespace {
     const cached = this.listings.get(key);
     if (cached) {
       return cached.then((old) => {
-        if (old.expires >= Date.now()) return old;
+        if (old.expires >= this.clock.now()) return old;
         // Past its time: ask again, but when Azure cannot be reached the old answer beats none.
         return this.relist(key, container, prefix).catch((e: unknown) => {
           if (!isKind(e, 'unavailable')) throw e;
@@ -102,7 +105,7 @@ export class Namespace {
   }
 
   private relist(key: string, container: string, prefix: string): Promise<Listed> {
-    const askedAt = Date.now();
+    const askedAt = this.clock.now();
     const listed = this.store.listDirectory(container, prefix === '' ? '' : `${prefix}/`).then((listing) => {
       const entries = new Map<string, Entry>();
       const base = prefix === '' ? 0 : prefix.length + 1;
@@ -121,7 +124,7 @@ export class Namespace {
           entries.set(name, { type: 'file', info, askedAt });
         }
       }
-      return { expires: Date.now() + this.options.attrTtlMs, entries };
+      return { expires: this.clock.now() + this.options.attrTtlMs, entries };
     });
     this.listings.set(key, listed);
     listed.catch(() => this.listings.delete(key));
@@ -305,7 +308,7 @@ export class Namespace {
     if (page) await this.store.createPageBlob(ref, 0);
     else await this.store.createBlockBlob(ref);
     const info = await this.store.getInfo(ref);
-    await this.remember(container, parent, base, { type: 'file', info, askedAt: Date.now() });
+    await this.remember(container, parent, base, { type: 'file', info, askedAt: this.clock.now() });
     const image = await this.images.get(ref, info, true);
     await image.remote.takeLease();
     return image;
@@ -350,7 +353,7 @@ export class Namespace {
     const existing = await this.lookup(path).catch(() => undefined);
     if (existing) throw new BlobdiskError('exists', `${path} exists`);
     await this.store.createBlockBlob({ container, name }, { metadata: { [FOLDER_KEY]: 'true' } });
-    await this.remember(container, parent, base, { type: 'dir', mtime: new Date() });
+    await this.remember(container, parent, base, { type: 'dir', mtime: new Date(this.clock.now()) });
   }
 
   /** Removes an empty directory (its marker blob). not-empty when it holds anything. */

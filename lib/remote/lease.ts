@@ -4,8 +4,8 @@
  * back instead of finding the blob held by a stranger.
  *
  *   state    event                                  next     effect
- *   free     take()                                 taking   Acquire Lease, proposing our id, LEASE_SECONDS
- *   taking   granted                                held     renewal every third of LEASE_SECONDS
+ *   free     take()                                 taking   Acquire Lease, proposing our id, leaseSeconds
+ *   taking   granted                                held     renewal every third of leaseSeconds
  *   taking   refused: another writer holds it       free     take() rejects busy; the image stays readable
  *   taking   other failure                          free     take() rejects with it; the next take() tries again
  *   held     take()                                 held     nothing (one take per lease)
@@ -21,19 +21,20 @@
 import { BlobdiskError, isBlobdiskError } from '../errors';
 import { Logger } from '../log';
 import { BlobRef, BlobStore, WriteConditions } from '../store/types';
-
-/** Leases last this long and are renewed at a third of it. */
-export const LEASE_SECONDS = 60;
+import { Clock, Timer } from '../clock';
 
 export interface LeaseDeps {
   readonly store: BlobStore;
   readonly log: Logger;
   /** The lease id this cache directory proposes. */
   readonly proposedId: string;
+  readonly clock: Clock;
+  /** Leases last this long (15 to 60 s) and are renewed at a third of it. */
+  readonly seconds: number;
 }
 
 export class Lease {
-  private timer: NodeJS.Timeout | undefined;
+  private timer: Timer | undefined;
   private taking: Promise<void> | undefined;
   private held: string | undefined;
 
@@ -56,9 +57,8 @@ export class Lease {
     this.taking ??= (async () => {
       const ref = this.ref();
       try {
-        this.held = await this.deps.store.acquireLease(ref, LEASE_SECONDS, this.deps.proposedId);
-        this.timer = setInterval(() => void this.renew(), (LEASE_SECONDS * 1000) / 3);
-        this.timer.unref();
+        this.held = await this.deps.store.acquireLease(ref, this.deps.seconds, this.deps.proposedId);
+        this.timer = this.deps.clock.interval(() => void this.renew(), (this.deps.seconds * 1000) / 3);
       } catch (e) {
         if (isBlobdiskError(e) && e.kind === 'busy') {
           throw new BlobdiskError('busy', `${ref.container}/${ref.name} is leased by another writer; it can only be read here`, { cause: e });
@@ -89,7 +89,7 @@ export class Lease {
 
   /** Stops renewing and forgets the id, without telling Azure. */
   drop(): void {
-    if (this.timer) clearInterval(this.timer);
+    this.timer?.cancel();
     this.timer = undefined;
     this.held = undefined;
   }
@@ -104,7 +104,7 @@ export class Lease {
       await this.deps.store.releaseLease(ref, id);
       return true;
     } catch (e) {
-      this.deps.log.warn(`releasing the lease on ${ref.name} failed (${isBlobdiskError(e) ? e.kind : 'error'}); it expires by itself within ${LEASE_SECONDS} s`);
+      this.deps.log.warn(`releasing the lease on ${ref.name} failed (${isBlobdiskError(e) ? e.kind : 'error'}); it expires by itself within ${this.deps.seconds} s`);
       return false;
     }
   }

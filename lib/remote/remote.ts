@@ -27,14 +27,12 @@ import { isBlobdiskError, isKind } from '../errors';
 import { GrainMap, ImageRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { BlobInfo, BlobKind, BlobRef, BlobStore, WriteConditions } from '../store/types';
+import { SYSTEM_TIMING, Timing } from '../tunables';
 import { Lease } from './lease';
 import { PageMap } from './pagemap';
 
 /** Metadata key holding a page blob's logical size when it is not a multiple of 512. */
 export const LOGICAL_SIZE_KEY = 'blobdisk_size';
-
-/** Page ranges are listed in windows of this many grains. */
-const PAGE_WINDOW_GRAINS = 256;
 
 /** The size a reader sees: the page blob's logical size from metadata when it is valid, else the blob's. */
 export function logicalSize(info: BlobInfo): number {
@@ -59,6 +57,8 @@ export interface RemoteDeps {
   readonly grainSize: number;
   /** The lease id this cache directory proposes (stable, so a crashed mount's leases come back). */
   readonly leaseId: string;
+  /** The clock and tunables (the system's when absent). */
+  readonly timing?: Timing;
 }
 
 export class RemoteBlob {
@@ -68,14 +68,15 @@ export class RemoteBlob {
   private where: BlobRef;
   private pageMap: PageMap | undefined;
   readonly lease: Lease;
+  private readonly timing: Timing;
   /** Truncates so far: the flusher reads it with the size it makes Azure's. */
   cuts = 0;
   /** Shrinking truncates not yet reported back by a flush that began after them: what
    *  Azure holds past their sizes no longer belongs to the image. */
   private shrinks: { cuts: number; size: number }[] = [];
-  /** When `info` was last known to be what Azure holds (Date.now()): a description of the
+  /** When `info` was last known to be what Azure holds (the clock's now()): a description of the
    *  blob asked for before then is older than `info`. */
-  knownAt = Date.now();
+  knownAt: number;
   private conflictReason: string | undefined;
   /** Told, synchronously, when the blob changed elsewhere and what was read of it is stale. */
   private readonly changedListeners: (() => void)[] = [];
@@ -90,7 +91,10 @@ export class RemoteBlob {
     this.row = row;
     this.current = info;
     this.localSize = row.size;
-    this.lease = new Lease({ store: deps.store, log: deps.log, proposedId: deps.leaseId }, () => this.where, (reason) => this.setConflict(reason));
+    this.timing = deps.timing ?? SYSTEM_TIMING;
+    this.knownAt = this.timing.clock.now();
+    const lease = { store: deps.store, log: deps.log, proposedId: deps.leaseId, clock: this.timing.clock, seconds: this.timing.tunables.leaseSeconds };
+    this.lease = new Lease(lease, () => this.where, (reason) => this.setConflict(reason));
   }
 
   /** The remote state of `ref` as Azure described it in `info`, from the grain map's row
@@ -159,7 +163,7 @@ export class RemoteBlob {
 
   /** Adopts what Azure now says of the blob (see the table above). */
   async revalidate(info: BlobInfo): Promise<void> {
-    this.knownAt = Date.now();
+    this.knownAt = this.timing.clock.now();
     const changed = this.row.etag !== info.etag && !this.deps.map.isOurEtag(this.row.id, info.etag);
     if (this.lease.id !== undefined) return;
     if (!changed) {
@@ -204,7 +208,7 @@ export class RemoteBlob {
     this.deps.map.renameImage(this.row.id, dest.container, dest.name);
     this.row = { ...this.row, container: dest.container, name: dest.name };
     this.current = info;
-    this.knownAt = Date.now();
+    this.knownAt = this.timing.clock.now();
     this.setRow({ etag: info.etag });
     this.pageMap = undefined;
     return old;
@@ -286,7 +290,7 @@ export class RemoteBlob {
    *  cut or restage them from those zeros. Without `cuts`, the end stays as it is. */
   uploaded(info: BlobInfo, cuts?: number): void {
     this.current = info;
-    this.knownAt = Date.now();
+    this.knownAt = this.timing.clock.now();
     if (cuts === undefined) {
       this.setRow({ etag: info.etag });
     } else {
@@ -307,7 +311,7 @@ export class RemoteBlob {
 
   /** Which bytes of the page blob hold pages, learnt by window. */
   get pages(): PageMap {
-    this.pageMap ??= new PageMap(this.deps.store, this.ref, PAGE_WINDOW_GRAINS * this.deps.grainSize, this.current.etag, this.current.size, () => this.lease.id === undefined);
+    this.pageMap ??= new PageMap(this.deps.store, this.ref, this.timing.tunables.pageWindowGrains * this.deps.grainSize, this.current.etag, this.current.size, () => this.lease.id === undefined);
     return this.pageMap;
   }
 

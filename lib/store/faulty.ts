@@ -14,6 +14,7 @@
  * A fault lets `skip` matching calls pass first, then affects `times` of them (1 by
  * default; Infinity: until removed). The first fault that matches a call acts on it. */
 
+import { Clock, systemClock } from '../clock';
 import { BlobdiskError } from '../errors';
 import { StoreDecorator, type StoreOp, type Target } from './decorator';
 import type { BlobStore } from './types';
@@ -54,7 +55,10 @@ export class FaultyStore extends StoreDecorator {
   /** Calls each fault has acted on, by the fault. */
   private readonly hits = new Map<Fault, number>();
 
-  constructor(inner: BlobStore) {
+  constructor(
+    inner: BlobStore,
+    private readonly clock: Clock = systemClock,
+  ) {
     super(inner);
   }
 
@@ -109,7 +113,7 @@ export class FaultyStore extends StoreDecorator {
       case 'fail':
         throw action.error;
       case 'delay':
-        await new Promise((r) => setTimeout(r, action.ms));
+        await this.clock.sleep(action.ms);
         break;
       case 'wait':
         await action.until();

@@ -7,6 +7,8 @@ import { FaultyStore, type Fault } from '../../lib/store/faulty';
 import { MeteredStore } from '../../lib/store/metered';
 import { MemoryStore } from '../support/memory-store';
 import { harness } from '../support/image-harness';
+import { ManualClock, until } from '../support/manual-clock';
+import { DEFAULT_TUNABLES } from '../../lib/tunables';
 
 const G = 64 * 1024;
 const page = { container: 'c', name: 'disk.img' };
@@ -340,28 +342,31 @@ describe('Image writes and the flusher', () => {
   });
 
   it('uploads once the image has been quiet for the write-back delay, or at once when half the cache is dirty', async () => {
-    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const clock = new ManualClock();
+    const timing = { clock, tunables: DEFAULT_TUNABLES };
     const store = new MemoryStore({ containers: ['c'] });
     await store.createPageBlob(page, 64 * G);
-    const h = harness(store, { writeBackDelayMs: 300, cacheBytes: 32 * G });
+    const h = harness(store, { writeBackDelayMs: 300, cacheBytes: 32 * G, timing });
     const image = await h.open(page);
     for (let i = 0; i < 10; i++) {
       await image.write(crypto.randomBytes(512), i * 512);
-      await sleep(100);
+      await clock.advance(100);
     }
     expect(store.counters.bytesUp).toBe(0); // a writer that keeps writing is not interrupted
-    await sleep(900);
+    await clock.advance(199); // 299 ms after the last write
+    expect(store.counters.bytesUp).toBe(0); // not quite quiet for the delay yet
+    await clock.advance(1);
+    await until(() => h.cache.dirtyGrains(image.id).length === 0);
     expect(store.counters.bytesUp).toBe(5 * 1024);
-    expect(h.cache.dirtyGrains(image.id)).toEqual([]);
     await h.close();
 
     const busy = new MemoryStore({ containers: ['c'] });
     await busy.createPageBlob(page, 64 * G);
-    const h2 = harness(busy, { writeBackDelayMs: 60_000, cacheBytes: 32 * G });
+    const h2 = harness(busy, { writeBackDelayMs: 60_000, cacheBytes: 32 * G, timing });
     const image2 = await h2.open(page);
     await image2.write(crypto.randomBytes(17 * G), 0); // over half the cache
-    for (let i = 0; i < 50 && busy.counters.bytesUp < 17 * G; i++) await sleep(100);
-    expect(busy.counters.bytesUp).toBe(17 * G);
+    await clock.advance(0); // no time passes: the upload starts at once
+    await until(() => busy.counters.bytesUp === 17 * G);
     await h2.close();
   });
 
@@ -401,24 +406,26 @@ describe('Image writes and the flusher', () => {
   });
 
   it('uploads what a writer that never pauses wrote once its oldest change is old enough', async () => {
-    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const clock = new ManualClock();
     const store = new MemoryStore({ containers: ['c'] });
     await store.createPageBlob(page, 64 * G);
     // Quiet for 300 ms never happens below; the oldest change may wait max(5 s, 10 × 300 ms).
-    const h = harness(store, { writeBackDelayMs: 300, cacheBytes: 1024 * G });
+    const h = harness(store, { writeBackDelayMs: 300, cacheBytes: 1024 * G, timing: { clock, tunables: DEFAULT_TUNABLES } });
     const image = await h.open(page);
-    const started = Date.now();
+    const started = clock.now();
+    const before = store.counters.requests; // writes alone ask nothing of the store
     let writes = 0;
-    while (store.counters.bytesUp === 0 && Date.now() - started < 20_000) {
+    while (store.counters.requests === before && clock.now() - started < 20_000) {
       await image.write(crypto.randomBytes(512), (writes++ % 1024) * 512);
-      await sleep(50);
+      await clock.advance(50);
     }
-    const waited = Date.now() - started;
-    expect(store.counters.bytesUp).toBeGreaterThan(0);
+    const waited = clock.now() - started;
+    await until(() => store.counters.bytesUp > 0);
     expect(waited).toBeGreaterThanOrEqual(5000);
-    expect(waited).toBeLessThan(20_000);
+    // The flusher looks again a write-back delay after the last write, at the latest.
+    expect(waited).toBeLessThan(5000 + 2 * 300);
     await h.close();
-  }, 30_000);
+  });
 
   it('a flush that starts while a shrink to an unaligned size reads its last sector does not take that shrink as done', async () => {
     const store = new MemoryStore({ containers: ['c'] });
