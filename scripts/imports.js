@@ -26,7 +26,7 @@ const RANK = {
   cache: 4,
   grainmap: 3,
   store: 2,
-  config: 0, options: 0, errors: 0, log: 0, metrics: 0, units: 0, redact: 0, pid: 0, clock: 0, types: 0, index: 0,
+  config: 0, options: 0, errors: 0, log: 0, metrics: 0, units: 0, redact: 0, pid: 0, clock: 0, tunables: 0, types: 0, index: 0,
 };
 /* Packages only one folder may import. */
 const OWNER = { 'fuse-native': 'fuse', '@azure/storage-blob': 'store', '@azure/core-rest-pipeline': 'store', 'better-sqlite3': 'grainmap' };

@@ -32,17 +32,14 @@
 
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import path from 'node:path';
 import { GrainMap, GrainRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { CacheOptions } from '../options';
 import { Timer } from '../clock';
 import { SYSTEM_TIMING, Timing } from '../tunables';
-import { crc32 } from './crc';
 import { GrainFiles } from './files';
 import { CacheStats, Entry, GrainIndex, GrainState, keyOf } from './grain-index';
 import { Room } from './room';
-import { SECTOR, runs, sectorsOf } from './sectors';
 import { Verifier } from './verify';
 import { GrainWrites } from './writes';
 
@@ -234,56 +231,10 @@ export class GrainCache {
     return this.files.readFull(imageId, idx, Buffer.allocUnsafe(this.grainSize), 0);
   }
 
-  /** Takes a grain's whole content as fetched from Azure. Sectors the cache already holds
-   *  (written locally) are kept; the others are taken from `data`. Returns false when the
-   *  cache had no room, or `stillValid()` says the content went stale while it was being
-   *  stored (the grain is then not cached). `checksum`, when given, is the CRC-32 of `data`
-   *  (a fetch takes it as the bytes arrive); otherwise it is taken here. */
-  async fill(imageId: number, idx: number, data: Buffer, stillValid: () => boolean = () => true, checksum?: number): Promise<boolean> {
-    const key = keyOf(imageId, idx);
-    const entry = this.index.get(key);
-    if (!entry) {
-      if (!(await this.room.make(this.grainSize, false))) return false;
-      try {
-        if (this.index.has(key)) return await this.fill(imageId, idx, data, stillValid, checksum);
-        const file = this.files.fileOf(imageId, idx);
-        await this.files.ensureDir(path.dirname(file));
-        // Only callers without a fetch (zeros, tests) leave the checksum to be taken here.
-        const crc = checksum ?? crc32(data);
-        // Write aside and rename, so a reader holding the old file never sees a half-written one.
-        const partial = `${file}.partial`;
-        await fsp.writeFile(partial, data);
-        await this.files.removal(key);
-        await fsp.rename(partial, file);
-        this.files.close(key);
-        if (this.index.has(key)) return true; // a write arrived meanwhile; it owns the grain now
-        if (!stillValid()) {
-          // The image was cut (or changed) while the grain was on its way: it is stale.
-          await fsp.rm(file, { force: true });
-          return false;
-        }
-        this.ahead.delete(key);
-        const fresh: Entry = { imageId, idx, checksum: crc, valid: null, dirty: null, gen: this.nextGen(), uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
-        this.index.insert(fresh);
-        this.persist(fresh);
-        return true;
-      } finally {
-        this.room.release(this.grainSize);
-      }
-    }
-    if (entry.valid === null) return true;
-    if (!stillValid()) return false;
-    const holes = runs(entry.valid.map((b) => ~b & 0xff) as Buffer, sectorsOf(this.grainSize));
-    await this.files.withFile(imageId, idx, async (handle) => {
-      for (const [a, b] of holes) await handle.write(data, a * SECTOR, (b - a) * SECTOR, a * SECTOR);
-    });
-    // Dropped meanwhile (a truncate): its file and row are gone and must stay gone.
-    if (this.index.get(key) !== entry) return false;
-    entry.valid = null;
-    if (!entry.dirty) entry.checksum = crc32(await this.readWhole(imageId, idx));
-    entry.verified = true;
-    this.persist(entry);
-    return true;
+  /** Takes a grain's whole content as fetched from Azure (see GrainWrites.fill). False
+   *  when there was no room, or `stillValid()` said the content went stale meanwhile. */
+  fill(imageId: number, idx: number, data: Buffer, stillValid: () => boolean = () => true, checksum?: number): Promise<boolean> {
+    return this.writes.fill(imageId, idx, data, stillValid, checksum);
   }
 
   /** Writes `data` at `offset` within the grain and marks it dirty. Sectors the write only

@@ -1,9 +1,11 @@
-/* The write side of the cache: writes landing in grain files (marking sectors valid and
+/* The write side of the cache: grains filled from Azure, writes landing in grain files (marking sectors valid and
  * dirty, bumping generations), uploads marking grains clean again, and truncates cutting
  * grains. The grain states are drawn at the top of cache.ts, which owns the parts this
  * works on (CacheParts). */
 
 import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
 import { BlobdiskError } from '../errors';
 import { crc32 } from './crc';
 import { GrainFiles } from './files';
@@ -36,6 +38,58 @@ export interface CacheParts {
 
 export class GrainWrites {
   constructor(private readonly parts: CacheParts) {}
+
+  /** Takes a grain's whole content as fetched from Azure. Sectors the cache already holds
+   *  (written locally) are kept; the others are taken from `data`. Returns false when the
+   *  cache had no room, or `stillValid()` says the content went stale while it was being
+   *  stored (the grain is then not cached). `checksum`, when given, is the CRC-32 of `data`
+   *  (a fetch takes it as the bytes arrive); otherwise it is taken here. */
+  async fill(imageId: number, idx: number, data: Buffer, stillValid: () => boolean = () => true, checksum?: number): Promise<boolean> {
+    const key = keyOf(imageId, idx);
+    const entry = this.parts.index.get(key);
+    if (!entry) {
+      if (!(await this.parts.room.make(this.parts.grainSize, false))) return false;
+      try {
+        if (this.parts.index.has(key)) return await this.fill(imageId, idx, data, stillValid, checksum);
+        const file = this.parts.files.fileOf(imageId, idx);
+        await this.parts.files.ensureDir(path.dirname(file));
+        // Only callers without a fetch (zeros, tests) leave the checksum to be taken here.
+        const crc = checksum ?? crc32(data);
+        // Write aside and rename, so a reader holding the old file never sees a half-written one.
+        const partial = `${file}.partial`;
+        await fsp.writeFile(partial, data);
+        await this.parts.files.removal(key);
+        await fsp.rename(partial, file);
+        this.parts.files.close(key);
+        if (this.parts.index.has(key)) return true; // a write arrived meanwhile; it owns the grain now
+        if (!stillValid()) {
+          // The image was cut (or changed) while the grain was on its way: it is stale.
+          await fsp.rm(file, { force: true });
+          return false;
+        }
+        this.parts.ahead.delete(key);
+        const fresh: Entry = { imageId, idx, checksum: crc, valid: null, dirty: null, gen: this.parts.nextGen(), uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
+        this.parts.index.insert(fresh);
+        this.parts.persist(fresh);
+        return true;
+      } finally {
+        this.parts.room.release(this.parts.grainSize);
+      }
+    }
+    if (entry.valid === null) return true;
+    if (!stillValid()) return false;
+    const holes = runs(entry.valid.map((b) => ~b & 0xff) as Buffer, sectorsOf(this.parts.grainSize));
+    await this.parts.files.withFile(imageId, idx, async (handle) => {
+      for (const [a, b] of holes) await handle.write(data, a * SECTOR, (b - a) * SECTOR, a * SECTOR);
+    });
+    // Dropped meanwhile (a truncate): its file and row are gone and must stay gone.
+    if (this.parts.index.get(key) !== entry) return false;
+    entry.valid = null;
+    if (!entry.dirty) entry.checksum = crc32(await this.parts.readWhole(imageId, idx));
+    entry.verified = true;
+    this.parts.persist(entry);
+    return true;
+  }
 
   /** Writes `data` at `offset` within the grain and marks it dirty. Sectors the write only
    *  partly covers must already be valid (the image fetches them first). Waits up to
