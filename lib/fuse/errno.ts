@@ -33,7 +33,7 @@ const QUIET = new Set<ErrorKind>(['not-found', 'exists', 'not-empty', 'read-only
 
 /** The errno name a failure becomes. */
 export function errnoName(e: unknown): string {
-  return isBlobdiskError(e) ? ERRNO[e.kind] : 'EIO';
+  return isBlobdiskError(e) ? (ERRNO[e.kind] ?? 'EIO') : 'EIO';
 }
 
 export function toErrno(op: string, path: string, e: unknown, log: Logger): number {
