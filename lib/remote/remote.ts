@@ -165,6 +165,8 @@ export class RemoteBlob {
   async revalidate(info: BlobInfo): Promise<void> {
     this.knownAt = this.timing.clock.now();
     const changed = this.row.etag !== info.etag && !this.deps.map.isOurEtag(this.row.id, info.etag);
+    // Under our lease every change is ours, and the flusher keeps `info` current; a listing
+    // or a HEAD that raced with an upload could only be older.
     if (this.lease.id !== undefined) return;
     if (!changed) {
       this.current = info;
