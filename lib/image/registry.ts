@@ -42,7 +42,7 @@ export class Images {
   async recover(ref: BlobRef): Promise<void> {
     const info = await this.deps.store.getInfo(ref);
     const image = await this.get(ref, info, true);
-    if (image.conflict) throw new Error(image.conflict);
+    if (image.conflict) throw new BlobdiskError('conflict', image.conflict);
     this.deps.uploads.notify(image);
   }
 
