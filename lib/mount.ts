@@ -25,8 +25,8 @@ import { MountOptions } from './config';
 import { checkCacheDir, checkMountpoint, mountPoints, openToOthers } from './preflight';
 import { RunningAzurite, embeddedAccountKey, startAzurite } from './azurite';
 import { AzureStore } from './store/azure';
+import { MeteredStore } from './store/metered';
 import { Credentials, accountOf } from './store/credentials';
-import { BlobStore } from './store/types';
 
 /** How often the mount looks whether someone unmounted it from outside (fusermount -u). */
 const MOUNT_WATCH_MS = 2_000;
@@ -87,7 +87,7 @@ async function recover(map: GrainMap, images: Images, log: Logger): Promise<void
       await images.recover(ref);
       log.info(`uploading what an earlier mount left dirty in ${row.container}/${row.name}`);
     } catch (e) {
-      log.error(`${row.container}/${row.name} holds data not yet uploaded, but cannot be opened (${isBlobdiskError(e) ? e.code : 'error'}: ${(e as Error).message}); it stays in the cache`);
+      log.error(`${row.container}/${row.name} holds data not yet uploaded, but cannot be opened (${isBlobdiskError(e) ? e.kind : 'error'}: ${(e as Error).message}); it stays in the cache`);
     }
   }
 }
@@ -95,13 +95,13 @@ async function recover(map: GrainMap, images: Images, log: Logger): Promise<void
 /** Turns a failure of the first request to Azure into one line that says what to do. */
 function accessError(e: unknown, options: MountOptions, where: string): Error {
   if (!isBlobdiskError(e)) return e instanceof Error ? e : new Error(String(e));
-  switch (e.code) {
-    case 'ENOENT':
+  switch (e.kind) {
+    case 'not-found':
       return new UsageError(`container ${options.container ?? '?'} does not exist in ${where}; create it, or leave out --container to see all containers`);
-    case 'EACCES':
+    case 'denied':
       // The store's reason names what to fix: the key, a SAS permission, a role, the sign-in.
       return new UsageError(`Azure refused ${where}: ${e.message.replace(/^\S+ failed: /, '')}`);
-    case 'EINVAL':
+    case 'invalid':
       return new UsageError(`${e.message}`);
     default:
       return new UsageError(`cannot reach Azure Storage for ${where}: ${e.message}`);
@@ -144,9 +144,9 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       where = `account ${accountOf(credentials)}`;
     }
     const account = accountOf(credentials);
-    let store: BlobStore;
+    let store: MeteredStore;
     try {
-      store = new AzureStore({ credentials, maxTries: options.maxTries, tryTimeoutMs: options.tryTimeoutMs });
+      store = new MeteredStore(new AzureStore({ credentials, maxTries: options.maxTries, tryTimeoutMs: options.tryTimeoutMs }));
     } catch (e) {
       throw accessError(e, options, where);
     }
@@ -183,10 +183,8 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         budget: new FetchBudget(options.read.fetchConcurrency),
         dirtyWaitMs: options.write.dirtyWaitMs,
         leaseId: map.leaseId(),
-        onDirty: (image) => flusher.notify(image),
         sync: options.write.sync,
-        flushNow: (image) => flusher.flush([image]),
-        exclusive: (image, fn) => flusher.exclusive(image, fn),
+        uploads: flusher,
       },
       account,
     );
@@ -274,7 +272,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         if (result.drained) await flush(options.write.drainTimeoutMs, onProgress).catch(() => undefined);
         const left = (await images.all()).reduce((n, i) => n + flusher.dirtyOf(i).bytes, 0);
         if (left > 0) result = { drained: false, dirtyBytes: left, reason: result.reason ?? 'writes kept arriving' };
-        for (const image of await images.all()) if (!image.needsUpload()) await image.releaseLease();
+        for (const image of await images.all()) if (!image.needsUpload()) await image.remote.releaseLease();
         await undo();
         return result;
       })();
@@ -297,7 +295,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         return { flushed: true };
       }
       if (request.op === 'unmount') return unmount(progress);
-      throw new BlobdiskError('EINVAL', `unknown request ${request.op}`);
+      throw new BlobdiskError('invalid', `unknown request ${request.op}`);
     });
     const watch = setInterval(() => {
       void mountPoints().then((mounts) => {

@@ -1,18 +1,45 @@
-/* The one place a failure becomes an errno for the kernel: a BlobdiskError carries its
- * errno name; anything else is a bug or an unexpected failure and becomes EIO. Each
- * failure is logged once as "<op> <path> failed: <code>". */
+/* The one place a failure becomes an errno for the kernel: a BlobdiskError's kind maps to
+ * one errno by ERRNO below; anything else is a bug or an unexpected failure and becomes
+ * EIO. Each failure is logged once as "<op> <path> failed: <errno> (<kind>: <message>)". */
 
 import os from 'node:os';
-import { errorMessage, isBlobdiskError } from '../errors';
+import { ErrorKind, errorMessage, isBlobdiskError } from '../errors';
 import { Logger } from '../log';
 
+const ERRNO: Readonly<Record<ErrorKind, string>> = {
+  'not-found': 'ENOENT',
+  exists: 'EEXIST',
+  busy: 'EBUSY',
+  stale: 'ESTALE',
+  conflict: 'EIO',
+  unavailable: 'EIO',
+  'no-space': 'ENOSPC',
+  'too-large': 'EFBIG',
+  invalid: 'EINVAL',
+  'name-too-long': 'ENAMETOOLONG',
+  'read-only': 'EROFS',
+  denied: 'EACCES',
+  'not-permitted': 'EPERM',
+  'is-directory': 'EISDIR',
+  'not-directory': 'ENOTDIR',
+  'not-empty': 'ENOTEMPTY',
+  'not-supported': 'ENOTSUP',
+  'bad-handle': 'EBADF',
+  failed: 'EIO',
+};
+
 /** Expected outcomes that are not worth a warning (a shell probing for files, say). */
-const QUIET = new Set(['ENOENT', 'EEXIST', 'ENOTEMPTY', 'EROFS']);
+const QUIET = new Set<ErrorKind>(['not-found', 'exists', 'not-empty', 'read-only']);
+
+/** The errno name a failure becomes. */
+export function errnoName(e: unknown): string {
+  return isBlobdiskError(e) ? (ERRNO[e.kind] ?? 'EIO') : 'EIO';
+}
 
 export function toErrno(op: string, path: string, e: unknown, log: Logger): number {
-  const code = isBlobdiskError(e) ? e.code : 'EIO';
-  const line = `${op} ${path} failed: ${code}${isBlobdiskError(e) ? ` (${e.message})` : ` (${errorMessage(e)})`}`;
-  if (QUIET.has(code)) log.debug(line);
+  const code = errnoName(e);
+  const line = `${op} ${path} failed: ${code}${isBlobdiskError(e) ? ` (${e.kind}: ${e.message})` : ` (${errorMessage(e)})`}`;
+  if (isBlobdiskError(e) && QUIET.has(e.kind)) log.debug(line);
   else log.warn(line);
   const errno = (os.constants.errno as Record<string, number | undefined>)[code];
   return -(errno ?? os.constants.errno.EIO);

@@ -6,7 +6,7 @@
  * The write path's changes (putGrain, a new image size) are not SQLite commits: each is
  * one record appended to the change log (log.ts), committed once that returns, at a
  * tenth of a commit's cost. The records are folded into SQLite in one transaction every
- * FOLD_MS or FOLD_RECORDS, and before any other method reads or changes the map, so the
+ * foldMs or foldRecords (Tunables), and before any other method reads or changes the map, so the
  * log only ever holds changes newer than everything in SQLite and replaying it in order
  * (at open, after a crash) gives the state the crashed process had. */
 
@@ -16,55 +16,16 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BlobdiskError } from '../errors';
 import { BlobKind } from '../store/types';
+import { Timer } from '../clock';
+import { SYSTEM_TIMING, Timing } from '../tunables';
 import { GrainLog, LogRecord } from './log';
+import { GrainRow, ImageRow, RawGrain, RawImage, toGrain, toImage } from './rows';
 import { SCHEMA, SCHEMA_VERSION } from './schema';
 
-export interface ImageRow {
-  readonly id: number;
-  readonly account: string;
-  readonly container: string;
-  readonly name: string;
-  readonly kind: BlobKind;
-  readonly size: number;
-  readonly etag: string | null;
-  readonly allocated: number | null;
-  readonly allocatedEtag: string | null;
-  readonly remoteEnd: number | null;
-}
-
-export interface GrainRow {
-  readonly imageId: number;
-  readonly idx: number;
-  readonly length: number;
-  readonly checksum: number | null;
-  readonly valid: Buffer | null;
-  readonly dirty: Buffer | null;
-  readonly lastAccess: number;
-}
-
-interface RawImage {
-  id: number; account: string; container: string; name: string; kind: BlobKind; size: number;
-  etag: string | null; allocated: number | null; allocated_etag: string | null; remote_end: number | null;
-}
-interface RawGrain {
-  image_id: number; idx: number; length: number; checksum: number | null;
-  valid: Buffer | null; dirty: Buffer | null; last_access: number;
-}
-
-const toImage = (r: RawImage): ImageRow => ({
-  id: r.id, account: r.account, container: r.container, name: r.name, kind: r.kind, size: r.size,
-  etag: r.etag, allocated: r.allocated, allocatedEtag: r.allocated_etag, remoteEnd: r.remote_end,
-});
-const toGrain = (r: RawGrain): GrainRow => ({
-  imageId: r.image_id, idx: r.idx, length: r.length, checksum: r.checksum,
-  valid: r.valid, dirty: r.dirty, lastAccess: r.last_access,
-});
+export type { GrainRow, ImageRow };
 
 /** ETags of our own uploads kept per image (see recordEtag). */
 const KEPT_ETAGS = 64;
-/** Logged changes are folded into SQLite at least this often, and after this many records. */
-const FOLD_MS = 1_000;
-const FOLD_RECORDS = 4_096;
 
 export class GrainMap {
   private readonly db: Database.Database;
@@ -78,9 +39,12 @@ export class GrainMap {
   /** Logged changes not yet in SQLite: the newest row per grain, the newest size per image. */
   private readonly pendingGrains = new Map<string, GrainRow>();
   private readonly pendingSizes = new Map<number, number>();
-  private foldTimer: NodeJS.Timeout | undefined;
+  private foldTimer: Timer | undefined;
 
-  private constructor(db: Database.Database) {
+  private constructor(
+    db: Database.Database,
+    private readonly timing: Timing,
+  ) {
     this.db = db;
   }
 
@@ -95,8 +59,8 @@ export class GrainMap {
   }
 
   /** Opens (creating when new) the grain map at `file`. A map written for another grain
-   *  size is reset when it holds no dirty grains, refused (EINVAL) when it does. */
-  static open(file: string, grainSize: number): GrainMap {
+   *  size is reset when it holds no dirty grains, refused (invalid) when it does. */
+  static open(file: string, grainSize: number, timing: Timing = SYSTEM_TIMING): GrainMap {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     const db = new Database(file);
     try {
@@ -108,7 +72,7 @@ export class GrainMap {
       db.close();
       throw e;
     }
-    const map = new GrainMap(db);
+    const map = new GrainMap(db, timing);
     try {
       map.prepare(grainSize, `${file}.log`);
     } catch (e) {
@@ -136,7 +100,7 @@ export class GrainMap {
       this.setMeta('schema_version', String(SCHEMA_VERSION));
     } else if (version !== SCHEMA_VERSION) {
       throw new BlobdiskError(
-        'EINVAL',
+        'invalid',
         `the cache was written by another blobdisk version (grain map schema ${version}, this one reads ${SCHEMA_VERSION}); ` +
           'unmount with that version to drain it, or give another --cache-dir',
       );
@@ -146,7 +110,7 @@ export class GrainMap {
     if (stored !== grainSize) {
       if (this.dirtyGrainCount() > 0) {
         throw new BlobdiskError(
-          'EINVAL',
+          'invalid',
           `the cache holds data not yet uploaded with grain size ${stored} bytes; mount once with --grain-size ${stored} to upload it, or give another --cache-dir`,
         );
       }
@@ -167,14 +131,13 @@ export class GrainMap {
       this.fold();
       log.clear();
     }
-    this.foldTimer = setInterval(() => {
+    this.foldTimer = this.timing.clock.interval(() => {
       try {
         this.fold();
       } catch {
         // Left pending: the next fold tries again, and a caller that needs it sees the error.
       }
-    }, FOLD_MS);
-    this.foldTimer.unref();
+    }, this.timing.tunables.foldMs);
   }
 
   /** Takes a logged change into the pending state (it is in the log already). */
@@ -186,11 +149,11 @@ export class GrainMap {
 
   /** Commits a change by appending it to the log; folds when enough are pending. */
   private logChange(record: LogRecord): void {
-    if (!this.log) throw new BlobdiskError('EIO', 'the grain map is closed');
+    if (!this.log) throw new BlobdiskError('failed', 'the grain map is closed');
     const seq = this.seq + 1;
     this.log.append(seq, record);
     this.pend(seq, record);
-    if (this.pendingGrains.size + this.pendingSizes.size >= FOLD_RECORDS) this.fold();
+    if (this.pendingGrains.size + this.pendingSizes.size >= this.timing.tunables.foldRecords) this.fold();
   }
 
   /** Writes the logged changes into SQLite in one transaction and empties the log. Every
@@ -243,7 +206,7 @@ export class GrainMap {
     this.sql('INSERT INTO images (account, container, name, kind, size) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING')
       .run(account, container, name, kind, size);
     const row = this.image(account, container, name);
-    if (!row) throw new BlobdiskError('EIO', `grain map lost the row of ${container}/${name}`);
+    if (!row) throw new BlobdiskError('failed', `grain map lost the row of ${container}/${name}`);
     return row;
   }
 
@@ -309,7 +272,7 @@ export class GrainMap {
    *  writes records thousands). */
   recordEtag(imageId: number, etag: string): void {
     // Strictly increasing, so that pruning keeps the newest even within one millisecond.
-    this.etagClock = Math.max(Date.now(), this.etagClock + 1);
+    this.etagClock = Math.max(this.timing.clock.now(), this.etagClock + 1);
     this.sql('INSERT OR REPLACE INTO etags (image_id, etag, at) VALUES (?, ?, ?)').run(imageId, etag, this.etagClock);
     const recorded = (this.etagsRecorded.get(imageId) ?? 0) + 1;
     this.etagsRecorded.set(imageId, recorded % KEPT_ETAGS);
@@ -347,7 +310,7 @@ export class GrainMap {
     this.fold();
     this.db.pragma('synchronous = FULL');
     try {
-      this.setMeta('synced_at', String(Date.now()));
+      this.setMeta('synced_at', String(this.timing.clock.now()));
     } finally {
       this.db.pragma('synchronous = NORMAL');
     }
@@ -391,7 +354,7 @@ export class GrainMap {
   }
 
   close(): void {
-    if (this.foldTimer) clearInterval(this.foldTimer);
+    this.foldTimer?.cancel();
     this.foldTimer = undefined;
     if (this.db.open) this.fold();
     this.log?.close();

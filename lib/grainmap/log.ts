@@ -11,7 +11,7 @@
 
 import fs from 'node:fs';
 import zlib from 'node:zlib';
-import type { GrainRow } from './grainmap';
+import type { GrainRow } from './rows';
 
 export type LogRecord =
   | { readonly kind: 'grain'; readonly row: GrainRow }

@@ -24,7 +24,7 @@ export class Images {
     const existing = this.images.get(key);
     if (existing) {
       const image = await existing;
-      if (fresh && image.etag !== info.etag) await image.revalidate(info);
+      if (fresh && image.remote.etag !== info.etag) await image.remote.revalidate(info);
       return image;
     }
     const opening = Image.open(this.deps, this.account, ref, info);
@@ -42,8 +42,8 @@ export class Images {
   async recover(ref: BlobRef): Promise<void> {
     const info = await this.deps.store.getInfo(ref);
     const image = await this.get(ref, info, true);
-    if (image.conflict) throw new Error(image.conflict);
-    this.deps.onDirty(image);
+    if (image.conflict) throw new BlobdiskError('conflict', image.conflict);
+    this.deps.uploads.notify(image);
   }
 
   /** Renames blob `src` to `dest` in the same account, replacing `dest`: a server-side copy,
@@ -53,15 +53,15 @@ export class Images {
   async rename(src: BlobRef, dest: BlobRef): Promise<void> {
     const { store, map, cache, log } = this.deps;
     const image = await this.peek(src);
-    if (image?.conflict) throw new BlobdiskError('EIO', image.conflict);
+    if (image?.conflict) throw new BlobdiskError('conflict', image.conflict);
     // A blob another writer holds could be copied but not deleted: refuse before copying.
-    if (image?.leaseId === undefined && (await store.getInfo(src)).leased === true) {
-      throw new BlobdiskError('EBUSY', `${src.container}/${src.name} is leased by another writer; it cannot be renamed`);
+    if (image?.remote.leaseId === undefined && (await store.getInfo(src)).leased === true) {
+      throw new BlobdiskError('busy', `${src.container}/${src.name} is leased by another writer; it cannot be renamed`);
     }
     const move = async (): Promise<WriteConditions> => {
       const replaced = await this.peek(dest);
       // Our own lease on the blob being replaced would refuse the copy.
-      if (replaced) await replaced.releaseLease();
+      if (replaced) await replaced.remote.releaseLease();
       await store.copyBlob(src, dest);
       const info = await store.getInfo(dest);
       if (replaced) {
@@ -75,7 +75,7 @@ export class Images {
         }
       }
       if (image) {
-        const conditions = image.movedTo(dest, info);
+        const conditions = image.remote.movedTo(dest, info);
         this.images.delete(keyOf(src));
         this.images.set(keyOf(dest), Promise.resolve(image));
         return conditions;
@@ -89,16 +89,16 @@ export class Images {
       }
       return {};
     };
-    const conditions = image ? await this.deps.exclusive(image, move) : await move();
+    const conditions = image ? await this.deps.uploads.exclusive(image, move) : await move();
     if (image) await image.settled();
     try {
       await store.deleteBlob(src, conditions);
     } catch (e) {
-      if (!isBlobdiskError(e) || e.code !== 'ENOENT') {
-        log.warn(`renamed ${src.container}/${src.name} to ${dest.container}/${dest.name}, but deleting the old blob failed (${isBlobdiskError(e) ? e.code : 'error'}: ${(e as Error).message}); delete it by hand`);
+      if (!isBlobdiskError(e) || e.kind !== 'not-found') {
+        log.warn(`renamed ${src.container}/${src.name} to ${dest.container}/${dest.name}, but deleting the old blob failed (${isBlobdiskError(e) ? e.kind : 'error'}: ${(e as Error).message}); delete it by hand`);
       }
     }
-    if (image && conditions.leaseId !== undefined) await image.takeLease();
+    if (image && conditions.leaseId !== undefined) await image.remote.takeLease();
   }
 
   /** Deletes the blob and everything the cache holds of it (dirty data too). */

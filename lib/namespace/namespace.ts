@@ -5,10 +5,12 @@
  * convention). Opening a file always asks Azure for the blob's current properties, so a
  * blob changed elsewhere is noticed at open (close-to-open consistency). */
 
-import { BlobdiskError, isBlobdiskError } from '../errors';
-import { Image, logicalSize } from '../image/image';
+import { BlobdiskError, isBlobdiskError, isKind } from '../errors';
+import { Image } from '../image/image';
 import { Images } from '../image/registry';
+import { Clock, systemClock } from '../clock';
 import { Logger } from '../log';
+import { logicalSize } from '../remote/remote';
 import { BlobInfo, BlobRef, BlobStore } from '../store/types';
 import { Location, blobComponentProblem, isShowableComponent, locate, parentAndBase } from './paths';
 
@@ -28,7 +30,7 @@ export function globToRegExp(glob: string): RegExp {
 
 const MAX_BLOB_NAME = 1024;
 
-/** A file entry carries `askedAt`: when the request that described it was sent (Date.now()),
+/** A file entry carries `askedAt`: when the request that described it was sent (the clock's now()),
  *  so that an open image can tell whether the entry is newer than what it knows. */
 export type Entry = { readonly type: 'dir'; readonly mtime: Date } | { readonly type: 'file'; readonly info: BlobInfo; readonly askedAt: number };
 
@@ -56,7 +58,7 @@ export class Namespace {
   private readonly listings = new Map<string, Promise<Listed>>();
   private containers: { expires: number; names: Promise<string[]> } | undefined;
   private readonly warned = new Set<string>();
-  private readonly started = new Date();
+  private readonly started: Date;
   private readonly pagePatterns: RegExp[];
 
   constructor(
@@ -64,7 +66,9 @@ export class Namespace {
     private readonly images: Images,
     private readonly options: NamespaceOptions,
     private readonly log: Logger,
+    private readonly clock: Clock = systemClock,
   ) {
+    this.started = new Date(clock.now());
     this.pagePatterns = options.pageBlobPatterns.map(globToRegExp);
   }
 
@@ -73,7 +77,7 @@ export class Namespace {
   }
 
   private async containerNames(): Promise<string[]> {
-    const now = Date.now();
+    const now = this.clock.now();
     if (!this.containers || this.containers.expires < now) {
       const names = this.store.listContainers();
       this.containers = { expires: now + this.options.attrTtlMs, names };
@@ -88,10 +92,10 @@ export class Namespace {
     const cached = this.listings.get(key);
     if (cached) {
       return cached.then((old) => {
-        if (old.expires >= Date.now()) return old;
+        if (old.expires >= this.clock.now()) return old;
         // Past its time: ask again, but when Azure cannot be reached the old answer beats none.
         return this.relist(key, container, prefix).catch((e: unknown) => {
-          if (!isBlobdiskError(e) || e.code !== 'EIO') throw e;
+          if (!isKind(e, 'unavailable')) throw e;
           this.listings.set(key, Promise.resolve(old));
           return old;
         });
@@ -101,7 +105,7 @@ export class Namespace {
   }
 
   private relist(key: string, container: string, prefix: string): Promise<Listed> {
-    const askedAt = Date.now();
+    const askedAt = this.clock.now();
     const listed = this.store.listDirectory(container, prefix === '' ? '' : `${prefix}/`).then((listing) => {
       const entries = new Map<string, Entry>();
       const base = prefix === '' ? 0 : prefix.length + 1;
@@ -120,7 +124,7 @@ export class Namespace {
           entries.set(name, { type: 'file', info, askedAt });
         }
       }
-      return { expires: Date.now() + this.options.attrTtlMs, entries };
+      return { expires: this.clock.now() + this.options.attrTtlMs, entries };
     });
     this.listings.set(key, listed);
     listed.catch(() => this.listings.delete(key));
@@ -140,19 +144,19 @@ export class Namespace {
     this.log.warn(`blob ${JSON.stringify(key)} ${why}`);
   }
 
-  /** What is at `path`. ENOENT when nothing is. */
+  /** What is at `path`. not-found when nothing is. */
   async lookup(path: string): Promise<Entry> {
     const loc = this.locate(path);
     if (loc.container === undefined) return { type: 'dir', mtime: this.started };
     if (loc.name === '') {
       if (this.options.container === undefined && !(await this.containerNames()).includes(loc.container)) {
-        throw new BlobdiskError('ENOENT', `no container ${loc.container}`);
+        throw new BlobdiskError('not-found', `no container ${loc.container}`);
       }
       return { type: 'dir', mtime: this.started };
     }
     const { parent, base } = parentAndBase(loc.name);
     const entry = (await this.listing(loc.container, parent)).entries.get(base);
-    if (!entry) throw new BlobdiskError('ENOENT', `no blob or directory ${loc.container}/${loc.name}`);
+    if (!entry) throw new BlobdiskError('not-found', `no blob or directory ${loc.container}/${loc.name}`);
     return entry;
   }
 
@@ -170,28 +174,28 @@ export class Namespace {
       // adopt it (revalidate keeps local changes and reports a conflict), or stat keeps the
       // old size until the next open. An older listing says nothing new (Last-Modified has
       // one-second resolution, so it cannot order two changes within a second).
-      if (info.etag !== image.etag && entry.askedAt > image.knownAt) await image.revalidate(info);
-      return { type: 'file', size: image.size, blocks: Math.ceil((await image.allocatedBytes()) / 512), mtime: image.mtime, writable };
+      if (info.etag !== image.remote.etag && entry.askedAt > image.remote.knownAt) await image.remote.revalidate(info);
+      return { type: 'file', size: image.size, blocks: Math.ceil((await image.remote.allocatedBytes()) / 512), mtime: image.mtime, writable };
     }
     const size = logicalSize(info);
     return { type: 'file', size, blocks: Math.ceil(size / 512), mtime: info.lastModified, writable };
   }
 
-  /** Names in the directory at `path`. ENOTDIR for a file. */
+  /** Names in the directory at `path`. not-directory for a file. */
   async readdir(path: string): Promise<string[]> {
     const loc = this.locate(path);
     if (loc.container === undefined) return (await this.containerNames()).slice();
     const entry = await this.lookup(path);
-    if (entry.type !== 'dir') throw new BlobdiskError('ENOTDIR', `${path} is a file`);
+    if (entry.type !== 'dir') throw new BlobdiskError('not-directory', `${path} is a file`);
     return [...(await this.listing(loc.container, loc.name)).entries.keys()];
   }
 
   private checkWritable(path: string): void {
-    if (this.options.readOnly) throw new BlobdiskError('EROFS', `the mount is read-only (${path})`);
+    if (this.options.readOnly) throw new BlobdiskError('read-only', `the mount is read-only (${path})`);
   }
 
   /** Mode, owner and times are not kept in Azure: accepted (and ignored) on a writable
-   *  mount, EROFS on a read-only one, ENOENT when nothing is at `path`. */
+   *  mount, read-only on a read-only one, not-found when nothing is at `path`. */
   async setAttributes(path: string): Promise<void> {
     this.checkWritable(path);
     await this.lookup(path);
@@ -206,7 +210,7 @@ export class Namespace {
     this.checkWritable(path);
     for (const p of [path, dest]) {
       const loc = this.locate(p);
-      if (loc.container === undefined || loc.name === '') throw new BlobdiskError('EPERM', `${p}: containers cannot be renamed; move the files inside instead`);
+      if (loc.container === undefined || loc.name === '') throw new BlobdiskError('not-permitted', `${p}: containers cannot be renamed; move the files inside instead`);
     }
     const from = this.newRef(path);
     const to = this.newRef(dest);
@@ -215,21 +219,21 @@ export class Namespace {
     const source = await this.lookup(path);
     await this.parentIsDirectory(to.container, to.parent);
     const target = await this.lookup(dest).catch((e: unknown) => {
-      if (isBlobdiskError(e) && e.code === 'ENOENT') return undefined;
+      if (isBlobdiskError(e) && e.kind === 'not-found') return undefined;
       throw e;
     });
     try {
       if (source.type === 'file') {
-        if (target?.type === 'dir') throw new BlobdiskError('EISDIR', `${dest} is a directory`);
+        if (target?.type === 'dir') throw new BlobdiskError('is-directory', `${dest} is a directory`);
         await this.images.rename(blob(from), blob(to));
         return;
       }
-      if (target?.type === 'file') throw new BlobdiskError('ENOTDIR', `${dest} is a file`);
+      if (target?.type === 'file') throw new BlobdiskError('not-directory', `${dest} is a file`);
       if (from.container === to.container && to.name.startsWith(`${from.name}/`)) {
-        throw new BlobdiskError('EINVAL', `cannot move ${path} into itself`);
+        throw new BlobdiskError('invalid', `cannot move ${path} into itself`);
       }
       if (target?.type === 'dir' && (await this.blobsUnder(to.container, to.name)).length > 0) {
-        throw new BlobdiskError('ENOTEMPTY', `${dest} is not empty`);
+        throw new BlobdiskError('not-empty', `${dest} is not empty`);
       }
       // Deepest first, the directory's own marker last: an interrupted rename leaves the
       // source directory in place for whatever was not moved yet.
@@ -261,15 +265,15 @@ export class Namespace {
     for (const key of [...this.listings.keys()]) if (key.startsWith(`${container}\0`)) this.listings.delete(key);
   }
 
-  /** A blob reference for a new entry at `path`; EINVAL for names Azure cannot take. */
+  /** A blob reference for a new entry at `path`; invalid for names Azure cannot take. */
   private newRef(path: string): { container: string; name: string; parent: string; base: string } {
     const loc = this.locate(path);
-    if (loc.container === undefined || loc.name === '') throw new BlobdiskError('EPERM', `${path}: containers are directories; create files inside one`);
+    if (loc.container === undefined || loc.name === '') throw new BlobdiskError('not-permitted', `${path}: containers are directories; create files inside one`);
     const { parent, base } = parentAndBase(loc.name);
-    if (!isShowableComponent(base)) throw new BlobdiskError('EINVAL', `${JSON.stringify(base)} cannot be a blob name`);
+    if (!isShowableComponent(base)) throw new BlobdiskError('invalid', `${JSON.stringify(base)} cannot be a blob name`);
     const problem = blobComponentProblem(base);
-    if (problem !== undefined) throw new BlobdiskError('EINVAL', `${JSON.stringify(base)} cannot be a blob name: it ${problem}`);
-    if (loc.name.length > MAX_BLOB_NAME) throw new BlobdiskError('ENAMETOOLONG', `blob names have at most ${MAX_BLOB_NAME} characters`);
+    if (problem !== undefined) throw new BlobdiskError('invalid', `${JSON.stringify(base)} cannot be a blob name: it ${problem}`);
+    if (loc.name.length > MAX_BLOB_NAME) throw new BlobdiskError('name-too-long', `blob names have at most ${MAX_BLOB_NAME} characters`);
     return { container: loc.container, name: loc.name, parent, base };
   }
 
@@ -286,7 +290,7 @@ export class Namespace {
   private async parentIsDirectory(container: string, parent: string): Promise<void> {
     if (parent === '') return;
     const entry = await this.lookup(this.pathOf(container, parent));
-    if (entry.type !== 'dir') throw new BlobdiskError('ENOTDIR', `${parent} is a file`);
+    if (entry.type !== 'dir') throw new BlobdiskError('not-directory', `${parent} is a file`);
   }
 
   private pathOf(container: string, name: string): string {
@@ -294,7 +298,7 @@ export class Namespace {
   }
 
   /** Creates an empty file: a page blob when the name matches the page-blob patterns, else
-   *  a block blob. EEXIST when something is there; the new image is leased to us. */
+   *  a block blob. exists when something is there; the new image is leased to us. */
   async create(path: string): Promise<Image> {
     this.checkWritable(path);
     const { container, name, parent, base } = this.newRef(path);
@@ -304,17 +308,17 @@ export class Namespace {
     if (page) await this.store.createPageBlob(ref, 0);
     else await this.store.createBlockBlob(ref);
     const info = await this.store.getInfo(ref);
-    await this.remember(container, parent, base, { type: 'file', info, askedAt: Date.now() });
+    await this.remember(container, parent, base, { type: 'file', info, askedAt: this.clock.now() });
     const image = await this.images.get(ref, info, true);
-    await image.takeLease();
+    await image.remote.takeLease();
     return image;
   }
 
-  /** The image at `path`, leased to us for writing (EBUSY when another host holds it). */
+  /** The image at `path`, leased to us for writing (busy when another host holds it). */
   async openForWrite(path: string): Promise<Image> {
     this.checkWritable(path);
     const image = await this.open(path);
-    await image.takeLease();
+    await image.remote.takeLease();
     return image;
   }
 
@@ -338,7 +342,7 @@ export class Namespace {
     const loc = this.locate(path);
     if (loc.container !== undefined && loc.name === '' && this.options.container === undefined) {
       if (!/^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$/.test(loc.container)) {
-        throw new BlobdiskError('EINVAL', `${loc.container} is not a container name (3-63 lowercase letters, digits and single hyphens)`);
+        throw new BlobdiskError('invalid', `${loc.container} is not a container name (3-63 lowercase letters, digits and single hyphens)`);
       }
       await this.store.createContainer(loc.container);
       this.containers = undefined;
@@ -347,25 +351,25 @@ export class Namespace {
     const { container, name, parent, base } = this.newRef(path);
     await this.parentIsDirectory(container, parent);
     const existing = await this.lookup(path).catch(() => undefined);
-    if (existing) throw new BlobdiskError('EEXIST', `${path} exists`);
+    if (existing) throw new BlobdiskError('exists', `${path} exists`);
     await this.store.createBlockBlob({ container, name }, { metadata: { [FOLDER_KEY]: 'true' } });
-    await this.remember(container, parent, base, { type: 'dir', mtime: new Date() });
+    await this.remember(container, parent, base, { type: 'dir', mtime: new Date(this.clock.now()) });
   }
 
-  /** Removes an empty directory (its marker blob). ENOTEMPTY when it holds anything. */
+  /** Removes an empty directory (its marker blob). not-empty when it holds anything. */
   async rmdir(path: string): Promise<void> {
     this.checkWritable(path);
     const loc = this.locate(path);
-    if (loc.container === undefined || loc.name === '') throw new BlobdiskError('EPERM', `${path}: blobdisk does not delete containers`);
+    if (loc.container === undefined || loc.name === '') throw new BlobdiskError('not-permitted', `${path}: blobdisk does not delete containers`);
     const entry = await this.lookup(path);
-    if (entry.type !== 'dir') throw new BlobdiskError('ENOTDIR', `${path} is a file`);
+    if (entry.type !== 'dir') throw new BlobdiskError('not-directory', `${path} is a file`);
     const listing = await this.store.listDirectory(loc.container, `${loc.name}/`);
-    if (listing.blobs.length > 0 || listing.prefixes.length > 0) throw new BlobdiskError('ENOTEMPTY', `${path} is not empty`);
+    if (listing.blobs.length > 0 || listing.prefixes.length > 0) throw new BlobdiskError('not-empty', `${path} is not empty`);
     this.listings.delete(`${loc.container}\0${loc.name}`);
     try {
       await this.store.deleteBlob({ container: loc.container, name: loc.name });
     } catch (e) {
-      if (!isBlobdiskError(e) || e.code !== 'ENOENT') throw e;
+      if (!isBlobdiskError(e) || e.kind !== 'not-found') throw e;
     }
     const { parent, base } = parentAndBase(loc.name);
     await this.remember(loc.container, parent, base, undefined);
@@ -374,9 +378,9 @@ export class Namespace {
   /** The image behind the file at `path`, with its properties fresh from Azure. */
   async open(path: string): Promise<Image> {
     const loc = this.locate(path);
-    if (loc.container === undefined || loc.name === '') throw new BlobdiskError('EISDIR', `${path} is a directory`);
+    if (loc.container === undefined || loc.name === '') throw new BlobdiskError('is-directory', `${path} is a directory`);
     const entry = await this.lookup(path);
-    if (entry.type === 'dir') throw new BlobdiskError('EISDIR', `${path} is a directory`);
+    if (entry.type === 'dir') throw new BlobdiskError('is-directory', `${path} is a directory`);
     const ref = { container: loc.container, name: loc.name };
     let info: BlobInfo;
     try {
@@ -384,7 +388,7 @@ export class Namespace {
     } catch (e) {
       // Azure unreachable: an image this mount already knows keeps working from the cache
       // (reads of cached data, writes until the cache is full of data not yet uploaded).
-      const known = isBlobdiskError(e) && e.code === 'EIO' ? await this.images.peek(ref) : undefined;
+      const known = isKind(e, 'unavailable') ? await this.images.peek(ref) : undefined;
       if (!known) throw e;
       this.log.warn(`cannot reach Azure to check ${loc.container}/${loc.name} (${(e as Error).message}); using what this mount knows of it`);
       return known;

@@ -1,5 +1,5 @@
 /* How blobdisk reaches an account. Validated by lib/options.ts; consumed only by
- * lib/store/azure.ts. None of these values may ever be logged (see lib/redact.ts). */
+ * lib/store/azure/. None of these values may ever be logged (see lib/redact.ts). */
 
 import type { Credentials } from '../config';
 

@@ -1,13 +1,14 @@
-/* The blob-store interface: the bottom layer of blobdisk. lib/store/azure.ts implements it
+/* The blob-store interface: the bottom layer of blobdisk. lib/store/azure/ implements it
  * with @azure/storage-blob; test/support/memory-store.ts implements it in memory for unit
- * tests. Every method rejects only with BlobdiskError:
- *   ENOENT    container or blob does not exist
- *   EACCES    the credentials were refused (403)
- *   EBUSY     the blob is leased by someone else, or our lease is missing/lost
- *   ESTALE    an If-Match / If-None-Match condition failed (the blob changed)
- *   EEXIST    create-only and the blob exists
- *   EINVAL    a request Azure (or the limits below) rejects as malformed
- *   EIO       anything else, including "unreachable after the bounded retries"
+ * tests. Every method rejects only with BlobdiskError (lib/errors.ts), of kind:
+ *   not-found     container or blob does not exist
+ *   denied        the credentials were refused (403)
+ *   busy          the blob is leased by someone else, or our lease is missing/lost
+ *   stale         an If-Match condition failed (the blob changed)
+ *   exists        create-only and the blob exists
+ *   invalid       a request Azure (or the limits below) rejects as malformed
+ *   unavailable   Azure unreachable, silent past the deadline, or failing (5xx), after the bounded retries
+ *   failed        anything else: an answer we do not understand, or a bug
  * Offsets and lengths are bytes; ranges are half-open [start, end). */
 
 export type BlobKind = 'page' | 'block' | 'append';
@@ -62,7 +63,7 @@ export interface ReadOptions {
   readonly signal?: AbortSignal;
 }
 
-/** Requests and bytes exchanged with the store since it was created. */
+/** Requests and bytes exchanged with a store, as MeteredStore counts them. */
 export interface StoreCounters {
   requests: number;
   bytesDown: number;
@@ -75,33 +76,32 @@ export const MAX_PUT_PAGE_BYTES = 4 * 1024 * 1024;
 export const MAX_PAGE_BLOB_BYTES = 8 * 1024 ** 4;
 export const MAX_COMMITTED_BLOCKS = 50_000;
 
+/** A store's operations. Counters live in a MeteredStore (metered.ts) that wraps one;
+ *  faults for tests in a FaultyStore (faulty.ts). */
 export interface BlobStore {
-  /** Live counters; a request is counted when it is sent, bytes when they arrive/leave. */
-  readonly counters: StoreCounters;
-
   /** Names of all containers in the account (all pages). */
   listContainers(): Promise<string[]>;
-  /** Resolves when the container exists; ENOENT when not. */
+  /** Resolves when the container exists; not-found when not. */
   checkContainer(container: string): Promise<void>;
   createContainer(container: string): Promise<void>;
 
   /** One directory level: blobs and sub-prefixes directly under `prefix` ('' or ending in '/'), all pages. */
   listDirectory(container: string, prefix: string): Promise<Listing>;
-  /** Properties of one blob; ENOENT when absent. */
+  /** Properties of one blob; not-found when absent. */
   getInfo(ref: BlobRef): Promise<BlobInfo>;
 
   /** Ranged GET of [offset, offset + length), clipped by the caller to the blob size.
    *  The returned iterable yields the bytes in order as they arrive; its total is `length`.
-   *  With `etag`, ESTALE when the blob no longer has it (before or while streaming). */
+   *  With `etag`, stale when the blob no longer has it (before or while streaming). */
   read(ref: BlobRef, offset: number, length: number, options?: ReadOptions): Promise<AsyncIterable<Buffer>>;
   /** Allocated page ranges of a page blob intersecting [start, end), clipped to it,
-   *  sorted and with adjacent ranges merged. With `etag`, ESTALE when it changed. */
+   *  sorted and with adjacent ranges merged. With `etag`, stale when it changed. */
   pageRanges(ref: BlobRef, start: number, end: number, options?: ReadOptions): Promise<ByteRange[]>;
   /** Committed blocks of a block blob in order (empty for a blob uploaded in one Put Blob). */
   blockList(ref: BlobRef): Promise<BlockInfo[]>;
 
   /** Creates (or with `overwrite` replaces) an empty page blob of `size` (multiple of 512, ≤ 8 TiB). Returns the ETag.
-   *  Without `overwrite`, EEXIST when the blob exists. */
+   *  Without `overwrite`, exists when the blob exists. */
   createPageBlob(ref: BlobRef, size: number, options?: { metadata?: Record<string, string>; overwrite?: boolean }): Promise<string>;
   /** Creates (or with `overwrite` replaces) an empty block blob. Returns the ETag. EEXIST as above. */
   createBlockBlob(ref: BlobRef, options?: { metadata?: Record<string, string>; overwrite?: boolean }): Promise<string>;
@@ -118,12 +118,12 @@ export interface BlobStore {
   commitBlockList(ref: BlobRef, blockIds: string[], options?: WriteConditions & { metadata?: Record<string, string> }): Promise<string>;
   /** Replaces the blob's metadata. Returns the ETag. */
   setMetadata(ref: BlobRef, metadata: Record<string, string>, conditions?: WriteConditions): Promise<string>;
-  /** Deletes the blob (and its snapshots). ENOENT when absent. */
+  /** Deletes the blob (and its snapshots). not-found when absent. */
   deleteBlob(ref: BlobRef, conditions?: WriteConditions): Promise<void>;
   /** Server-side copy within the account; resolves when the copy has completed. Returns the new ETag. */
   copyBlob(source: BlobRef, target: BlobRef): Promise<string>;
 
-  /** Acquires a lease (15–60 s, or -1 for infinite). EBUSY when someone else holds one. Returns the lease id. */
+  /** Acquires a lease (15–60 s, or -1 for infinite). busy when someone else holds one. Returns the lease id. */
   acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string): Promise<string>;
   renewLease(ref: BlobRef, leaseId: string): Promise<void>;
   releaseLease(ref: BlobRef, leaseId: string): Promise<void>;

@@ -5,17 +5,17 @@ import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import { AccountSASPermissions, generateAccountSASQueryParameters, StorageSharedKeyCredential } from '@azure/storage-blob';
 import { AZURITE_ACCOUNT, AZURITE_KEY } from '../../lib/azurite';
-import { isBlobdiskError, type BlobdiskError, type ErrnoName } from '../../lib/errors';
+import { isBlobdiskError, type BlobdiskError, type ErrorKind } from '../../lib/errors';
 import { AzureStore } from '../../lib/store/azure';
 import type { Credentials } from '../../lib/store/credentials';
 import { startTestAzurite, type TestAzurite } from '../support/azurite';
 
-async function failure(p: Promise<unknown> | (() => unknown), code: ErrnoName): Promise<BlobdiskError> {
+async function failure(p: Promise<unknown> | (() => unknown), code: ErrorKind): Promise<BlobdiskError> {
   try {
     await (typeof p === 'function' ? p() : p);
   } catch (e) {
     if (!isBlobdiskError(e)) throw new Error(`expected BlobdiskError ${code}, got ${String(e)}`);
-    expect(e.code).toBe(code);
+    expect(e.kind).toBe(code);
     expect(e.message).not.toMatch(/[\r\n]/);
     return e;
   }
@@ -49,39 +49,39 @@ describe('AzureStore errors on Azurite', () => {
   test('a wrong account key is EACCES and the message does not contain the key', async () => {
     const key = randomBytes(64).toString('base64');
     const store = storeWith({ kind: 'accountKey', account: AZURITE_ACCOUNT, accountKey: key, endpoint: az.azurite.endpoint });
-    const e = await failure(store.listContainers(), 'EACCES');
+    const e = await failure(store.listContainers(), 'denied');
     expect(e.message).toMatch(/credentials/);
     expect(e.message).toMatch(/403/);
     expect(e.message).not.toContain(key);
     // HEAD requests (no error body) too.
-    const e2 = await failure(store.getInfo({ container: C, name: 'exists.img' }), 'EACCES');
+    const e2 = await failure(store.getInfo({ container: C, name: 'exists.img' }), 'denied');
     expect(e2.message).not.toContain(key);
     // And through a connection string.
     const cs = az.azurite.connectionString.replace(AZURITE_KEY, key);
-    const e3 = await failure(storeWith({ kind: 'connectionString', connectionString: cs }).checkContainer(C), 'EACCES');
+    const e3 = await failure(storeWith({ kind: 'connectionString', connectionString: cs }).checkContainer(C), 'denied');
     expect(e3.message).not.toContain(key);
   });
 
   test('an unknown container or blob is ENOENT naming it', async () => {
-    const e = await failure(az.store.checkContainer('no-such-container'), 'ENOENT');
+    const e = await failure(az.store.checkContainer('no-such-container'), 'not-found');
     expect(e.message).toContain('no-such-container');
-    const e2 = await failure(az.store.listDirectory('no-such-container', ''), 'ENOENT');
+    const e2 = await failure(az.store.listDirectory('no-such-container', ''), 'not-found');
     expect(e2.message).toContain('no-such-container');
-    const e3 = await failure(az.store.getInfo({ container: C, name: 'dir/missing.img' }), 'ENOENT');
+    const e3 = await failure(az.store.getInfo({ container: C, name: 'dir/missing.img' }), 'not-found');
     expect(e3.message).toContain('errors/dir/missing.img');
   });
 
-  test('an unreachable endpoint is EIO within a bounded time, naming only the host', async () => {
+  test('an unreachable endpoint is unavailable (EIO at the mount) within a bounded time, naming only the host', async () => {
     const port = await closedPort();
     const store = storeWith({ kind: 'accountKey', account: AZURITE_ACCOUNT, accountKey: AZURITE_KEY, endpoint: `http://127.0.0.1:${port}/${AZURITE_ACCOUNT}` });
     const t0 = Date.now();
-    const e = await failure(store.getInfo({ container: C, name: 'x.img' }), 'EIO');
+    const e = await failure(store.getInfo({ container: C, name: 'x.img' }), 'unavailable');
     expect(Date.now() - t0).toBeLessThan(10_000);
     expect(e.message).toContain(`unreachable at 127.0.0.1:${port}`);
     expect(e.message).not.toContain(AZURITE_ACCOUNT);
   });
 
-  test('an endpoint that accepts connections but never answers is EIO after the deadline', async () => {
+  test('an endpoint that accepts connections but never answers is unavailable after the deadline', async () => {
     const sockets: net.Socket[] = [];
     const server = net.createServer((s) => sockets.push(s));
     await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
@@ -89,7 +89,7 @@ describe('AzureStore errors on Azurite', () => {
     try {
       const store = storeWith({ kind: 'accountKey', account: AZURITE_ACCOUNT, accountKey: AZURITE_KEY, endpoint: `http://127.0.0.1:${port}/${AZURITE_ACCOUNT}` }, 2, 500);
       const t0 = Date.now();
-      const e = await failure(store.getInfo({ container: C, name: 'x.img' }), 'EIO');
+      const e = await failure(store.getInfo({ container: C, name: 'x.img' }), 'unavailable');
       expect(Date.now() - t0).toBeLessThan(10_000);
       expect(e.message).toContain(`127.0.0.1:${port}`);
     } finally {
@@ -116,7 +116,7 @@ describe('AzureStore errors on Azurite', () => {
       } catch (e) {
         caught = e;
       }
-      expect(isBlobdiskError(caught) && caught.code).toBe('EINVAL');
+      expect(isBlobdiskError(caught) && caught.kind).toBe('invalid');
       const message = (caught as Error).message;
       expect(message).toMatch(/^the connection string is malformed: /);
       expect(message).not.toContain(secret);
@@ -158,16 +158,16 @@ describe('AzureStore errors on Azurite', () => {
     test('its errors never show the signature', async () => {
       const sas = accountSas('rwdlacup');
       const store = storeWith({ kind: 'sas', account: AZURITE_ACCOUNT, sas, endpoint: az.azurite.endpoint });
-      const e = await failure(store.getInfo({ container: C, name: 'missing.img' }), 'ENOENT');
+      const e = await failure(store.getInfo({ container: C, name: 'missing.img' }), 'not-found');
       expect(e.message).not.toContain('sig=');
 
       const readOnly = storeWith({ kind: 'sas', account: AZURITE_ACCOUNT, sas: accountSas('rl'), endpoint: az.azurite.endpoint });
-      const e2 = await failure(readOnly.putPages({ container: C, name: 'exists.img' }, 0, Buffer.alloc(512)), 'EACCES');
+      const e2 = await failure(readOnly.putPages({ container: C, name: 'exists.img' }, 0, Buffer.alloc(512)), 'denied');
       expect(e2.message).not.toContain('sig=');
 
       const forged = sas.replace(/sig=[^&]+/, `sig=${encodeURIComponent(randomBytes(32).toString('base64'))}`);
       const bad = storeWith({ kind: 'sas', account: AZURITE_ACCOUNT, sas: forged, endpoint: az.azurite.endpoint });
-      const e3 = await failure(bad.listContainers(), 'EACCES');
+      const e3 = await failure(bad.listContainers(), 'denied');
       expect(e3.message).not.toContain('sig=');
       expect(e3.message).not.toContain(forged);
     });

@@ -12,6 +12,7 @@ import { Images } from '../../lib/image/registry';
 import { silentLogger } from '../../lib/log';
 import { SyncMode } from '../../lib/options';
 import { BlobRef, BlobStore } from '../../lib/store/types';
+import { SYSTEM_TIMING, type Timing } from '../../lib/tunables';
 
 export interface Harness {
   readonly dir: string;
@@ -31,14 +32,17 @@ export interface HarnessOptions {
   sync?: SyncMode;
   dirtyWaitMs?: number;
   writeBackDelayMs?: number;
+  /** The clock and tunables every layer gets (the system's by default). */
+  timing?: Timing;
 }
 
 export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
   const grainSize = o.grainSize ?? 64 * 1024;
   const dir = o.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'blobdisk-img-'));
-  const map = GrainMap.open(path.join(dir, 'grainmap.db'), grainSize);
-  const cache = new GrainCache({ dir, sizeBytes: o.cacheBytes ?? 1024 * grainSize, grainSize }, map, silentLogger);
-  const flusher = new Flusher(store, cache, { grainSize, concurrency: 4, delayMs: o.writeBackDelayMs ?? 10_000 }, silentLogger);
+  const timing = o.timing ?? SYSTEM_TIMING;
+  const map = GrainMap.open(path.join(dir, 'grainmap.db'), grainSize, timing);
+  const cache = new GrainCache({ dir, sizeBytes: o.cacheBytes ?? 1024 * grainSize, grainSize }, map, silentLogger, timing);
+  const flusher = new Flusher(store, cache, { grainSize, concurrency: 4, delayMs: o.writeBackDelayMs ?? 10_000 }, silentLogger, timing);
   const images = new Images(
     {
       store, cache, map, log: silentLogger, grainSize,
@@ -46,10 +50,9 @@ export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
       budget: new FetchBudget(4),
       dirtyWaitMs: o.dirtyWaitMs ?? 200,
       leaseId: map.leaseId(),
-      onDirty: (image) => flusher.notify(image),
       sync: o.sync ?? 'local',
-      flushNow: (image) => flusher.flush([image]),
-      exclusive: (image, fn) => flusher.exclusive(image, fn),
+      uploads: flusher,
+      timing,
     },
     'acct',
   );

@@ -1,7 +1,8 @@
 /* An in-memory BlobStore with Azure's semantics as blobdisk relies on them: ETags change
  * on every write, page blobs track allocated 512-byte pages, block blobs keep committed and
- * staged blocks, leases and If-Match are enforced. Tests inject latency, slow chunked reads
- * and faults (failNext) to exercise retries and partial reads without a network. */
+ * staged blocks, leases and If-Match are enforced. Tests set latency and slow chunked reads
+ * here; faults come from wrapping it in a FaultyStore (lib/store/faulty.ts). It counts its
+ * own requests and bytes (`counters`), as a MeteredStore would, for tests to read. */
 
 import { randomUUID } from 'node:crypto';
 import { BlobdiskError } from '../../lib/errors';
@@ -36,15 +37,12 @@ interface MemBlob {
   lease?: Lease;
 }
 
-type Fault = { error: BlobdiskError; times: number };
-
 const sleep = (ms: number): Promise<void> => new Promise((done) => setTimeout(done, ms));
 
 export class MemoryStore implements BlobStore {
   readonly counters: StoreCounters = { requests: 0, bytesDown: 0, bytesUp: 0 };
   private readonly containers = new Map<string, Map<string, MemBlob>>();
   private readonly staged = new Map<string, Map<string, Buffer>>();
-  private readonly faults = new Map<string, Fault>();
   private seq = 0;
   private closed = false;
 
@@ -52,44 +50,29 @@ export class MemoryStore implements BlobStore {
     for (const c of settings.containers ?? []) this.containers.set(c, new Map());
   }
 
-  /** The next `times` calls of `method` (e.g. 'read', 'putPages') reject with `error`;
-   *  `times` may be Infinity ("Azure is down") until clearFaults(). */
-  failNext(method: keyof BlobStore, error: BlobdiskError, times = 1): void {
-    this.faults.set(method, { error, times });
-  }
-
-  clearFaults(): void {
-    this.faults.clear();
-  }
-
   /** Whole content of a blob, for assertions. */
   contentOf(ref: BlobRef): Buffer {
     const b = this.containers.get(ref.container)?.get(ref.name);
-    if (b === undefined) throw new BlobdiskError('ENOENT', `${ref.container}/${ref.name} does not exist`);
+    if (b === undefined) throw new BlobdiskError('not-found', `${ref.container}/${ref.name} does not exist`);
     return this.bytes(b, 0, b.size);
   }
 
   // --- plumbing -------------------------------------------------------------------------
 
   private async enter(method: keyof BlobStore): Promise<void> {
-    if (this.closed) throw new BlobdiskError('EIO', `${method} failed: the store is closed`);
+    if (this.closed) throw new BlobdiskError('failed', `${method} failed: the store is closed`);
     this.counters.requests++;
     if ((this.settings.latencyMs ?? 0) > 0) await sleep(this.settings.latencyMs ?? 0);
-    const fault = this.faults.get(method);
-    if (fault !== undefined) {
-      if (--fault.times <= 0) this.faults.delete(method);
-      throw fault.error;
-    }
   }
 
-  private fail(code: BlobdiskError['code'], op: string, ref: BlobRef | string, why: string): BlobdiskError {
+  private fail(code: BlobdiskError['kind'], op: string, ref: BlobRef | string, why: string): BlobdiskError {
     const where = typeof ref === 'string' ? ref : `${ref.container}/${ref.name}`;
     return new BlobdiskError(code, `${op} ${where} failed: ${why}`);
   }
 
   private container(op: string, name: string): Map<string, MemBlob> {
     const c = this.containers.get(name);
-    if (c === undefined) throw this.fail('ENOENT', op, name, `container ${name} does not exist`);
+    if (c === undefined) throw this.fail('not-found', op, name, `container ${name} does not exist`);
     return c;
   }
 
@@ -97,8 +80,8 @@ export class MemoryStore implements BlobStore {
 
   private get(op: string, ref: BlobRef, kind?: BlobKind): MemBlob {
     const b = this.find(op, ref);
-    if (b === undefined) throw this.fail('ENOENT', op, ref, 'blob does not exist');
-    if (kind !== undefined && b.kind !== kind) throw this.fail('EINVAL', op, ref, `not a ${kind} blob`);
+    if (b === undefined) throw this.fail('not-found', op, ref, 'blob does not exist');
+    if (kind !== undefined && b.kind !== kind) throw this.fail('invalid', op, ref, `not a ${kind} blob`);
     return b;
   }
 
@@ -107,10 +90,10 @@ export class MemoryStore implements BlobStore {
   /** Azure's rules for a write: the lease id must match an active lease, If-Match the ETag. */
   private checkWrite(op: string, ref: BlobRef, b: MemBlob, c: WriteConditions | undefined): void {
     const lease = this.activeLease(b);
-    if (lease !== undefined && c?.leaseId === undefined) throw this.fail('EBUSY', op, ref, 'the blob is leased and no lease id was given');
-    if (lease !== undefined && c?.leaseId !== lease.id) throw this.fail('EBUSY', op, ref, 'the lease id does not match');
-    if (lease === undefined && c?.leaseId !== undefined) throw this.fail('EBUSY', op, ref, 'a lease id was given but the blob has no active lease');
-    if (c?.ifMatch !== undefined && c.ifMatch !== b.etag) throw this.fail('ESTALE', op, ref, 'the blob changed (ETag mismatch)');
+    if (lease !== undefined && c?.leaseId === undefined) throw this.fail('busy', op, ref, 'the blob is leased and no lease id was given');
+    if (lease !== undefined && c?.leaseId !== lease.id) throw this.fail('busy', op, ref, 'the lease id does not match');
+    if (lease === undefined && c?.leaseId !== undefined) throw this.fail('busy', op, ref, 'a lease id was given but the blob has no active lease');
+    if (c?.ifMatch !== undefined && c.ifMatch !== b.etag) throw this.fail('stale', op, ref, 'the blob changed (ETag mismatch)');
   }
 
   private touch(b: MemBlob): string {
@@ -143,8 +126,8 @@ export class MemoryStore implements BlobStore {
   private create(op: string, ref: BlobRef, blob: MemBlob, overwrite: boolean | undefined): string {
     const c = this.container(op, ref.container);
     const old = c.get(ref.name);
-    if (old !== undefined && overwrite !== true) throw this.fail('EEXIST', op, ref, 'blob already exists');
-    if (old !== undefined && this.activeLease(old) !== undefined) throw this.fail('EBUSY', op, ref, 'the blob is leased');
+    if (old !== undefined && overwrite !== true) throw this.fail('exists', op, ref, 'blob already exists');
+    if (old !== undefined && this.activeLease(old) !== undefined) throw this.fail('busy', op, ref, 'the blob is leased');
     c.set(ref.name, blob);
     this.staged.delete(key(ref));
     return blob.etag;
@@ -164,7 +147,7 @@ export class MemoryStore implements BlobStore {
 
   async createContainer(container: string): Promise<void> {
     await this.enter('createContainer');
-    if (this.containers.has(container)) throw this.fail('EEXIST', 'createContainer', container, 'container already exists');
+    if (this.containers.has(container)) throw this.fail('exists', 'createContainer', container, 'container already exists');
     this.containers.set(container, new Map());
   }
 
@@ -190,8 +173,8 @@ export class MemoryStore implements BlobStore {
     await this.enter('read');
     if (length === 0) return (async function* empty() {})();
     const b = this.get('read', ref);
-    if (options.etag !== undefined && options.etag !== b.etag) throw this.fail('ESTALE', 'read', ref, 'the blob changed (ETag mismatch)');
-    if (offset < 0 || length < 0 || offset >= b.size) throw this.fail('EINVAL', 'read', ref, `range ${offset}+${length} is outside the blob`);
+    if (options.etag !== undefined && options.etag !== b.etag) throw this.fail('stale', 'read', ref, 'the blob changed (ETag mismatch)');
+    if (offset < 0 || length < 0 || offset >= b.size) throw this.fail('invalid', 'read', ref, `range ${offset}+${length} is outside the blob`);
     const data = this.bytes(b, offset, Math.min(b.size, offset + length));
     const chunk = this.settings.chunkSize ?? Math.max(1, data.length);
     const delay = this.settings.chunkDelayMs ?? 0;
@@ -199,7 +182,7 @@ export class MemoryStore implements BlobStore {
     return (async function* stream(): AsyncGenerator<Buffer> {
       for (let at = 0; at < data.length; at += chunk) {
         if (at > 0 && delay > 0) await sleep(delay);
-        if (options.signal?.aborted === true) throw new BlobdiskError('EIO', `read ${ref.container}/${ref.name} failed: aborted`);
+        if (options.signal?.aborted === true) throw new BlobdiskError('unavailable', `read ${ref.container}/${ref.name} failed: aborted`);
         const piece = data.subarray(at, at + chunk);
         counters.bytesDown += piece.length;
         yield piece;
@@ -210,7 +193,7 @@ export class MemoryStore implements BlobStore {
   async pageRanges(ref: BlobRef, start: number, end: number, options: ReadOptions = {}): Promise<ByteRange[]> {
     await this.enter('pageRanges');
     const b = this.get('pageRanges', ref, 'page');
-    if (options.etag !== undefined && options.etag !== b.etag) throw this.fail('ESTALE', 'pageRanges', ref, 'the blob changed (ETag mismatch)');
+    if (options.etag !== undefined && options.etag !== b.etag) throw this.fail('stale', 'pageRanges', ref, 'the blob changed (ETag mismatch)');
     if (end <= start) return [];
     const pages = [...b.pages.keys()].filter((p) => (p + 1) * PAGE_SIZE > start && p * PAGE_SIZE < end).sort((x, y) => x - y);
     const out: { start: number; end: number }[] = [];
@@ -255,7 +238,7 @@ export class MemoryStore implements BlobStore {
     await this.enter('putPages');
     checkAligned('putPages', ref, offset, data.length, MAX_PUT_PAGE_BYTES);
     const b = this.get('putPages', ref, 'page');
-    if (offset + data.length > b.size) throw this.fail('EINVAL', 'putPages', ref, 'the range is beyond the end of the blob');
+    if (offset + data.length > b.size) throw this.fail('invalid', 'putPages', ref, 'the range is beyond the end of the blob');
     this.checkWrite('putPages', ref, b, conditions);
     this.counters.bytesUp += data.length;
     for (let at = 0; at < data.length; at += PAGE_SIZE) b.pages.set((offset + at) / PAGE_SIZE, Buffer.from(data.subarray(at, at + PAGE_SIZE)));
@@ -267,7 +250,7 @@ export class MemoryStore implements BlobStore {
     checkAligned('clearPages', ref, offset, length, Number.MAX_SAFE_INTEGER);
     this.counters.requests += Math.ceil(length / MAX_PUT_PAGE_BYTES) - 1; // AzureStore sends ≤ 4 MiB per call
     const b = this.get('clearPages', ref, 'page');
-    if (offset + length > b.size) throw this.fail('EINVAL', 'clearPages', ref, 'the range is beyond the end of the blob');
+    if (offset + length > b.size) throw this.fail('invalid', 'clearPages', ref, 'the range is beyond the end of the blob');
     this.checkWrite('clearPages', ref, b, conditions);
     for (let p = offset / PAGE_SIZE; p < (offset + length) / PAGE_SIZE; p++) b.pages.delete(p);
     return this.touch(b);
@@ -276,11 +259,11 @@ export class MemoryStore implements BlobStore {
   async stageBlock(ref: BlobRef, blockId: string, data: Buffer, conditions?: WriteConditions): Promise<void> {
     await this.enter('stageBlock');
     const b = this.find('stageBlock', ref);
-    if (b !== undefined && b.kind !== 'block') throw this.fail('EINVAL', 'stageBlock', ref, 'not a block blob');
+    if (b !== undefined && b.kind !== 'block') throw this.fail('invalid', 'stageBlock', ref, 'not a block blob');
     if (b !== undefined) this.checkWrite('stageBlock', ref, b, { ...(conditions?.leaseId !== undefined ? { leaseId: conditions.leaseId } : {}) });
     const staged = this.staged.get(key(ref)) ?? new Map<string, Buffer>();
     const other = [...staged.keys()][0] ?? b?.blocks.find((x) => x.id !== '')?.id;
-    if (blockId === '' || (other !== undefined && other.length !== blockId.length)) throw this.fail('EINVAL', 'stageBlock', ref, 'block ids must be non-empty and of equal length');
+    if (blockId === '' || (other !== undefined && other.length !== blockId.length)) throw this.fail('invalid', 'stageBlock', ref, 'block ids must be non-empty and of equal length');
     this.counters.bytesUp += data.length;
     staged.set(blockId, Buffer.from(data));
     this.staged.set(key(ref), staged);
@@ -290,14 +273,14 @@ export class MemoryStore implements BlobStore {
     await this.enter('commitBlockList');
     const c = this.container('commitBlockList', ref.container);
     const old = c.get(ref.name);
-    if (old !== undefined && old.kind !== 'block') throw this.fail('EINVAL', 'commitBlockList', ref, 'not a block blob');
+    if (old !== undefined && old.kind !== 'block') throw this.fail('invalid', 'commitBlockList', ref, 'not a block blob');
     if (old !== undefined) this.checkWrite('commitBlockList', ref, old, options);
-    else if (options.ifMatch !== undefined) throw this.fail('ESTALE', 'commitBlockList', ref, 'the blob does not exist (If-Match)');
-    if (blockIds.length > MAX_COMMITTED_BLOCKS) throw this.fail('EINVAL', 'commitBlockList', ref, 'too many blocks');
+    else if (options.ifMatch !== undefined) throw this.fail('stale', 'commitBlockList', ref, 'the blob does not exist (If-Match)');
+    if (blockIds.length > MAX_COMMITTED_BLOCKS) throw this.fail('invalid', 'commitBlockList', ref, 'too many blocks');
     const staged = this.staged.get(key(ref)) ?? new Map<string, Buffer>();
     const blocks = blockIds.map((id) => {
       const data = staged.get(id) ?? old?.blocks.find((x) => x.id === id && id !== '')?.data;
-      if (data === undefined) throw this.fail('EINVAL', 'commitBlockList', ref, 'the block list names an unknown block');
+      if (data === undefined) throw this.fail('invalid', 'commitBlockList', ref, 'the block list names an unknown block');
       return { id, data };
     });
     const b = old ?? this.newBlob('block', 0, undefined);
@@ -329,7 +312,7 @@ export class MemoryStore implements BlobStore {
     await this.enter('copyBlob');
     const s = this.get('copyBlob', source);
     const t = this.find('copyBlob', target);
-    if (t !== undefined && this.activeLease(t) !== undefined) throw this.fail('EBUSY', 'copyBlob', target, 'the target is leased');
+    if (t !== undefined && this.activeLease(t) !== undefined) throw this.fail('busy', 'copyBlob', target, 'the target is leased');
     const copy = this.newBlob(s.kind, s.size, s.metadata);
     copy.pages = new Map([...s.pages].map(([p, d]) => [p, Buffer.from(d)]));
     copy.blocks = s.blocks.map((x) => ({ id: x.id, data: Buffer.from(x.data) }));
@@ -340,11 +323,11 @@ export class MemoryStore implements BlobStore {
   async acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string): Promise<string> {
     await this.enter('acquireLease');
     if (durationSeconds !== -1 && !(Number.isInteger(durationSeconds) && durationSeconds >= 15 && durationSeconds <= 60)) {
-      throw this.fail('EINVAL', 'acquireLease', ref, `lease duration ${durationSeconds} is not -1 or 15..60 seconds`);
+      throw this.fail('invalid', 'acquireLease', ref, `lease duration ${durationSeconds} is not -1 or 15..60 seconds`);
     }
     const b = this.get('acquireLease', ref);
     const active = this.activeLease(b);
-    if (active !== undefined && active.id !== proposedLeaseId) throw this.fail('EBUSY', 'acquireLease', ref, 'the blob is leased by someone else');
+    if (active !== undefined && active.id !== proposedLeaseId) throw this.fail('busy', 'acquireLease', ref, 'the blob is leased by someone else');
     const id = proposedLeaseId ?? randomUUID();
     b.lease = { id, expiresAt: durationSeconds === -1 ? Infinity : Date.now() + durationSeconds * 1000 };
     return id;
@@ -353,7 +336,7 @@ export class MemoryStore implements BlobStore {
   async renewLease(ref: BlobRef, leaseId: string): Promise<void> {
     await this.enter('renewLease');
     const b = this.get('renewLease', ref);
-    if (b.lease?.id !== leaseId) throw this.fail('EBUSY', 'renewLease', ref, 'the lease id does not match');
+    if (b.lease?.id !== leaseId) throw this.fail('busy', 'renewLease', ref, 'the lease id does not match');
     const active = this.activeLease(b);
     // Infinite leases stay infinite; others restart their duration (tracked as 60 s here).
     if (active?.expiresAt !== Infinity) b.lease = { id: leaseId, expiresAt: Date.now() + 60_000 };
@@ -362,7 +345,7 @@ export class MemoryStore implements BlobStore {
   async releaseLease(ref: BlobRef, leaseId: string): Promise<void> {
     await this.enter('releaseLease');
     const b = this.get('releaseLease', ref);
-    if (b.lease?.id !== leaseId) throw this.fail('EBUSY', 'releaseLease', ref, 'the lease id does not match');
+    if (b.lease?.id !== leaseId) throw this.fail('busy', 'releaseLease', ref, 'the lease id does not match');
     delete b.lease;
   }
 
@@ -381,12 +364,12 @@ const lower = (m: Record<string, string> | undefined): Record<string, string> =>
 
 function checkSize(op: string, ref: BlobRef, size: number): void {
   if (!Number.isSafeInteger(size) || size < 0 || size % PAGE_SIZE !== 0 || size > MAX_PAGE_BLOB_BYTES) {
-    throw new BlobdiskError('EINVAL', `${op} ${ref.container}/${ref.name} failed: page blob size ${size} is not a multiple of 512 up to 8 TiB`);
+    throw new BlobdiskError('invalid', `${op} ${ref.container}/${ref.name} failed: page blob size ${size} is not a multiple of 512 up to 8 TiB`);
   }
 }
 
 function checkAligned(op: string, ref: BlobRef, offset: number, length: number, max: number): void {
   if (offset < 0 || offset % PAGE_SIZE !== 0 || length <= 0 || length % PAGE_SIZE !== 0 || length > max) {
-    throw new BlobdiskError('EINVAL', `${op} ${ref.container}/${ref.name} failed: range ${offset}+${length} is not 512-aligned or exceeds ${max} bytes`);
+    throw new BlobdiskError('invalid', `${op} ${ref.container}/${ref.name} failed: range ${offset}+${length} is not 512-aligned or exceeds ${max} bytes`);
   }
 }

@@ -177,7 +177,7 @@ describe('GrainCache', () => {
     expect(cache.writeNow(image, 1, 0, data)).toBe(false); // not prepared: the caller takes write()
     cache.prepare(image, 1);
     cache.prepare(image, 2);
-    await new Promise((r) => setTimeout(r, 100)); // the files open in the thread pool
+    await Promise.all([cache.fileReady(image, 1), cache.fileReady(image, 2)]); // the files open in the thread pool
     expect(cache.has(image, 1)).toBe(false); // prepared is not cached
     expect(cache.writeNow(image, 1, 0, data)).toBe(true);
     expect(cache.state(image, 1)?.dirty).not.toBeNull();
@@ -205,7 +205,7 @@ describe('GrainCache', () => {
     const data = Buffer.alloc(4096, 5);
     // A random writer opens a file for nearly every write; closed files must not pile up.
     for (let idx = 0; idx < 1000; idx++) await cache.write(image, idx, 0, data, 0);
-    await new Promise((r) => setTimeout(r, 200)); // closes finish in the thread pool
+    await cache.filesClosed(); // closes finish in the thread pool
     expect(openFds() - before).toBeLessThanOrEqual(128 + 8);
     const back = Buffer.alloc(4096);
     for (const idx of [0, 499, 999]) {

@@ -1,5 +1,6 @@
 import crypto from 'node:crypto';
 import { BlobdiskError } from '../../lib/errors';
+import { FaultyStore } from '../../lib/store/faulty';
 import { MemoryStore } from '../support/memory-store';
 import { harness } from '../support/image-harness';
 
@@ -125,10 +126,11 @@ describe('Image reads', () => {
   it('fails a read with the store error after its retries, and the next read fetches again', async () => {
     const store = new MemoryStore({ containers: ['c'] });
     await pageBlob(store, G, [[0, Buffer.alloc(G, 9)]]);
-    const h = harness(store);
+    const faulty = new FaultyStore(store);
+    const h = harness(faulty);
     const image = await h.open(ref);
-    store.failNext('read', new BlobdiskError('EIO', 'Azure is unreachable'));
-    await expect(image.read(0, 10)).rejects.toMatchObject({ code: 'EIO' });
+    faulty.inject({ ops: ['read'], action: { kind: 'fail', error: new BlobdiskError('unavailable', 'Azure is unreachable') } });
+    await expect(image.read(0, 10)).rejects.toMatchObject({ kind: 'unavailable' });
     expect((await image.read(0, 10))[0]).toBe(9);
     await h.close();
   });
@@ -138,7 +140,7 @@ describe('Image reads', () => {
     await store.createPageBlob(ref, 512 * G);
     const h = harness(store, { readAheadGrains: 0, cacheBytes: 1024 * G });
     const image = await h.open(ref);
-    await image.takeLease();
+    await image.remote.takeLease();
     // Every other grain: one Put Page each, more than one flush window of them.
     const data = new Map<number, Buffer>();
     for (let idx = 0; idx < 400; idx += 2) {

@@ -3,8 +3,12 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { BlobdiskError } from '../../lib/errors';
+import { FaultyStore, type Fault } from '../../lib/store/faulty';
+import { MeteredStore } from '../../lib/store/metered';
 import { MemoryStore } from '../support/memory-store';
 import { harness } from '../support/image-harness';
+import { ManualClock, until } from '../support/manual-clock';
+import { DEFAULT_TUNABLES } from '../../lib/tunables';
 
 const G = 64 * 1024;
 const page = { container: 'c', name: 'disk.img' };
@@ -44,7 +48,7 @@ describe('Image writes and the flusher', () => {
     await image.write(data.subarray(0, piece), 0);
     const atOnce: boolean[] = [];
     for (let at = piece; at < data.length; at += piece) {
-      await new Promise((r) => setTimeout(r, 20)); // the next grain's file opens meanwhile
+      await h.cache.fileReady(image.id, Math.floor(at / G)); // opened ahead while the last grain filled
       const chunk = data.subarray(at, at + piece);
       const n = image.writeNow(chunk, at);
       atOnce.push(n !== undefined);
@@ -78,18 +82,18 @@ describe('Image writes and the flusher', () => {
   it('keeps a grain dirty when it is written again while its upload runs', async () => {
     const store = new MemoryStore({ containers: ['c'] });
     await store.createPageBlob(page, 4 * G);
-    const h = harness(store);
+    const faulty = new FaultyStore(store);
+    const h = harness(faulty);
     const image = await h.open(page);
     await image.write(Buffer.alloc(G, 1), 0);
-    store.settings.latencyMs = 300; // every request is slow now
-    const flushing = h.flusher.flush([image]);
-    await new Promise((r) => setTimeout(r, 900)); // the lease and the Put Page are under way
-    await image.write(Buffer.alloc(512, 2), 0);
-    await flushing;
+    // The grain was read for the upload; while its Put Page is on its way, it is written again.
+    const again = { ops: ['putPages'], action: { kind: 'wait', until: () => image.write(Buffer.alloc(512, 2), 0) } } as const;
+    faulty.inject(again);
+    await h.flusher.flush([image]);
+    expect(faulty.hitsOf(again)).toBe(1);
     // The first flush has put the old bytes; the grain is still dirty with the new ones.
     expect(h.cache.state(image.id, 0)?.dirty).not.toBeNull();
     await h.flusher.flush([image]);
-    store.settings.latencyMs = 0;
     const expected = Buffer.alloc(4 * G);
     expected.fill(1, 0, G);
     expected.fill(2, 0, 512);
@@ -170,12 +174,13 @@ describe('Image writes and the flusher', () => {
   it('fails writes with ENOSPC when the cache stays full of data Azure does not take, and loses nothing', async () => {
     const store = new MemoryStore({ containers: ['c'] });
     await store.createPageBlob(page, 16 * G);
-    const h = harness(store, { cacheBytes: 4 * G, dirtyWaitMs: 300, writeBackDelayMs: 10 });
+    const faulty = new FaultyStore(store);
+    const h = harness(faulty, { cacheBytes: 4 * G, dirtyWaitMs: 300, writeBackDelayMs: 10 });
     const image = await h.open(page);
-    store.failNext('putPages', new BlobdiskError('EIO', 'Azure is down'), Infinity);
+    const down = faulty.inject({ ops: ['putPages'], times: Infinity, action: { kind: 'fail', error: new BlobdiskError('unavailable', 'Azure is down') } });
     for (let i = 0; i < 4; i++) await image.write(Buffer.alloc(G, i + 1), i * G);
-    await expect(image.write(Buffer.alloc(G, 9), 4 * G)).rejects.toMatchObject({ code: 'ENOSPC' });
-    store.clearFaults();
+    await expect(image.write(Buffer.alloc(G, 9), 4 * G)).rejects.toMatchObject({ kind: 'no-space' });
+    down();
     await h.flusher.flush([image]);
     const content = store.contentOf(page);
     for (let i = 0; i < 4; i++) expect(content.subarray(i * G, (i + 1) * G)).toEqual(Buffer.alloc(G, i + 1));
@@ -320,46 +325,48 @@ describe('Image writes and the flusher', () => {
   it('a Put Page failing in the middle of a long upload is retried; every byte arrives and every grain ends clean', async () => {
     const store = new MemoryStore({ containers: ['c'], latencyMs: 1 });
     await store.createPageBlob(page, 0);
-    const h = harness(store);
+    const faulty = new FaultyStore(store);
+    const metered = new MeteredStore(faulty);
+    const h = harness(metered);
     const image = await h.open(page);
     const data = crypto.randomBytes(300 * G + 1000); // many windows of grains
     await image.write(data, 0);
-    let calls = 0;
-    const putPages = store.putPages.bind(store);
-    store.putPages = async (ref, offset, bytes, conditions) => {
-      if (++calls === 5) throw new BlobdiskError('EIO', 'connection reset');
-      return putPages(ref, offset, bytes, conditions);
-    };
+    const reset = { ops: ['putPages'], skip: 4, action: { kind: 'fail', error: new BlobdiskError('unavailable', 'connection reset') } } as const;
+    faulty.inject(reset);
     await h.flusher.flush([image]);
-    expect(calls).toBeGreaterThan(5);
+    expect(faulty.hitsOf(reset)).toBe(1);
+    expect(metered.byOp.get('putPages')).toBeGreaterThan(5);
     expect(store.contentOf(page).subarray(0, data.length).equals(data)).toBe(true);
     expect(h.cache.dirtyGrains(image.id)).toEqual([]);
     await h.close();
   });
 
   it('uploads once the image has been quiet for the write-back delay, or at once when half the cache is dirty', async () => {
-    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const clock = new ManualClock();
+    const timing = { clock, tunables: DEFAULT_TUNABLES };
     const store = new MemoryStore({ containers: ['c'] });
     await store.createPageBlob(page, 64 * G);
-    const h = harness(store, { writeBackDelayMs: 300, cacheBytes: 32 * G });
+    const h = harness(store, { writeBackDelayMs: 300, cacheBytes: 32 * G, timing });
     const image = await h.open(page);
     for (let i = 0; i < 10; i++) {
       await image.write(crypto.randomBytes(512), i * 512);
-      await sleep(100);
+      await clock.advance(100);
     }
     expect(store.counters.bytesUp).toBe(0); // a writer that keeps writing is not interrupted
-    await sleep(900);
+    await clock.advance(199); // 299 ms after the last write
+    expect(store.counters.bytesUp).toBe(0); // not quite quiet for the delay yet
+    await clock.advance(1);
+    await until(() => h.cache.dirtyGrains(image.id).length === 0);
     expect(store.counters.bytesUp).toBe(5 * 1024);
-    expect(h.cache.dirtyGrains(image.id)).toEqual([]);
     await h.close();
 
     const busy = new MemoryStore({ containers: ['c'] });
     await busy.createPageBlob(page, 64 * G);
-    const h2 = harness(busy, { writeBackDelayMs: 60_000, cacheBytes: 32 * G });
+    const h2 = harness(busy, { writeBackDelayMs: 60_000, cacheBytes: 32 * G, timing });
     const image2 = await h2.open(page);
     await image2.write(crypto.randomBytes(17 * G), 0); // over half the cache
-    for (let i = 0; i < 50 && busy.counters.bytesUp < 17 * G; i++) await sleep(100);
-    expect(busy.counters.bytesUp).toBe(17 * G);
+    await clock.advance(0); // no time passes: the upload starts at once
+    await until(() => busy.counters.bytesUp === 17 * G);
     await h2.close();
   });
 
@@ -368,24 +375,26 @@ describe('Image writes and the flusher', () => {
     const old = Buffer.alloc(8 * G, 5);
     await store.createPageBlob(page, 8 * G);
     await store.putPages(page, 0, old);
-    const h = harness(store);
+    const faulty = new FaultyStore(store);
+    const h = harness(faulty);
     const image = await h.open(page);
     await image.truncate(6 * G); // the flush below cuts Azure at 6 grains
     const data = crypto.randomBytes(512);
     // While it does, a shrink into grain 2 and a write past the new end, in grain 2: the
     // flush uploads that grain, but Azure still holds the old bytes past the cut.
-    let once = true;
-    const resize = store.resizePageBlob.bind(store);
-    store.resizePageBlob = async (r, size, conditions) => {
-      if (once) {
-        once = false;
-        await image.truncate(2 * G + 1383);
-        await image.write(data, 2 * G + 8192);
-      }
-      return resize(r, size, conditions);
+    const meanwhile: Fault = {
+      ops: ['resizePageBlob'],
+      action: {
+        kind: 'wait',
+        until: async () => {
+          await image.truncate(2 * G + 1383);
+          await image.write(data, 2 * G + 8192);
+        },
+      },
     };
-    await h.flusher['flushImage'](image); // one pass, as the background flusher makes it
-    expect(once).toBe(false);
+    faulty.inject(meanwhile);
+    await h.flusher.pass(image); // one pass, as the background flusher makes it
+    expect(faulty.hitsOf(meanwhile)).toBe(1);
     await h.cache.dropClean(image.id); // evicted before the next pass, as from a small cache
     const expected = Buffer.alloc(2 * G + 8192 + 512);
     old.copy(expected, 0, 0, 2 * G + 1383);
@@ -397,24 +406,26 @@ describe('Image writes and the flusher', () => {
   });
 
   it('uploads what a writer that never pauses wrote once its oldest change is old enough', async () => {
-    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const clock = new ManualClock();
     const store = new MemoryStore({ containers: ['c'] });
     await store.createPageBlob(page, 64 * G);
     // Quiet for 300 ms never happens below; the oldest change may wait max(5 s, 10 × 300 ms).
-    const h = harness(store, { writeBackDelayMs: 300, cacheBytes: 1024 * G });
+    const h = harness(store, { writeBackDelayMs: 300, cacheBytes: 1024 * G, timing: { clock, tunables: DEFAULT_TUNABLES } });
     const image = await h.open(page);
-    const started = Date.now();
+    const started = clock.now();
+    const before = store.counters.requests; // writes alone ask nothing of the store
     let writes = 0;
-    while (store.counters.bytesUp === 0 && Date.now() - started < 20_000) {
+    while (store.counters.requests === before && clock.now() - started < 20_000) {
       await image.write(crypto.randomBytes(512), (writes++ % 1024) * 512);
-      await sleep(50);
+      await clock.advance(50);
     }
-    const waited = Date.now() - started;
-    expect(store.counters.bytesUp).toBeGreaterThan(0);
+    const waited = clock.now() - started;
+    await until(() => store.counters.bytesUp > 0);
     expect(waited).toBeGreaterThanOrEqual(5000);
-    expect(waited).toBeLessThan(20_000);
+    // The flusher looks again a write-back delay after the last write, at the latest.
+    expect(waited).toBeLessThan(5000 + 2 * 300);
     await h.close();
-  }, 30_000);
+  });
 
   it('a flush that starts while a shrink to an unaligned size reads its last sector does not take that shrink as done', async () => {
     const store = new MemoryStore({ containers: ['c'] });
@@ -422,7 +433,8 @@ describe('Image writes and the flusher', () => {
     const ids = Array.from({ length: 8 }, (_, k) => id(k));
     for (const [k, bid] of ids.entries()) await store.stageBlock(block, bid, old.subarray(k * G, (k + 1) * G));
     await store.commitBlockList(block, ids);
-    const h = harness(store);
+    const faulty = new FaultyStore(store);
+    const h = harness(faulty);
     const image = await h.open(block);
     const data = crypto.randomBytes(4096);
     await image.write(data, 0);
@@ -430,20 +442,22 @@ describe('Image writes and the flusher', () => {
     // begins, and it commits only after the shrink has finished.
     let shrunk = (): void => undefined;
     const shrinkDone = new Promise<void>((resolve) => (shrunk = resolve));
-    const commit = store.commitBlockList.bind(store);
-    store.commitBlockList = async (r, list, options) => {
-      await shrinkDone;
-      return commit(r, list, options);
-    };
-    const read = store.read.bind(store);
+    faulty.inject({ ops: ['commitBlockList'], times: Infinity, action: { kind: 'wait', until: () => shrinkDone } });
+    // The flush has taken the size it uploads once it lists the committed blocks.
+    let planned = (): void => undefined;
+    const planning = new Promise<void>((resolve) => (planned = resolve));
+    faulty.inject({ ops: ['blockList'], action: { kind: 'wait', until: async () => planned() } });
     let pass: Promise<void> | undefined;
-    store.read = async (r, offset, length, options) => {
-      if (!pass) {
-        pass = h.flusher['flushImage'](image);
-        await new Promise((resolve) => setTimeout(resolve, 100)); // the flush has planned
-      }
-      return read(r, offset, length, options);
-    };
+    faulty.inject({
+      ops: ['read'],
+      action: {
+        kind: 'wait',
+        until: async () => {
+          pass = h.flusher.pass(image);
+          await planning;
+        },
+      },
+    });
     const end = 3 * G + 100;
     await image.truncate(end);
     shrunk();
@@ -468,7 +482,8 @@ describe('Image writes and the flusher', () => {
         await store.stageBlock(block, id(1), old);
         await store.commitBlockList(block, [id(1)]);
       }
-      const h = harness(store);
+      const faulty = new FaultyStore(store);
+      const h = harness(faulty);
       const image = await h.open(ref);
       await image.truncate(9015); // Azure's bytes past 9015 no longer belong to the image
       await image.truncate(8 * G);
@@ -482,18 +497,9 @@ describe('Image writes and the flusher', () => {
         await image.truncate(7 * G + 4096);
         await image.truncate(8 * G);
       };
-      const resize = store.resizePageBlob.bind(store);
-      store.resizePageBlob = async (r, size, conditions) => {
-        await cut();
-        return resize(r, size, conditions);
-      };
-      const commit = store.commitBlockList.bind(store);
-      store.commitBlockList = async (r, ids, options) => {
-        await cut();
-        return commit(r, ids, options);
-      };
+      faulty.inject({ ops: ['resizePageBlob', 'commitBlockList'], action: { kind: 'wait', until: cut } });
       // One pass, as the background flusher makes it; the cut it leaves goes up next time.
-      await h.flusher['flushImage'](image);
+      await h.flusher.pass(image);
       expect(once).toBe(false);
       expect(h.cache.state(image.id, 6)?.dirty).toBeNull();
       await h.cache.dropClean(image.id); // evicted before the next pass, as from a small cache

@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import { silentLogger } from '../../lib/log';
 import { Namespace } from '../../lib/namespace/namespace';
+import { MeteredStore } from '../../lib/store/metered';
 import { MemoryStore } from '../support/memory-store';
 import { harness } from '../support/image-harness';
 
@@ -58,11 +59,12 @@ describe('Namespace attributes', () => {
 
 describe('Namespace rename', () => {
   const G = 64 * 1024;
-  const setup = (): { store: MemoryStore; h: ReturnType<typeof harness>; ns: Namespace } => {
+  const setup = (): { store: MemoryStore; metered: MeteredStore; h: ReturnType<typeof harness>; ns: Namespace } => {
     const store = new MemoryStore({ containers: ['c', 'd'] });
-    const h = harness(store, { writeBackDelayMs: 60_000 });
-    const ns = new Namespace(store, h.images, { container: undefined, attrTtlMs: 5_000, readOnly: false, pageBlobPatterns: ['*.img'] }, silentLogger);
-    return { store, h, ns };
+    const metered = new MeteredStore(store);
+    const h = harness(metered, { writeBackDelayMs: 60_000 });
+    const ns = new Namespace(metered, h.images, { container: undefined, attrTtlMs: 5_000, readOnly: false, pageBlobPatterns: ['*.img'] }, silentLogger);
+    return { store, metered, h, ns };
   };
   const names = async (store: MemoryStore, container: string): Promise<string[]> => {
     const all: string[] = [];
@@ -98,14 +100,14 @@ describe('Namespace rename', () => {
       expect(store.contentOf({ container: 'd', name: 'vms/b.img' }).equals(want)).toBe(true);
       expect(store.counters.bytesUp - upBefore).toBeLessThanOrEqual(4 * G + 2 * 512);
       expect((await ns.getattr('/d/vms/b.img')).size).toBe(8 * G);
-      await expect(ns.getattr('/c/a.img')).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(ns.getattr('/c/a.img')).rejects.toMatchObject({ kind: 'not-found' });
     } finally {
       await h.close();
     }
   });
 
   it('replaces a file at the destination, keeps the cached grains, and refuses what POSIX refuses', async () => {
-    const { store, h, ns } = setup();
+    const { store, metered, h, ns } = setup();
     try {
       const a = await ns.create('/c/a.bin');
       const bytes = crypto.randomBytes(2 * G);
@@ -117,22 +119,21 @@ describe('Namespace rename', () => {
       await ns.rename('/c/a.bin', '/c/b.bin');
       expect(await names(store, 'c')).toEqual(['b.bin', 'dir']);
       expect(store.contentOf({ container: 'c', name: 'b.bin' }).equals(bytes)).toBe(true);
-      const requests = store.counters.requests;
-      const seen: string[] = [];
-      const enter = (store as unknown as { enter: (m: string) => Promise<void> }).enter.bind(store);
-      (store as unknown as { enter: (m: string) => Promise<void> }).enter = (m) => { seen.push(m); return enter(m); };
+      const requests = metered.counters.requests;
+      const before = new Map(metered.byOp);
       const moved = await ns.open('/c/b.bin');
       expect(moved).toBe(a);
       expect((await moved.read(0, 2 * G)).equals(bytes)).toBe(true);
       // The open lists the folder again (the rename forgot it) and asks for the blob's
       // properties; the grains come from the cache.
-      expect(seen.sort()).toEqual(['getInfo', 'listDirectory']);
-      expect(store.counters.requests - requests).toBe(2);
-      await expect(b.write(Buffer.from('x'), 0)).rejects.toMatchObject({ code: 'EIO' });
-      await expect(ns.rename('/c/b.bin', '/c/dir')).rejects.toMatchObject({ code: 'EISDIR' });
-      await expect(ns.rename('/c/dir', '/c/b.bin')).rejects.toMatchObject({ code: 'ENOTDIR' });
-      await expect(ns.rename('/c/dir', '/c/dir/sub')).rejects.toMatchObject({ code: 'EINVAL' });
-      await expect(ns.rename('/c/nothing', '/c/x')).rejects.toMatchObject({ code: 'ENOENT' });
+      const seen = [...metered.byOp].filter(([op, n]) => n !== (before.get(op) ?? 0)).map(([op, n]) => `${op} ${n - (before.get(op) ?? 0)}`);
+      expect(seen.sort()).toEqual(['getInfo 1', 'listDirectory 1']);
+      expect(metered.counters.requests - requests).toBe(2);
+      await expect(b.write(Buffer.from('x'), 0)).rejects.toMatchObject({ kind: 'conflict' });
+      await expect(ns.rename('/c/b.bin', '/c/dir')).rejects.toMatchObject({ kind: 'is-directory' });
+      await expect(ns.rename('/c/dir', '/c/b.bin')).rejects.toMatchObject({ kind: 'not-directory' });
+      await expect(ns.rename('/c/dir', '/c/dir/sub')).rejects.toMatchObject({ kind: 'invalid' });
+      await expect(ns.rename('/c/nothing', '/c/x')).rejects.toMatchObject({ kind: 'not-found' });
     } finally {
       await h.close();
     }
@@ -150,8 +151,8 @@ describe('Namespace rename', () => {
       }
       await ns.mkdir('/c/full');
       await (await ns.create('/c/full/x.bin')).write(Buffer.from('x'), 0);
-      await expect(ns.rename('/c/vms', '/c/full')).rejects.toMatchObject({ code: 'ENOTEMPTY' });
-      await expect(ns.rename('/c/vms', '/c/old/vms2')).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(ns.rename('/c/vms', '/c/full')).rejects.toMatchObject({ kind: 'not-empty' });
+      await expect(ns.rename('/c/vms', '/c/old/vms2')).rejects.toMatchObject({ kind: 'not-found' });
       await ns.mkdir('/c/old');
       await ns.rename('/c/vms', '/c/old/vms2');
       expect(await names(store, 'c')).toEqual(['full', 'full/x.bin', 'old', 'old/vms2', 'old/vms2/db.img', 'old/vms2/empty', 'old/vms2/web', 'old/vms2/web/disk.img', 'old/vms2/web/disk.vmdk']);
@@ -161,7 +162,7 @@ describe('Namespace rename', () => {
       const disk = await ns.open('/d/vms/web/disk.img');
       await h.flusher.flush([disk]);
       expect(store.contentOf({ container: 'd', name: 'vms/web/disk.img' }).subarray(0, 19).toString()).toBe('/c/vms/web/disk.img');
-      await expect(ns.readdir('/c/old/vms2')).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(ns.readdir('/c/old/vms2')).rejects.toMatchObject({ kind: 'not-found' });
     } finally {
       await h.close();
     }

@@ -3,8 +3,8 @@
  * (container, blob, endpoint host): never from the SDK's message or request URL, which can
  * carry a SAS. Everything still passes through redact() as a safety net. */
 
-import { BlobdiskError, isBlobdiskError, type ErrnoName } from '../errors';
-import { redact } from '../redact';
+import { BlobdiskError, isBlobdiskError, type ErrorKind } from '../../errors';
+import { redact } from '../../redact';
 
 export interface ErrorContext {
   /** Store method that failed, e.g. 'read'. */
@@ -66,7 +66,7 @@ const PERMISSION_CODES = new Set([
   'AuthorizationProtocolMismatch', 'AuthorizationSourceIPMismatch', 'InsufficientAccountPermissions',
 ]);
 
-/** Lease conflicts (409 on lease operations, 412 on writes) are all EBUSY. */
+/** Lease conflicts (409 on lease operations, 412 on writes) are all busy. */
 const LEASE_REASONS: Readonly<Record<string, string>> = {
   LeaseAlreadyPresent: 'the blob is leased by someone else',
   LeaseIdMissing: 'the blob is leased and the request carried no lease id',
@@ -112,8 +112,8 @@ function target(ctx: ErrorContext): string {
   return '';
 }
 
-function make(code: ErrnoName, ctx: ErrorContext, reason: string, cause: unknown): BlobdiskError {
-  return new BlobdiskError(code, redact(oneLine(`${ctx.op}${target(ctx)} failed: ${reason}`)), { cause });
+function make(kind: ErrorKind, ctx: ErrorContext, reason: string, cause: unknown): BlobdiskError {
+  return new BlobdiskError(kind, redact(oneLine(`${ctx.op}${target(ctx)} failed: ${reason}`)), { cause });
 }
 
 /** Status and service error code of the SDK error behind a BlobdiskError (or of an SDK error). */
@@ -126,50 +126,55 @@ export function azureCode(e: unknown): { status: number | undefined; code: strin
 export function toBlobdiskError(e: unknown, ctx: ErrorContext): BlobdiskError {
   if (isBlobdiskError(e)) return e;
   const { status, code, name } = fields(e);
-  if (name !== undefined && SIGN_IN_ERRORS.has(name)) return make('EACCES', ctx, signInReason(e), e);
+  if (name !== undefined && SIGN_IN_ERRORS.has(name)) return make('denied', ctx, signInReason(e), e);
   const tag = `(${status ?? ''}${status !== undefined && code !== undefined ? ' ' : ''}${code ?? ''})`;
 
   if (status === undefined) {
     if (name === 'AbortError' || code === 'ABORT_ERR') {
-      if (ctx.callerAborted) return make('EIO', ctx, 'aborted', e);
-      return make('EIO', ctx, `Azure did not answer in time at ${ctx.host}`, e);
+      if (ctx.callerAborted) return make('unavailable', ctx, 'aborted', e);
+      return make('unavailable', ctx, `Azure did not answer in time at ${ctx.host}`, e);
     }
     if (code !== undefined && NETWORK_CODES.has(code)) {
-      return make('EIO', ctx, `Azure is unreachable at ${ctx.host} (${code})`, e);
+      return make('unavailable', ctx, `Azure is unreachable at ${ctx.host} (${code})`, e);
     }
-    return make('EIO', ctx, `unexpected error talking to Azure at ${ctx.host}${code !== undefined ? ` (${code})` : ''}`, e);
+    // Our own mistake inside the call (a bug) is not an outage; anything else without an
+    // HTTP status failed on the way to Azure or back.
+    if (e instanceof TypeError || e instanceof RangeError || e instanceof ReferenceError || e instanceof SyntaxError) {
+      return make('failed', ctx, `unexpected error talking to Azure at ${ctx.host} (${name ?? 'error'})`, e);
+    }
+    return make('unavailable', ctx, `unexpected error talking to Azure at ${ctx.host}${code !== undefined ? ` (${code})` : ''}`, e);
   }
 
   if ((status === 409 || status === 412) && code !== undefined && code.startsWith('Lease')) {
-    return make('EBUSY', ctx, `${LEASE_REASONS[code] ?? 'lease conflict'} ${tag}`, e);
+    return make('busy', ctx, `${LEASE_REASONS[code] ?? 'lease conflict'} ${tag}`, e);
   }
   switch (status) {
     case 404:
-      if (code === 'ContainerNotFound') return make('ENOENT', ctx, `container ${ctx.container ?? ''} does not exist ${tag}`, e);
-      if (code === 'BlobNotFound') return make('ENOENT', ctx, `blob does not exist ${tag}`, e);
-      return make('ENOENT', ctx, `not found ${tag}`, e);
+      if (code === 'ContainerNotFound') return make('not-found', ctx, `container ${ctx.container ?? ''} does not exist ${tag}`, e);
+      if (code === 'BlobNotFound') return make('not-found', ctx, `blob does not exist ${tag}`, e);
+      return make('not-found', ctx, `not found ${tag}`, e);
     case 403:
       if (code !== undefined && PERMISSION_CODES.has(code)) {
-        return make('EACCES', ctx, permissionReason(ctx, tag), e);
+        return make('denied', ctx, permissionReason(ctx, tag), e);
       }
-      return make('EACCES', ctx, `Azure refused the credentials ${tag}; check the account key, SAS or connection string`, e);
+      return make('denied', ctx, `Azure refused the credentials ${tag}; check the account key, SAS or connection string`, e);
     case 409:
-      if (code === 'BlobAlreadyExists' || code === 'ContainerAlreadyExists') return make('EEXIST', ctx, `already exists ${tag}`, e);
-      if (code !== undefined && INVALID_409_CODES.has(code)) return make('EINVAL', ctx, `the request does not fit this blob ${tag}`, e);
-      return make('EBUSY', ctx, `conflicting state ${tag}`, e);
+      if (code === 'BlobAlreadyExists' || code === 'ContainerAlreadyExists') return make('exists', ctx, `already exists ${tag}`, e);
+      if (code !== undefined && INVALID_409_CODES.has(code)) return make('invalid', ctx, `the request does not fit this blob ${tag}`, e);
+      return make('busy', ctx, `conflicting state ${tag}`, e);
     case 412:
-      if (ctx.createOnly) return make('EEXIST', ctx, `already exists ${tag}`, e);
-      return make('ESTALE', ctx, `the blob changed (ETag mismatch) ${tag}`, e);
+      if (ctx.createOnly) return make('exists', ctx, `already exists ${tag}`, e);
+      return make('stale', ctx, `the blob changed (ETag mismatch) ${tag}`, e);
     case 416:
-      return make('EINVAL', ctx, `the range is outside the blob ${tag}`, e);
+      return make('invalid', ctx, `the range is outside the blob ${tag}`, e);
     case 400:
     case 405:
     case 411:
     case 413:
     case 414:
-      return make('EINVAL', ctx, `Azure rejected the request as invalid ${tag}`, e);
+      return make('invalid', ctx, `Azure rejected the request as invalid ${tag}`, e);
     default:
-      if (status >= 500) return make('EIO', ctx, `Azure at ${ctx.host} failed ${tag}`, e);
-      return make('EIO', ctx, `unexpected answer from Azure at ${ctx.host} ${tag}`, e);
+      if (status >= 500) return make('unavailable', ctx, `Azure at ${ctx.host} failed ${tag}`, e);
+      return make('failed', ctx, `unexpected answer from Azure at ${ctx.host} ${tag}`, e);
   }
 }

@@ -1,0 +1,72 @@
+/* What the parts of one open image share: its dependencies, its RemoteBlob, its
+ * counters, the per-grain locks, and the epoch. The epoch moves whenever sizes or the
+ * remote change; a fetch started in an older epoch must not fill the cache. */
+
+import { GrainCache } from '../cache/cache';
+import { GrainMap } from '../grainmap/grainmap';
+import { Logger } from '../log';
+import { ImageCounters, newImageCounters } from '../metrics';
+import { ReadOptions, SyncMode } from '../options';
+import { RemoteBlob } from '../remote/remote';
+import { Uploads } from '../remote/uploads';
+import { BlobStore } from '../store/types';
+import { SYSTEM_TIMING, Timing } from '../tunables';
+import { GrainLocks } from './grain-lock';
+
+/** Ranged GETs in flight across the whole mount; read-ahead waits its turn, demand reads do not. */
+export class FetchBudget {
+  inFlight = 0;
+  constructor(readonly limit: number) {}
+  get available(): boolean {
+    return this.inFlight < this.limit;
+  }
+}
+
+export interface ImageDeps {
+  readonly store: BlobStore;
+  readonly cache: GrainCache;
+  readonly map: GrainMap;
+  readonly log: Logger;
+  readonly grainSize: number;
+  readonly read: ReadOptions;
+  readonly budget: FetchBudget;
+  /** How long a write waits for room when the cache is full of dirty data. */
+  readonly dirtyWaitMs: number;
+  /** The lease id this cache directory proposes (stable, so a crashed mount's leases come back). */
+  readonly leaseId: string;
+  readonly sync: SyncMode;
+  /** Told whenever the image gets something to upload; uploads it now for fsync with
+   *  --sync cloud; holds its uploads during a rename. */
+  readonly uploads: Uploads;
+  /** The clock and tunables (the system's when absent). */
+  readonly timing?: Timing;
+}
+
+export class ImageContext {
+  readonly counters: ImageCounters = newImageCounters();
+  readonly locks = new GrainLocks();
+  /** Bumped when sizes or the remote change: fetches started before must not fill the cache. */
+  epoch = 0;
+  mtime: Date;
+  readonly timing: Timing;
+
+  constructor(
+    readonly deps: ImageDeps,
+    readonly remote: RemoteBlob,
+  ) {
+    this.mtime = remote.info.lastModified;
+    this.timing = deps.timing ?? SYSTEM_TIMING;
+  }
+
+  /** Now, as a Date (for mtime). */
+  now(): Date {
+    return new Date(this.timing.clock.now());
+  }
+
+  get id(): number {
+    return this.remote.id;
+  }
+  get size(): number {
+    return this.remote.size;
+  }
+}

@@ -1,0 +1,137 @@
+/* Fetching grains: one ranged GET for a run of grains (single flight: a grain has at most
+ * one fetch, in `pending`, that every reader of it shares). A reader is released as soon
+ * as its bytes arrived; the whole grain goes into the cache once complete, under the
+ * grain lock, unless the epoch moved meanwhile. GETs in flight are bounded per mount by
+ * the FetchBudget; their grain buffers are reused (pool.ts). */
+
+import { BlobdiskError, isBlobdiskError } from '../errors';
+import { ImageContext } from './context';
+import { PendingGrain } from './pending';
+import { BufferPool } from './pool';
+
+export class Fetcher {
+  /** The fetch under way per grain. */
+  readonly pending = new Map<number, PendingGrain>();
+  /** Grain buffers of fetches, reused (see pool.ts). */
+  private readonly buffers: BufferPool;
+  /** Fetches under way, so that closing waits until their grains are in the cache. */
+  private readonly fetching = new Set<Promise<void>>();
+
+  constructor(private readonly ctx: ImageContext) {
+    // Enough for the grains of a full read-ahead window in flight, at most 64 MiB.
+    const g = ctx.deps.grainSize;
+    const window = ctx.deps.read.readAheadGrains + Math.ceil(ctx.deps.read.maxFetchBytes / g) + 2;
+    this.buffers = new BufferPool(g, Math.max(2, Math.min(window, Math.floor((64 * 1024 * 1024) / g))));
+  }
+
+  /** Starts one ranged GET for grains [first, first + count) and returns the first's pending state. */
+  start(first: number, count: number, readAhead: boolean): PendingGrain {
+    const g = this.ctx.deps.grainSize;
+    let start = first * g;
+    let end = Math.min(this.ctx.remote.remoteEnd, (first + count) * g);
+    if (this.ctx.remote.kind === 'page') {
+      // Fetch from the first to the last allocated byte; the rest of the run is zeros.
+      const ranges = this.ctx.remote.pages.known(start, end);
+      const firstRange = ranges?.[0];
+      const lastRange = ranges?.[ranges.length - 1];
+      if (firstRange && lastRange) {
+        start = firstRange.start;
+        end = lastRange.end;
+      }
+    }
+    const grains: PendingGrain[] = [];
+    for (let idx = first; idx < first + count; idx++) {
+      const base = idx * g;
+      const from = Math.min(g, Math.max(0, start - base));
+      const to = Math.max(from, Math.min(g, end - base));
+      const p = new PendingGrain(idx, this.buffers.take(), from, to);
+      this.pending.set(idx, p);
+      grains.push(p);
+    }
+    this.ctx.counters.fetches++;
+    if (readAhead) this.ctx.counters.readAheadFetches++;
+    this.ctx.deps.budget.inFlight++;
+    const fetching = this.run(grains, start, end).finally(() => {
+      this.ctx.deps.budget.inFlight--;
+      this.fetching.delete(fetching);
+      for (const p of grains) {
+        // Only grains that left the pending table: a reader may still find the others.
+        const buf = this.pending.get(p.idx) === p ? undefined : p.recycle();
+        if (buf) this.buffers.give(buf);
+      }
+    });
+    this.fetching.add(fetching);
+    const head = grains[0];
+    if (!head) throw new BlobdiskError('failed', 'empty fetch');
+    return head;
+  }
+
+  private async run(grains: PendingGrain[], start: number, end: number): Promise<void> {
+    const g = this.ctx.deps.grainSize;
+    const epoch = this.ctx.epoch;
+    try {
+      if (end > start) {
+        // Under our lease every change is ours and only touches sectors the cache holds.
+        const options = this.ctx.remote.leaseId === undefined ? { etag: this.ctx.remote.etag } : {};
+        const stream = await this.ctx.deps.store.read(this.ctx.remote.ref, start, end - start, options);
+        let pos = start;
+        for await (const chunk of stream) {
+          let used = 0;
+          while (used < chunk.length) {
+            const p = grains[Math.floor(pos / g) - (grains[0]?.idx ?? 0)];
+            const take = p ? Math.min(chunk.length - used, p.idx * g + p.to - pos) : 0;
+            if (!p || take <= 0 || pos >= end) throw new BlobdiskError('failed', `Azure sent more bytes than asked for ${this.ctx.remote.ref.name}`);
+            p.append(chunk, used, used + take);
+            used += take;
+            pos += take;
+          }
+          this.ctx.counters.bytesDown += chunk.length;
+        }
+        // The body was cut short: the connection, not the blob, failed.
+        if (pos !== end) throw new BlobdiskError('unavailable', `Azure ended the read of ${this.ctx.remote.ref.name} at ${pos} instead of ${end}`);
+      }
+      for (const p of grains) p.complete();
+      for (const p of grains) {
+        try {
+          // Checked under the grain lock, and again by the cache just before it keeps the
+          // grain: a truncate or a change of the blob meanwhile makes these bytes stale.
+          const valid = (): boolean => epoch === this.ctx.epoch;
+          await this.ctx.locks.run(p.idx, async () => (valid() ? this.ctx.deps.cache.fill(this.ctx.id, p.idx, p.data, valid, p.checksum) : false));
+        } catch (e) {
+          this.ctx.deps.log.warn(`could not cache grain ${p.idx} of ${this.ctx.remote.ref.name}: ${(e as Error).message}`);
+        } finally {
+          if (this.pending.get(p.idx) === p) this.pending.delete(p.idx);
+          p.stored();
+        }
+      }
+    } catch (e) {
+      const error = isBlobdiskError(e) ? e : new BlobdiskError('failed', `reading ${this.ctx.remote.ref.name} failed: ${(e as Error).message}`, { cause: e });
+      for (const p of grains) {
+        p.fail(error);
+        if (this.pending.get(p.idx) === p) this.pending.delete(p.idx);
+      }
+    }
+  }
+
+  /** Lets go of fetches of grains reaching past `size` (a truncate): readers waiting on
+   *  them are released, and they no longer answer new readers. */
+  dropPast(size: number): void {
+    for (const [idx, p] of this.pending) {
+      if ((idx + 1) * this.ctx.deps.grainSize > size) {
+        this.pending.delete(idx);
+        p.stored();
+      }
+    }
+  }
+
+  /** Resolves when the fetches under way are done. */
+  async settled(): Promise<void> {
+    await Promise.all(this.fetching);
+  }
+
+  /** Lets fetches under way store their grains, then frees the buffers. */
+  async close(): Promise<void> {
+    await this.settled();
+    this.buffers.clear();
+  }
+}

@@ -1,0 +1,116 @@
+/* The lease of one blob: one writer per image. An image is leased before anything of it
+ * is written to Azure, and every write carries the lease id. The id we propose is this
+ * cache directory's own (stable across mounts), so a mount after a crash gets its leases
+ * back instead of finding the blob held by a stranger.
+ *
+ *   state    event                                  next     effect
+ *   free     take()                                 taking   Acquire Lease, proposing our id, leaseSeconds
+ *   taking   granted                                held     renewal every third of leaseSeconds
+ *   taking   refused: another writer holds it       free     take() rejects busy; the image stays readable
+ *   taking   other failure                          free     take() rejects with it; the next take() tries again
+ *   held     take()                                 held     nothing (one take per lease)
+ *   held     renewed, or renewal failed otherwise   held     a failed renewal is logged and tried at the next tick
+ *   held     renewal refused (busy) or blob gone   lost     onLost(): the image is in conflict, nothing is overwritten
+ *   held     drop() (moved, replaced, deleted,      free     renewal stops; the id is forgotten (moved: the caller
+ *            closing)                                        deletes the old blob with it, then take() = retake)
+ *   held     release() (unmount, drained)           free     Release Lease; if that fails Azure expires it by itself
+ *   lost     take()                                 taking   as free (the conflict stays: writes still fail)
+ *
+ * The lease never changes the blob's ETag; the owner remembers that at release. */
+
+import { BlobdiskError, isBlobdiskError } from '../errors';
+import { Logger } from '../log';
+import { BlobRef, BlobStore, WriteConditions } from '../store/types';
+import { Clock, Timer } from '../clock';
+
+export interface LeaseDeps {
+  readonly store: BlobStore;
+  readonly log: Logger;
+  /** The lease id this cache directory proposes. */
+  readonly proposedId: string;
+  readonly clock: Clock;
+  /** Leases last this long (15 to 60 s) and are renewed at a third of it. */
+  readonly seconds: number;
+}
+
+export class Lease {
+  private timer: Timer | undefined;
+  private taking: Promise<void> | undefined;
+  private held: string | undefined;
+
+  constructor(
+    private readonly deps: LeaseDeps,
+    /** The blob now (it changes when the file is renamed). */
+    private readonly ref: () => BlobRef,
+    /** Told once when a renewal finds the lease gone: another writer may have the blob. */
+    private readonly onLost: (reason: string) => void,
+  ) {}
+
+  /** The lease id while we hold the lease. */
+  get id(): string | undefined {
+    return this.held;
+  }
+
+  /** Takes the lease (once); busy when another host holds it. */
+  take(): Promise<void> {
+    if (this.held !== undefined) return Promise.resolve();
+    this.taking ??= (async () => {
+      const ref = this.ref();
+      try {
+        this.held = await this.deps.store.acquireLease(ref, this.deps.seconds, this.deps.proposedId);
+        this.timer = this.deps.clock.interval(() => void this.renew(), (this.deps.seconds * 1000) / 3);
+      } catch (e) {
+        if (isBlobdiskError(e) && e.kind === 'busy') {
+          throw new BlobdiskError('busy', `${ref.container}/${ref.name} is leased by another writer; it can only be read here`, { cause: e });
+        }
+        throw e;
+      } finally {
+        this.taking = undefined;
+      }
+    })();
+    return this.taking;
+  }
+
+  private async renew(): Promise<void> {
+    const id = this.held;
+    if (id === undefined) return;
+    const ref = this.ref();
+    try {
+      await this.deps.store.renewLease(ref, id);
+    } catch (e) {
+      if (isBlobdiskError(e) && (e.kind === 'busy' || e.kind === 'not-found')) {
+        this.drop();
+        this.onLost(`lost the lease on ${ref.container}/${ref.name} (${e.kind}); another writer may have taken the blob`);
+      } else {
+        this.deps.log.warn(`renewing the lease on ${ref.name} failed (${isBlobdiskError(e) ? e.kind : 'error'}); trying again`);
+      }
+    }
+  }
+
+  /** Stops renewing and forgets the id, without telling Azure. */
+  drop(): void {
+    this.timer?.cancel();
+    this.timer = undefined;
+    this.held = undefined;
+  }
+
+  /** Releases the lease; false when none was held or Azure refused (it then expires by itself). */
+  async release(): Promise<boolean> {
+    const id = this.held;
+    if (id === undefined) return false;
+    this.drop();
+    const ref = this.ref();
+    try {
+      await this.deps.store.releaseLease(ref, id);
+      return true;
+    } catch (e) {
+      this.deps.log.warn(`releasing the lease on ${ref.name} failed (${isBlobdiskError(e) ? e.kind : 'error'}); it expires by itself within ${this.deps.seconds} s`);
+      return false;
+    }
+  }
+
+  /** Conditions every write to Azure carries. */
+  conditions(): WriteConditions {
+    return this.held !== undefined ? { leaseId: this.held } : {};
+  }
+}

@@ -1,0 +1,387 @@
+/* BlobStore on Azure Blob Storage (or Azurite) through @azure/storage-blob: the only
+ * importer of the SDK, with its neighbours in this folder (connection.ts: credentials to
+ * a client; convert.ts: shapes and limits; errors.ts: SDK failures to BlobdiskError).
+ * Every SDK call goes through call(): it bounds it by a deadline
+ * (the SDK's tryTimeoutInMs only sets the server-side timeout, so a host that accepts
+ * connections and never answers would otherwise hang the caller) and translates failures.
+ * Listings go through eachPage(): one call() per page, following continuation tokens.
+ * Azure limits that Azurite does not enforce are checked before sending (Put Page ≤ 4 MiB
+ * and 512-aligned, lease durations, page blob size). */
+
+import { BlobServiceClient, type BlobClient, type ContainerClient, type StoragePipelineOptions } from '@azure/storage-blob';
+import { Readable } from 'node:stream';
+import { BlobdiskError } from '../../errors';
+import type { Credentials, StoreOptions } from '../credentials';
+import {
+  MAX_PUT_PAGE_BYTES,
+  PAGE_SIZE,
+  type BlobInfo,
+  type BlobRef,
+  type BlobStore,
+  type BlockInfo,
+  type ByteRange,
+  type Listing,
+  type ReadOptions,
+  type WriteConditions,
+} from '../types';
+import { resolve } from './connection';
+import { checkAligned, checkPageBlobSize, conditionsOf, etagOf, invalid, kindOf, lowerKeys, mergeRanges, quoteEtag } from './convert';
+import { azureCode, toBlobdiskError, type ErrorContext } from './errors';
+
+/** Clear Pages is split into calls of at most this size (Azure would accept more; keep calls bounded). */
+export const MAX_CLEAR_PAGES_BYTES = MAX_PUT_PAGE_BYTES;
+const RETRY_DELAY_MS = 200;
+const MAX_RETRY_DELAY_MS = 2000;
+const COPY_POLL_MS = [200, 500, 1000, 2000] as const;
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((done) => setTimeout(done, ms));
+}
+
+export class AzureStore implements BlobStore {
+  private readonly service: BlobServiceClient;
+  /** host[:port] of the endpoint, the only part of it that error messages show. */
+  private readonly host: string;
+  /** How the store signs in, so a refusal can say what to grant. */
+  private readonly signIn: Credentials['kind'];
+  /** Bound on one SDK call, all tries and retry delays included. */
+  private readonly deadlineMs: number;
+  private readonly maxTries: number;
+  private closed = false;
+
+  /** Throws BlobdiskError('invalid') for malformed credentials, never echoing them. */
+  constructor(options: StoreOptions) {
+    const { url, credential } = resolve(options.credentials);
+    this.host = new URL(url).host;
+    this.signIn = options.credentials.kind;
+    this.maxTries = Math.max(1, Math.floor(options.maxTries));
+    this.deadlineMs = this.maxTries * options.tryTimeoutMs + (this.maxTries - 1) * MAX_RETRY_DELAY_MS;
+    const pipeline: StoragePipelineOptions = {
+      retryOptions: {
+        maxTries: this.maxTries,
+        // Sent to the server as whole seconds (`timeout=`); our deadline bounds the client side.
+        tryTimeoutInMs: Math.max(1000, options.tryTimeoutMs),
+        retryDelayInMs: RETRY_DELAY_MS,
+        maxRetryDelayInMs: MAX_RETRY_DELAY_MS,
+      },
+      keepAliveOptions: { enable: true },
+      userAgentOptions: { userAgentPrefix: 'blobdisk' },
+    };
+    this.service = new BlobServiceClient(url, credential, pipeline);
+  }
+
+  /** Runs one SDK request: bounded by the deadline, errors translated. */
+  private async call<T>(ctx: Omit<ErrorContext, 'host'>, fn: (signal: AbortSignal) => Promise<T>, callerSignal?: AbortSignal): Promise<T> {
+    if (this.closed) throw new BlobdiskError('failed', `${ctx.op} failed: the store is closed`);
+    const deadline = AbortSignal.timeout(this.deadlineMs);
+    const signal = callerSignal === undefined ? deadline : AbortSignal.any([deadline, callerSignal]);
+    try {
+      return await fn(signal);
+    } catch (e) {
+      throw toBlobdiskError(e, { ...ctx, host: this.host, callerAborted: callerSignal?.aborted === true, signIn: this.signIn });
+    }
+  }
+
+  /** Runs a paged listing: one call() per page, `each` on every page, until the last. */
+  private async eachPage<P extends { continuationToken?: string | undefined }>(
+    ctx: Omit<ErrorContext, 'host'>,
+    byPage: (settings: { continuationToken?: string }, abortSignal: AbortSignal) => AsyncIterableIterator<P>,
+    each: (page: P) => void,
+    callerSignal?: AbortSignal,
+  ): Promise<void> {
+    let marker: string | undefined;
+    do {
+      const settings = marker === undefined ? {} : { continuationToken: marker };
+      const page = await this.call(
+        ctx,
+        async (abortSignal) => {
+          const r = await byPage(settings, abortSignal).next();
+          return r.done === true ? undefined : r.value;
+        },
+        callerSignal,
+      );
+      if (page === undefined) return;
+      each(page);
+      marker = page.continuationToken || undefined;
+    } while (marker !== undefined);
+  }
+
+  private container(name: string): ContainerClient {
+    return this.service.getContainerClient(name);
+  }
+
+  private blob(ref: BlobRef): BlobClient {
+    return this.container(ref.container).getBlobClient(ref.name);
+  }
+
+  private ctx(op: string, ref: BlobRef): { op: string; container: string; blob: string } {
+    return { op, container: ref.container, blob: ref.name };
+  }
+
+  async listContainers(): Promise<string[]> {
+    const names: string[] = [];
+    await this.eachPage(
+      { op: 'listContainers' },
+      (settings, abortSignal) => this.service.listContainers({ abortSignal }).byPage(settings),
+      (page) => {
+        for (const item of page.containerItems) names.push(item.name);
+      },
+    );
+    return names;
+  }
+
+  async checkContainer(container: string): Promise<void> {
+    await this.call({ op: 'checkContainer', container }, (abortSignal) => this.container(container).getProperties({ abortSignal }));
+  }
+
+  async createContainer(container: string): Promise<void> {
+    await this.call({ op: 'createContainer', container }, (abortSignal) => this.container(container).create({ abortSignal }));
+  }
+
+  async listDirectory(container: string, prefix: string): Promise<Listing> {
+    const blobs: BlobInfo[] = [];
+    const prefixes: string[] = [];
+    const client = this.container(container);
+    await this.eachPage(
+      { op: 'listDirectory', container },
+      (settings, abortSignal) => client.listBlobsByHierarchy('/', { prefix, includeMetadata: true, abortSignal }).byPage(settings),
+      (page) => {
+        for (const p of page.segment.blobPrefixes ?? []) prefixes.push(p.name);
+        for (const item of page.segment.blobItems) {
+          blobs.push({
+            name: item.name,
+            kind: kindOf(item.properties.blobType),
+            size: item.properties.contentLength ?? 0,
+            etag: quoteEtag(item.properties.etag),
+            lastModified: item.properties.lastModified,
+            metadata: lowerKeys(item.metadata),
+          });
+        }
+      },
+    );
+    return { blobs, prefixes };
+  }
+
+  async getInfo(ref: BlobRef): Promise<BlobInfo> {
+    const p = await this.call(this.ctx('getInfo', ref), (abortSignal) => this.blob(ref).getProperties({ abortSignal }));
+    return {
+      name: ref.name,
+      kind: kindOf(p.blobType),
+      size: p.contentLength ?? 0,
+      etag: etagOf(p),
+      lastModified: p.lastModified ?? new Date(0),
+      metadata: lowerKeys(p.metadata),
+      leased: p.leaseState === 'leased',
+    };
+  }
+
+  async read(ref: BlobRef, offset: number, length: number, options: ReadOptions = {}): Promise<AsyncIterable<Buffer>> {
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      throw invalid('read', ref, `bad range offset ${offset} length ${length}`);
+    }
+    // A zero count would make the SDK ask for everything up to the end of the blob.
+    if (length === 0) return (async function* empty() {})();
+    const ctx = this.ctx('read', ref);
+    const conditions = options.etag === undefined ? {} : { ifMatch: options.etag };
+    const response = await this.call(
+      ctx,
+      (abortSignal) => this.blob(ref).download(offset, length, { conditions, abortSignal, maxRetryRequests: this.maxTries - 1 }),
+      options.signal,
+    );
+    const body = response.readableStreamBody;
+    if (body === undefined) throw new BlobdiskError('failed', 'read failed: Azure answered without a body');
+    const host = this.host;
+    const signIn = this.signIn;
+    const signal = options.signal;
+    return (async function* stream(): AsyncGenerator<Buffer> {
+      try {
+        for await (const chunk of body) {
+          const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string | Uint8Array);
+          yield buf;
+        }
+      } catch (e) {
+        throw toBlobdiskError(e, { ...ctx, host, callerAborted: signal?.aborted === true, signIn });
+      } finally {
+        // Stops the transfer when the consumer leaves early.
+        if (body instanceof Readable && !body.destroyed) body.destroy();
+      }
+    })();
+  }
+
+  async pageRanges(ref: BlobRef, start: number, end: number, options: ReadOptions = {}): Promise<ByteRange[]> {
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0) throw invalid('pageRanges', ref, `bad window ${start}-${end}`);
+    if (end <= start) return [];
+    // Ask for the 512-aligned window around [start, end) and clip locally.
+    const from = start - (start % PAGE_SIZE);
+    const to = Math.ceil(end / PAGE_SIZE) * PAGE_SIZE;
+    const client = this.blob(ref).getPageBlobClient();
+    const conditions = options.etag === undefined ? {} : { ifMatch: options.etag };
+    const raw: ByteRange[] = [];
+    try {
+      await this.eachPage(
+        this.ctx('pageRanges', ref),
+        (settings, abortSignal) => client.listPageRanges(from, to - from, { conditions, abortSignal }).byPage(settings),
+        (page) => {
+          // Azure's ends are inclusive.
+          for (const r of page.pageRange ?? []) raw.push({ start: Math.max(r.start, start), end: Math.min(r.end + 1, end) });
+        },
+        options.signal,
+      );
+    } catch (e) {
+      // A window beyond the end of the blob holds no pages (Azure may answer 416 for it).
+      if (azureCode(e).status === 416) return [];
+      throw e;
+    }
+    return mergeRanges(raw);
+  }
+
+  async blockList(ref: BlobRef): Promise<BlockInfo[]> {
+    const r = await this.call(this.ctx('blockList', ref), (abortSignal) =>
+      this.blob(ref).getBlockBlobClient().getBlockList('committed', { abortSignal }),
+    );
+    return (r.committedBlocks ?? []).map((b) => ({ id: b.name, size: b.size }));
+  }
+
+  async createPageBlob(ref: BlobRef, size: number, options: { metadata?: Record<string, string>; overwrite?: boolean } = {}): Promise<string> {
+    checkPageBlobSize('createPageBlob', ref, size);
+    const conditions = options.overwrite === true ? {} : { ifNoneMatch: '*' };
+    const r = await this.call({ ...this.ctx('createPageBlob', ref), createOnly: options.overwrite !== true }, (abortSignal) =>
+      this.blob(ref).getPageBlobClient().create(size, { metadata: options.metadata ?? {}, conditions, abortSignal }),
+    );
+    return etagOf(r);
+  }
+
+  async createBlockBlob(ref: BlobRef, options: { metadata?: Record<string, string>; overwrite?: boolean } = {}): Promise<string> {
+    const conditions = options.overwrite === true ? {} : { ifNoneMatch: '*' };
+    const r = await this.call({ ...this.ctx('createBlockBlob', ref), createOnly: options.overwrite !== true }, (abortSignal) =>
+      this.blob(ref).getBlockBlobClient().upload(Buffer.alloc(0), 0, { metadata: options.metadata ?? {}, conditions, abortSignal }),
+    );
+    return etagOf(r);
+  }
+
+  async resizePageBlob(ref: BlobRef, size: number, conditions?: WriteConditions): Promise<string> {
+    checkPageBlobSize('resizePageBlob', ref, size);
+    const r = await this.call(this.ctx('resizePageBlob', ref), (abortSignal) =>
+      this.blob(ref).getPageBlobClient().resize(size, { conditions: conditionsOf(conditions), abortSignal }),
+    );
+    return etagOf(r);
+  }
+
+  async putPages(ref: BlobRef, offset: number, data: Buffer, conditions?: WriteConditions): Promise<string> {
+    // Azurite accepts larger Put Page bodies; Azure answers 413. Refuse before sending.
+    checkAligned('putPages', ref, offset, data.length, MAX_PUT_PAGE_BYTES);
+    const r = await this.call(this.ctx('putPages', ref), (abortSignal) =>
+      this.blob(ref).getPageBlobClient().uploadPages(data, offset, data.length, { conditions: conditionsOf(conditions), abortSignal }),
+    );
+    return etagOf(r);
+  }
+
+  async clearPages(ref: BlobRef, offset: number, length: number, conditions?: WriteConditions): Promise<string> {
+    checkAligned('clearPages', ref, offset, length, Number.MAX_SAFE_INTEGER);
+    const client = this.blob(ref).getPageBlobClient();
+    let ifMatch = conditions?.ifMatch;
+    let etag = '';
+    for (let at = offset; at < offset + length; at += MAX_CLEAR_PAGES_BYTES) {
+      const count = Math.min(MAX_CLEAR_PAGES_BYTES, offset + length - at);
+      // Each call changes the ETag: the caller's If-Match guards the first, ours the rest.
+      const c = conditionsOf({ ...(conditions?.leaseId !== undefined ? { leaseId: conditions.leaseId } : {}), ...(ifMatch !== undefined ? { ifMatch } : {}) });
+      const r = await this.call(this.ctx('clearPages', ref), (abortSignal) => client.clearPages(at, count, { conditions: c, abortSignal }));
+      etag = etagOf(r);
+      if (ifMatch !== undefined) ifMatch = etag;
+    }
+    return etag;
+  }
+
+  async stageBlock(ref: BlobRef, blockId: string, data: Buffer, conditions?: WriteConditions): Promise<void> {
+    // Put Block takes no If-Match; only the lease applies (the commit carries the If-Match).
+    const lease = conditions?.leaseId === undefined ? {} : { leaseId: conditions.leaseId };
+    await this.call(this.ctx('stageBlock', ref), (abortSignal) =>
+      this.blob(ref).getBlockBlobClient().stageBlock(blockId, data, data.length, { conditions: lease, abortSignal }),
+    );
+  }
+
+  async commitBlockList(ref: BlobRef, blockIds: string[], options: WriteConditions & { metadata?: Record<string, string> } = {}): Promise<string> {
+    let metadata = options.metadata;
+    if (metadata === undefined) {
+      // Put Block List replaces the metadata; keep the blob's own unless asked otherwise.
+      metadata = await this.getInfo(ref).then(
+        (info) => ({ ...info.metadata }),
+        (e: unknown) => {
+          if (e instanceof BlobdiskError && e.kind === 'not-found') return {};
+          throw e;
+        },
+      );
+    }
+    const r = await this.call(this.ctx('commitBlockList', ref), (abortSignal) =>
+      this.blob(ref).getBlockBlobClient().commitBlockList(blockIds, { metadata, conditions: conditionsOf(options), abortSignal }),
+    );
+    return etagOf(r);
+  }
+
+  async setMetadata(ref: BlobRef, metadata: Record<string, string>, conditions?: WriteConditions): Promise<string> {
+    const r = await this.call(this.ctx('setMetadata', ref), (abortSignal) =>
+      this.blob(ref).setMetadata(metadata, { conditions: conditionsOf(conditions), abortSignal }),
+    );
+    return etagOf(r);
+  }
+
+  async deleteBlob(ref: BlobRef, conditions?: WriteConditions): Promise<void> {
+    await this.call(this.ctx('deleteBlob', ref), (abortSignal) =>
+      this.blob(ref).delete({ deleteSnapshots: 'include', conditions: conditionsOf(conditions), abortSignal }),
+    );
+  }
+
+  async copyBlob(source: BlobRef, target: BlobRef): Promise<string> {
+    // Within one account Copy Blob authorizes the source by our Shared Key; with a SAS the
+    // source URL carries it. The copy may finish at once or stay pending: poll until done.
+    const sourceUrl = this.blob(source).url;
+    const dest = this.blob(target);
+    const ctx = { op: `copyBlob ${source.container}/${source.name} to`, container: target.container, blob: target.name };
+    const started = await this.call(ctx, async (abortSignal) => {
+      const poller = await dest.beginCopyFromURL(sourceUrl, { abortSignal });
+      return poller.getOperationState();
+    });
+    let status = started.result?.copyStatus ?? 'pending';
+    for (let i = 0; status === 'pending'; i++) {
+      await sleep(COPY_POLL_MS[Math.min(i, COPY_POLL_MS.length - 1)] ?? 2000);
+      const p = await this.call(ctx, (abortSignal) => dest.getProperties({ abortSignal }));
+      status = p.copyStatus ?? 'success';
+    }
+    if (status !== 'success') throw new BlobdiskError('failed', `${ctx.op} ${target.container}/${target.name} failed: the server-side copy ended as ${status}`);
+    return (await this.getInfo(target)).etag;
+  }
+
+  async acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string): Promise<string> {
+    if (durationSeconds !== -1 && !(Number.isInteger(durationSeconds) && durationSeconds >= 15 && durationSeconds <= 60)) {
+      throw invalid('acquireLease', ref, `lease duration ${durationSeconds} is not -1 or 15..60 seconds`);
+    }
+    const r = await this.call(this.ctx('acquireLease', ref), (abortSignal) =>
+      this.blob(ref).getBlobLeaseClient(proposedLeaseId).acquireLease(durationSeconds, { abortSignal }),
+    );
+    if (r.leaseId === undefined) throw new BlobdiskError('failed', 'acquireLease failed: Azure answered without a lease id');
+    return r.leaseId;
+  }
+
+  async renewLease(ref: BlobRef, leaseId: string): Promise<void> {
+    await this.call(this.ctx('renewLease', ref), (abortSignal) => this.blob(ref).getBlobLeaseClient(leaseId).renewLease({ abortSignal }));
+  }
+
+  async releaseLease(ref: BlobRef, leaseId: string): Promise<void> {
+    await this.call(this.ctx('releaseLease', ref), (abortSignal) => this.blob(ref).getBlobLeaseClient(leaseId).releaseLease({ abortSignal }));
+  }
+
+  async breakLease(ref: BlobRef): Promise<void> {
+    try {
+      await this.call(this.ctx('breakLease', ref), (abortSignal) => this.blob(ref).getBlobLeaseClient().breakLease(0, { abortSignal }));
+    } catch (e) {
+      // Nothing to break is fine: the blob is not leased afterwards either way.
+      if (azureCode(e).code === 'LeaseNotPresentWithLeaseOperation') return;
+      throw e;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+}
+

@@ -1,0 +1,88 @@
+/* The lease lifecycle of lib/remote/lease.ts, row by row of its table, with time moved by
+ * a ManualClock: no test here waits for a renewal in real time. */
+
+import { BlobdiskError } from '../../lib/errors';
+import { silentLogger } from '../../lib/log';
+import { Lease } from '../../lib/remote/lease';
+import { FaultyStore } from '../../lib/store/faulty';
+import { MeteredStore } from '../../lib/store/metered';
+import { ManualClock } from '../support/manual-clock';
+import { MemoryStore } from '../support/memory-store';
+
+const ref = { container: 'c', name: 'disk.img' };
+const ID = '00000000-0000-0000-0000-00000000abcd';
+
+async function setup(): Promise<{ memory: MemoryStore; faulty: FaultyStore; metered: MeteredStore; clock: ManualClock; lease: Lease; lost: string[] }> {
+  const memory = new MemoryStore({ containers: ['c'] });
+  await memory.createPageBlob(ref, 4096);
+  const faulty = new FaultyStore(memory);
+  const metered = new MeteredStore(faulty);
+  const clock = new ManualClock();
+  const lost: string[] = [];
+  const lease = new Lease({ store: metered, log: silentLogger, proposedId: ID, clock, seconds: 60 }, () => ref, (reason) => lost.push(reason));
+  return { memory, faulty, metered, clock, lease, lost };
+}
+
+describe('Lease', () => {
+  test('free → held: takes the lease once, proposing our id; writes carry it', async () => {
+    const { metered, lease } = await setup();
+    expect(lease.conditions()).toEqual({});
+    await Promise.all([lease.take(), lease.take()]);
+    await lease.take();
+    expect(lease.id).toBe(ID);
+    expect(metered.byOp.get('acquireLease')).toBe(1);
+    expect(lease.conditions()).toEqual({ leaseId: ID });
+  });
+
+  test('held: renewed every third of its duration; a failed renewal is tried again at the next tick', async () => {
+    const { faulty, metered, clock, lease, lost } = await setup();
+    await lease.take();
+    await clock.advance(19_999);
+    expect(metered.byOp.get('renewLease')).toBeUndefined();
+    await clock.advance(1);
+    expect(metered.byOp.get('renewLease')).toBe(1);
+    faulty.inject({ ops: ['renewLease'], action: { kind: 'fail', error: new BlobdiskError('unavailable', 'Azure is down') } });
+    await clock.advance(20_000);
+    expect(lease.id).toBe(ID);
+    await clock.advance(20_000);
+    expect(metered.byOp.get('renewLease')).toBe(3);
+    expect(lost).toEqual([]);
+  });
+
+  test('held → lost: a renewal refused (another writer broke and took it) reports the loss once and stops', async () => {
+    const { memory, metered, clock, lease, lost } = await setup();
+    await lease.take();
+    await memory.breakLease(ref);
+    await memory.acquireLease(ref, 60); // another host
+    await clock.advance(20_000);
+    expect(lost).toHaveLength(1);
+    expect(lost[0]).toMatch(/lost the lease on c\/disk\.img \(busy\)/);
+    expect(lease.id).toBeUndefined();
+    await clock.advance(60_000);
+    expect(metered.byOp.get('renewLease')).toBe(1);
+  });
+
+  test('taking: refused while another writer holds it (busy), and the next take tries again', async () => {
+    const { memory, lease } = await setup();
+    const other = await memory.acquireLease(ref, 60);
+    await expect(lease.take()).rejects.toMatchObject({ kind: 'busy' });
+    expect(lease.id).toBeUndefined();
+    await memory.releaseLease(ref, other);
+    await lease.take();
+    expect(lease.id).toBe(ID);
+  });
+
+  test('held → free: drop() forgets without telling Azure; release() tells Azure', async () => {
+    const { memory, metered, clock, lease } = await setup();
+    await lease.take();
+    lease.drop();
+    expect(lease.id).toBeUndefined();
+    expect((await memory.getInfo(ref)).leased).toBe(true); // still Azure's until it expires
+    await clock.advance(60_000);
+    expect(metered.byOp.get('renewLease')).toBeUndefined();
+    await lease.take(); // retake: the same proposed id gets it back
+    expect(await lease.release()).toBe(true);
+    expect((await memory.getInfo(ref)).leased).toBe(false);
+    expect(await lease.release()).toBe(false);
+  });
+});
