@@ -94,7 +94,11 @@ export interface MountOptions {
   readonly attrTtlMs: number;
 }
 
-/** Who may use the mount, and the owner and modes `stat` shows (see lib/access.ts). */
+/** Modes `stat` shows unless --file-mode and --dir-mode say otherwise. */
+export const DEFAULT_FILE_MODE = 0o644;
+export const DEFAULT_DIR_MODE = 0o755;
+
+/** Who may use the mount, and the owner and modes `stat` shows (see lib/cli/access.ts). */
 export interface AccessOptions {
   /** Other users (libvirt's QEMU runs as libvirt-qemu) may use the mount. */
   readonly allowOther: boolean;

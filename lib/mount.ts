@@ -6,7 +6,6 @@
 
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { checkAllowOther } from './access';
 import { CacheLock } from './cache/lock';
 import { GrainCache } from './cache/cache';
 import { ControlServer, controlSocketPath } from './control';
@@ -22,7 +21,7 @@ import { Logger } from './log';
 import { ImageCounters } from './metrics';
 import { Namespace } from './namespace/namespace';
 import { MountOptions } from './config';
-import { checkCacheDir, checkMountpoint, mountPoints, openToOthers } from './preflight';
+import { checkAllowOther, checkCacheDir, checkMountpoint, mountPoints, openToOthers } from './preflight';
 import { RunningAzurite, embeddedAccountKey, startAzurite } from './azurite';
 import { AzureStore } from './store/azure';
 import { MeteredStore } from './store/metered';

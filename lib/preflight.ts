@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import type { AccessOptions } from './config';
 import { UsageError } from './errors';
 import { formatSize } from './units';
 
@@ -68,4 +69,11 @@ export async function openToOthers(dir: string): Promise<string | undefined> {
   const st = await fsp.stat(dir).catch(() => undefined);
   if (st === undefined || (st.mode & 0o077) === 0) return undefined;
   return `${dir} can be read by other users (mode 0${(st.mode & 0o777).toString(8)}); blobdisk keeps disk data there: chmod 700 ${dir}`;
+}
+
+/** A user other than root may only pass allow_other when /etc/fuse.conf says user_allow_other. */
+export function checkAllowOther(access: Pick<AccessOptions, 'allowOther'>, uid: number, fuseConf: string): void {
+  if (!access.allowOther || uid === 0) return;
+  if (fuseConf.split('\n').some((l) => l.trim() === 'user_allow_other')) return;
+  throw new UsageError('--allow-other needs the line user_allow_other in /etc/fuse.conf when not mounting as root; add it (as root) or mount as root');
 }

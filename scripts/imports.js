@@ -18,7 +18,7 @@ const lib = path.join(root, 'lib');
 const RANK = {
   cli: 10,
   mount: 9, stack: 9,
-  control: 8.5, preflight: 8.5, azurite: 8.5, // what mounting uses beside the stack
+  control: 8.5, preflight: 8.5, azurite: 8.5, prometheus: 8.5, // what mounting uses beside the stack
   fuse: 8,
   namespace: 7,
   image: 6, flusher: 6,
@@ -26,10 +26,10 @@ const RANK = {
   cache: 4,
   grainmap: 3,
   store: 2,
-  config: 0, options: 0, errors: 0, log: 0, metrics: 0, units: 0, redact: 0, pid: 0, clock: 0, tunables: 0, types: 0, index: 0,
+  config: 0, errors: 0, log: 0, metrics: 0, units: 0, redact: 0, pid: 0, clock: 0, tunables: 0, types: 0, index: 0,
 };
 /* Packages only one folder may import. */
-const OWNER = { 'fuse-native': 'fuse', '@azure/storage-blob': 'store', '@azure/core-rest-pipeline': 'store', 'better-sqlite3': 'grainmap' };
+const OWNER = { 'fuse-native': 'fuse', '@azure/storage-blob': 'store', '@azure/core-rest-pipeline': 'store', '@azure/identity': 'store', 'better-sqlite3': 'grainmap', 'prom-client': 'prometheus' };
 
 function walk(dir) {
   const out = [];

@@ -34,7 +34,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import { GrainMap, GrainRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
-import { CacheOptions } from '../options';
+import { CacheOptions } from '../config';
 import { Timer } from '../clock';
 import { SYSTEM_TIMING, Timing } from '../tunables';
 import { GrainFiles } from './files';

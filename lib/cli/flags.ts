@@ -3,8 +3,7 @@
  * (BLOBDISK_CACHE_SIZE) and in a --config file (cache-size:), as rclone's flags do; the
  * defaults themselves live in lib/config.ts and are applied by lib/options.ts. */
 
-import { DEFAULT_DIR_MODE, DEFAULT_FILE_MODE } from '../access';
-import { DEFAULTS } from '../config';
+import { DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, DEFAULTS } from '../config';
 import { formatSize } from '../units';
 
 export type FlagType = 'string' | 'number' | 'boolean' | 'array';

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { UsageError } from '../errors';
 import { createLogger } from '../log';
 import { mount } from '../mount';
-import { parseMountOptions } from '../options';
+import { parseMountOptions } from './options';
 import { formatSize } from '../units';
 import { Io, say } from './io';
 import { printConfig } from './print-config';

@@ -6,7 +6,7 @@
 
 import YAML from 'yaml';
 import { UsageError } from '../errors';
-import type { MountArgs } from '../options';
+import type { MountArgs } from './options';
 import { Flag, MOUNT_FLAGS, camel, envName } from './flags';
 
 type Value = string | number | boolean | string[];

@@ -6,7 +6,7 @@ import { GrainCache } from '../cache/cache';
 import { GrainMap } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { ImageCounters, newImageCounters } from '../metrics';
-import { ReadOptions, SyncMode } from '../options';
+import { ReadOptions, SyncMode } from '../config';
 import { RemoteBlob } from '../remote/remote';
 import { Uploads } from '../remote/uploads';
 import { BlobStore } from '../store/types';

@@ -10,7 +10,7 @@ import { GrainMap } from '../../lib/grainmap/grainmap';
 import { FetchBudget, Image } from '../../lib/image/image';
 import { Images } from '../../lib/image/registry';
 import { silentLogger } from '../../lib/log';
-import { SyncMode } from '../../lib/options';
+import { SyncMode } from '../../lib/config';
 import { BlobRef, BlobStore } from '../../lib/store/types';
 import { SYSTEM_TIMING, type Timing } from '../../lib/tunables';
 

@@ -1,4 +1,6 @@
-import { DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, checkAllowOther, parseAccess, parseMode } from '../../lib/access';
+import { parseAccess, parseMode } from '../../lib/cli/access';
+import { DEFAULT_DIR_MODE, DEFAULT_FILE_MODE } from '../../lib/config';
+import { checkAllowOther } from '../../lib/preflight';
 
 const passwd = 'root:x:0:0:root:/root:/bin/bash\nlibvirt-qemu:x:64055:108:Libvirt Qemu,,,:/var/lib/libvirt:/usr/sbin/nologin\n';
 const group = 'root:x:0:\nkvm:x:108:\n';

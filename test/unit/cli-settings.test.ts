@@ -2,7 +2,7 @@ import { fstabToArgv } from '../../lib/cli/fstab';
 import { MOUNT_FLAGS, camel, envName } from '../../lib/cli/flags';
 import { printConfig } from '../../lib/cli/print-config';
 import { mergeSettings, parseConfigFile, settingsFromEnv } from '../../lib/cli/settings';
-import { parseMountOptions } from '../../lib/options';
+import { parseMountOptions } from '../../lib/cli/options';
 
 describe('mount settings from flags, environment and a config file', () => {
   const file = parseConfigFile(

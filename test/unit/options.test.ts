@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DEFAULTS } from '../../lib/config';
-import { parseMountOptions } from '../../lib/options';
+import { parseMountOptions } from '../../lib/cli/options';
 import { formatSize, isPowerOfTwo, parseSize } from '../../lib/units';
 
 describe('defaults', () => {

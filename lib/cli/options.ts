@@ -5,15 +5,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AccessArgs, parseAccess } from './access';
-import { AUTH_MODES, AuthMode, DEFAULTS, LOG_LEVELS, LogLevel, MountOptions, SyncMode } from './config';
-import { UsageError } from './errors';
-import { Credentials, defaultEndpoint, sasProblem } from './store/credentials';
-import { formatSize, isPowerOfTwo, parseSize } from './units';
-
-// The configuration's types and defaults live in lib/config.ts; they are re-exported here
-// for the layers that still import them from the flag parser.
-export { DEFAULTS, LOG_LEVELS } from './config';
-export type { CacheOptions, LogLevel, MountOptions, ReadOptions, SyncMode, WriteOptions } from './config';
+import { AUTH_MODES, AuthMode, DEFAULTS, LOG_LEVELS, LogLevel, MountOptions, SyncMode } from '../config';
+import { UsageError } from '../errors';
+import { Credentials, defaultEndpoint, sasProblem } from '../store/credentials';
+import { formatSize, isPowerOfTwo, parseSize } from '../units';
 
 /** Flags as yargs hands them over (strings where the user typed sizes). */
 export interface MountArgs extends AccessArgs {

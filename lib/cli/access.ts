@@ -4,13 +4,10 @@
  * group names resolve through /etc/passwd and /etc/group, read once before mounting. */
 
 import fs from 'node:fs';
-import type { AccessOptions } from './config';
-import { UsageError } from './errors';
+import { DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, type AccessOptions } from '../config';
+import { UsageError } from '../errors';
 
-export type { AccessOptions };
 
-export const DEFAULT_FILE_MODE = 0o644;
-export const DEFAULT_DIR_MODE = 0o755;
 
 /** Reads a system account file; a missing file reads as empty. */
 export type AccountFiles = (file: '/etc/passwd' | '/etc/group') => string;
@@ -64,11 +61,4 @@ export function parseAccess(args: AccessArgs, self: { uid: number; gid: number }
     fileMode: args.fileMode === undefined ? DEFAULT_FILE_MODE : parseMode('file-mode', String(args.fileMode)),
     dirMode: args.dirMode === undefined ? DEFAULT_DIR_MODE : parseMode('dir-mode', String(args.dirMode)),
   });
-}
-
-/** A user other than root may only pass allow_other when /etc/fuse.conf says user_allow_other. */
-export function checkAllowOther(access: AccessOptions, uid: number, fuseConf: string): void {
-  if (!access.allowOther || uid === 0) return;
-  if (fuseConf.split('\n').some((l) => l.trim() === 'user_allow_other')) return;
-  throw new UsageError('--allow-other needs the line user_allow_other in /etc/fuse.conf when not mounting as root; add it (as root) or mount as root');
 }
