@@ -1,31 +1,30 @@
-/* The one place that builds blobdisk's layers and stacks them:
- *   store (Azure, or the embedded Azurite) → grain map → cache → images → namespace → FUSE
- * plus the control socket for `blobdisk unmount|status`. Everything is checked before the
- * kernel sees a mount, and whatever was started is stopped again when a later step fails,
- * so a refused mount leaves nothing behind. */
+/* Mounting, draining and status: checks what the user gave, starts the embedded Azurite
+ * when no credentials are given, builds the stack over a MeteredStore of Azure with
+ * lib/stack.ts, serves it through the FUSE session and answers `blobdisk unmount|status|
+ * flush` on the control socket. Everything is checked before the kernel sees a mount, and
+ * whatever was started is stopped again when a later step fails, so a refused mount leaves
+ * nothing behind. */
 
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { CacheLock } from './cache/lock';
-import { GrainCache } from './cache/cache';
 import { ControlServer, controlSocketPath } from './control';
 import { BlobdiskError, UsageError, isBlobdiskError } from './errors';
 import { createOperations } from './fuse/ops';
 import { Handles } from './fuse/handles';
 import { FuseSession } from './fuse/session';
-import { Flusher, FlushProgress } from './flusher/flusher';
+import { FlushProgress } from './flusher/flusher';
 import { GrainMap } from './grainmap/grainmap';
-import { FetchBudget } from './image/image';
 import { Images } from './image/registry';
 import { Logger } from './log';
 import { ImageCounters } from './metrics';
-import { Namespace } from './namespace/namespace';
 import { MountOptions } from './config';
 import { checkAllowOther, checkCacheDir, checkMountpoint, mountPoints, openToOthers } from './preflight';
 import { RunningAzurite, embeddedAccountKey, startAzurite } from './azurite';
 import { AzureStore } from './store/azure';
 import { MeteredStore } from './store/metered';
 import { Credentials, accountOf } from './store/credentials';
+import { buildStack, type Stack } from './stack';
 
 /** How often the mount looks whether someone unmounted it from outside (fusermount -u). */
 const MOUNT_WATCH_MS = 2_000;
@@ -157,45 +156,28 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       throw accessError(e, options, where);
     }
 
-    let map: GrainMap;
+    let stack: Stack;
     try {
-      map = GrainMap.open(path.join(options.cache.dir, 'grainmap.db'), options.cache.grainSize);
+      stack = buildStack(
+        store,
+        {
+          cache: options.cache,
+          read: options.read,
+          sync: options.write.sync,
+          dirtyWaitMs: options.write.dirtyWaitMs,
+          writeBackDelayMs: options.write.writeBackDelayMs,
+          uploadConcurrency: options.write.uploadConcurrency,
+          namespace: { container: options.container, attrTtlMs: options.attrTtlMs, readOnly: options.readOnly, pageBlobPatterns: options.write.pageBlobPatterns },
+          account,
+        },
+        log,
+      );
     } catch (e) {
       throw isBlobdiskError(e) ? new UsageError(e.message) : e;
     }
-    cleanup.push(() => map.close());
-    const cache = new GrainCache(options.cache, map, log);
-    cleanup.push(() => cache.close());
+    cleanup.push(() => stack.close());
+    const { map, cache, flusher, images, namespace: ns } = stack;
     cache.startWorker();
-    const flusher = new Flusher(
-      store,
-      cache,
-      { grainSize: options.cache.grainSize, concurrency: options.write.uploadConcurrency, delayMs: options.write.writeBackDelayMs },
-      log,
-    );
-    cleanup.push(() => flusher.stop());
-    const images = new Images(
-      {
-        store, cache, map, log,
-        grainSize: options.cache.grainSize,
-        read: options.read,
-        budget: new FetchBudget(options.read.fetchConcurrency),
-        dirtyWaitMs: options.write.dirtyWaitMs,
-        leaseId: map.leaseId(),
-        sync: options.write.sync,
-        uploads: flusher,
-      },
-      account,
-    );
-    cleanup.push(async () => {
-      for (const image of await images.all()) await image.close();
-    });
-    const ns = new Namespace(
-      store,
-      images,
-      { container: options.container, attrTtlMs: options.attrTtlMs, readOnly: options.readOnly, pageBlobPatterns: options.write.pageBlobPatterns },
-      log,
-    );
     await recover(map, images, log);
     const handles = new Handles();
     const { access } = options;

@@ -1,5 +1,5 @@
 /* Builds the image stack (grain map, cache, images, flusher) over a store, in a fresh
- * temporary cache directory, the way lib/mount.ts does, for unit tests. */
+ * temporary cache directory, with lib/stack.ts as lib/mount.ts does, for unit tests. */
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -7,11 +7,12 @@ import path from 'node:path';
 import { GrainCache } from '../../lib/cache/cache';
 import { Flusher } from '../../lib/flusher/flusher';
 import { GrainMap } from '../../lib/grainmap/grainmap';
-import { FetchBudget, Image } from '../../lib/image/image';
+import { Image } from '../../lib/image/image';
 import { Images } from '../../lib/image/registry';
 import { silentLogger } from '../../lib/log';
 import { SyncMode } from '../../lib/config';
 import { BlobRef, BlobStore } from '../../lib/store/types';
+import { buildStack } from '../../lib/stack';
 import { SYSTEM_TIMING, type Timing } from '../../lib/tunables';
 
 export interface Harness {
@@ -39,31 +40,25 @@ export interface HarnessOptions {
 export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
   const grainSize = o.grainSize ?? 64 * 1024;
   const dir = o.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'blobdisk-img-'));
-  const timing = o.timing ?? SYSTEM_TIMING;
-  const map = GrainMap.open(path.join(dir, 'grainmap.db'), grainSize, timing);
-  const cache = new GrainCache({ dir, sizeBytes: o.cacheBytes ?? 1024 * grainSize, grainSize }, map, silentLogger, timing);
-  const flusher = new Flusher(store, cache, { grainSize, concurrency: 4, delayMs: o.writeBackDelayMs ?? 10_000 }, silentLogger, timing);
-  const images = new Images(
+  const stack = buildStack(
+    store,
     {
-      store, cache, map, log: silentLogger, grainSize,
+      cache: { dir, sizeBytes: o.cacheBytes ?? 1024 * grainSize, grainSize },
       read: { readAheadGrains: o.readAheadGrains ?? 4, fetchConcurrency: 4, maxFetchBytes: 4 * grainSize },
-      budget: new FetchBudget(4),
-      dirtyWaitMs: o.dirtyWaitMs ?? 200,
-      leaseId: map.leaseId(),
       sync: o.sync ?? 'local',
-      uploads: flusher,
-      timing,
+      dirtyWaitMs: o.dirtyWaitMs ?? 200,
+      writeBackDelayMs: o.writeBackDelayMs ?? 10_000,
+      uploadConcurrency: 4,
+      namespace: { container: undefined, attrTtlMs: 5_000, readOnly: false, pageBlobPatterns: ['*.img'] },
+      account: 'acct',
+      timing: o.timing ?? SYSTEM_TIMING,
     },
-    'acct',
+    silentLogger,
   );
+  const { map, cache, images, flusher } = stack;
   return {
     dir, map, cache, images, flusher,
     open: async (ref) => images.get(ref, await store.getInfo(ref), true),
-    close: async () => {
-      flusher.stop();
-      for (const image of await images.all()) await image.close();
-      await cache.close();
-      map.close();
-    },
+    close: () => stack.close(),
   };
 }
