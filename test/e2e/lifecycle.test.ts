@@ -176,7 +176,9 @@ describe('embedded default', () => {
       const endpoint = /(http:\/\/127\.0\.0\.1:\d+\/devstoreaccount1)/.exec(said[0] ?? '')?.[1];
       expect(endpoint).toBeDefined();
       if (endpoint !== undefined) {
-        const cs = azurite.connectionString.replace(/BlobEndpoint=[^;]+/, `BlobEndpoint=${endpoint}`);
+        // It serves its own key, kept beside its data, not the published one.
+        const key = (await fsp.readFile(path.join(dataDir, 'azurite', 'account-key'), 'utf8')).trim();
+        const cs = azurite.connectionString.replace(/BlobEndpoint=[^;]+/, `BlobEndpoint=${endpoint}`).replace(/AccountKey=[^;]+/, `AccountKey=${key}`);
         const embedded = BlobServiceClient.fromConnectionString(cs).getContainerClient('made-outside');
         await embedded.create();
         await embedded.getBlockBlobClient('hello.txt').upload('hi\n', 3);
