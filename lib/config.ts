@@ -89,6 +89,8 @@ export interface MountOptions {
   /** Who may use the mount, and the owner and modes `stat` shows. */
   readonly access: AccessOptions;
   readonly logLevel: LogLevel;
+  /** Where to serve Prometheus metrics; undefined: nowhere. */
+  readonly metricsAddr: { readonly host: string; readonly port: number } | undefined;
   readonly maxTries: number;
   readonly tryTimeoutMs: number;
   readonly attrTtlMs: number;

@@ -25,6 +25,7 @@ import { AzureStore } from './store/azure';
 import { MeteredStore } from './store/metered';
 import { Credentials, accountOf } from './store/credentials';
 import { buildStack, type Stack } from './stack';
+import { Metrics, MetricsServer, type MetricsSnapshot } from './prometheus';
 
 /** How often the mount looks whether someone unmounted it from outside (fusermount -u). */
 const MOUNT_WATCH_MS = 2_000;
@@ -40,6 +41,8 @@ export interface ImageStatus {
   readonly bytesDown: number;
   readonly hitRatio: number | null;
   readonly conflict: string | null;
+  /** The image's Azure lease: held, lost (a renewal found it gone) or none. */
+  readonly lease: 'held' | 'lost' | 'none';
   readonly counters: ImageCounters;
 }
 
@@ -56,6 +59,8 @@ export interface MountStatus {
   readonly bytesUp: number;
   readonly dirtyBytes: number;
   readonly hitRatio: number | null;
+  /** When Azure stopped answering at all (ISO time), or null while it answers. */
+  readonly azureUnreachableSince: string | null;
   readonly totals: ImageCounters;
   readonly images: ImageStatus[];
 }
@@ -88,6 +93,20 @@ async function recover(map: GrainMap, images: Images, log: Logger): Promise<void
       log.error(`${row.container}/${row.name} holds data not yet uploaded, but cannot be opened (${isBlobdiskError(e) ? e.kind : 'error'}: ${(e as Error).message}); it stays in the cache`);
     }
   }
+}
+
+/** What the Prometheus metrics read of a status. */
+function snapshotOf(s: MountStatus): MetricsSnapshot {
+  const ages = s.images.map((i) => i.oldestDirtySeconds).filter((a): a is number => a !== null);
+  return {
+    totals: s.totals,
+    cacheUsedBytes: s.cacheUsedBytes,
+    cacheSizeBytes: s.cacheSizeBytes,
+    dirtyBytes: s.dirtyBytes,
+    oldestDirtySeconds: ages.length > 0 ? Math.max(...ages) : null,
+    images: s.images.map((i) => ({ path: i.path, dirtyBytes: i.dirtyBytes, lease: i.lease, conflict: i.conflict })),
+    azureUnreachableSeconds: s.azureUnreachableSince !== null ? Math.max(0, Math.round((Date.now() - Date.parse(s.azureUnreachableSince)) / 1000)) : null,
+  };
 }
 
 /** Turns a failure of the first request to Azure into one line that says what to do. */
@@ -142,9 +161,12 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       where = `account ${accountOf(credentials)}`;
     }
     const account = accountOf(credentials);
+    // The metrics read the mount's status when scraped; `status` is defined once the stack is.
+    let status: () => Promise<MountStatus> = () => Promise.reject(new Error('the mount is not ready yet'));
+    const metrics = options.metricsAddr !== undefined ? new Metrics(async () => snapshotOf(await status())) : undefined;
     let store: MeteredStore;
     try {
-      store = new MeteredStore(new AzureStore({ credentials, maxTries: options.maxTries, tryTimeoutMs: options.tryTimeoutMs }));
+      store = new MeteredStore(new AzureStore({ credentials, maxTries: options.maxTries, tryTimeoutMs: options.tryTimeoutMs }), (r) => metrics?.observe(r));
     } catch (e) {
       throw accessError(e, options, where);
     }
@@ -154,6 +176,12 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       else await store.listContainers();
     } catch (e) {
       throw accessError(e, options, where);
+    }
+
+    if (metrics !== undefined && options.metricsAddr !== undefined) {
+      const server = await MetricsServer.listen(options.metricsAddr, metrics, log);
+      cleanup.push(() => server.close());
+      log.info(`serving metrics at ${server.url}`);
     }
 
     let stack: Stack;
@@ -193,7 +221,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       if ((await mountPoints()).has(options.mountpoint)) await session.unmount();
     });
 
-    const status = async (): Promise<MountStatus> => {
+    status = async (): Promise<MountStatus> => {
       const all = await images.all();
       const totals = await images.totals();
       return {
@@ -209,6 +237,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         bytesUp: store.counters.bytesUp,
         dirtyBytes: all.reduce((n, i) => n + flusher.dirtyOf(i).bytes, 0),
         hitRatio: totals.hits + totals.misses > 0 ? totals.hits / (totals.hits + totals.misses) : null,
+        azureUnreachableSince: store.unreachableSince !== null ? new Date(store.unreachableSince).toISOString() : null,
         totals,
         images: all.map((image) => {
           const dirty = flusher.dirtyOf(image);
@@ -224,6 +253,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
             bytesDown: c.bytesDown,
             hitRatio: c.hits + c.misses > 0 ? c.hits / (c.hits + c.misses) : null,
             conflict: image.conflict ?? null,
+            lease: image.remote.lease.state,
             counters: { ...c },
           };
         }),

@@ -17,7 +17,7 @@ const lib = path.join(root, 'lib');
  * flusher both sit on remote). Rank 0 is shared vocabulary anyone may use. */
 const RANK = {
   cli: 10,
-  mount: 9, stack: 9,
+  mount: 9, stack: 8.75,
   control: 8.5, preflight: 8.5, azurite: 8.5, prometheus: 8.5, // what mounting uses beside the stack
   fuse: 8,
   namespace: 7,

@@ -8,7 +8,7 @@ import { formatSize } from '../units';
 
 export type FlagType = 'string' | 'number' | 'boolean' | 'array';
 
-export const GROUPS = ['Azure:', 'Cache:', 'Writes:', 'FUSE and access:', 'Logging:', 'Running:'] as const;
+export const GROUPS = ['Azure:', 'Cache:', 'Writes:', 'FUSE and access:', 'Logging and metrics:', 'Running:'] as const;
 export type Group = (typeof GROUPS)[number];
 
 export interface Flag {
@@ -50,8 +50,9 @@ export const MOUNT_FLAGS: readonly Flag[] = [
   { name: 'file-mode', type: 'string', group: 'FUSE and access:', describe: 'permission bits of files, octal', shown: oct(DEFAULT_FILE_MODE) },
   { name: 'dir-mode', type: 'string', group: 'FUSE and access:', describe: 'permission bits of directories, octal', shown: oct(DEFAULT_DIR_MODE) },
   { name: 'dir-cache-time', type: 'number', group: 'FUSE and access:', describe: 'seconds listings and attributes are trusted before Azure is asked again', shown: String(DEFAULTS.attrTtlMs / 1000) },
-  { name: 'log-level', type: 'string', group: 'Logging:', describe: 'how much to log', shown: DEFAULTS.logLevel, choices: ['debug', 'info', 'warn', 'error', 'silent'] },
-  { name: 'log-file', type: 'string', group: 'Logging:', describe: 'with --daemon: append the log here', shown: 'DATA_DIR/blobdisk.log' },
+  { name: 'log-level', type: 'string', group: 'Logging and metrics:', describe: 'how much to log', shown: DEFAULTS.logLevel, choices: ['debug', 'info', 'warn', 'error', 'silent'] },
+  { name: 'log-file', type: 'string', group: 'Logging and metrics:', describe: 'with --daemon: append the log here', shown: 'DATA_DIR/blobdisk.log' },
+  { name: 'metrics-addr', type: 'string', group: 'Logging and metrics:', describe: 'serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464' },
   { name: 'daemon', type: 'boolean', group: 'Running:', describe: 'detach once mounted; the exit status says whether it mounted', shown: 'false' },
   { name: 'pid-file', type: 'string', group: 'Running:', describe: 'write the mount process id here while it runs' },
 ];

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { AccessArgs, parseAccess } from './access';
 import { AUTH_MODES, AuthMode, DEFAULTS, LOG_LEVELS, LogLevel, MountOptions, SyncMode } from '../config';
 import { UsageError } from '../errors';
+import { parseListenAddress } from '../prometheus';
 import { Credentials, defaultEndpoint, sasProblem } from '../store/credentials';
 import { formatSize, isPowerOfTwo, parseSize } from '../units';
 
@@ -33,6 +34,7 @@ export interface MountArgs extends AccessArgs {
   writeBackDelay?: number | undefined;
   dirCacheTime?: number | undefined;
   pageBlobPattern?: string[] | undefined;
+  metricsAddr?: string | undefined;
 }
 
 /** Where blobdisk keeps its cache and the embedded Azurite's data by default. */
@@ -198,6 +200,7 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
     readOnly: args.readOnly ?? false,
     access: parseAccess(args, self()),
     logLevel,
+    metricsAddr: args.metricsAddr !== undefined ? Object.freeze(parseListenAddress(args.metricsAddr)) : undefined,
     maxTries: DEFAULTS.maxTries,
     tryTimeoutMs: DEFAULTS.tryTimeoutMs,
     attrTtlMs: args.dirCacheTime !== undefined ? args.dirCacheTime * 1000 : DEFAULTS.attrTtlMs,

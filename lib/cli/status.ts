@@ -64,11 +64,15 @@ function table(status: MountStatus): string {  const percent = (r: number | null
     `traffic: ${status.requests} requests, ${formatSize(status.bytesDown)} down, ${formatSize(status.bytesUp)} up; ` +
       `${formatSize(status.dirtyBytes)} waiting for upload; hit ratio ${percent(status.hitRatio)}`,
   ];
-  if (status.images.length > 0) lines.push('', 'image\tkind\tsize\tcached\tdirty\toldest dirty\tup\tdown\thit ratio');
+  if (status.azureUnreachableSince !== null) {
+    const since = Math.round((Date.now() - Date.parse(status.azureUnreachableSince)) / 1000);
+    lines.push(`Azure unreachable since ${status.azureUnreachableSince} (${since} s); ${formatSize(status.dirtyBytes)} wait in the cache for it`);
+  }
+  if (status.images.length > 0) lines.push('', 'image\tkind\tsize\tcached\tdirty\toldest dirty\tup\tdown\thit ratio\tlease');
   for (const i of status.images) {
     const age = i.oldestDirtySeconds === null ? '-' : `${i.oldestDirtySeconds} s`;
     lines.push(
-      [i.path, i.kind, formatSize(i.size), formatSize(i.cachedBytes), formatSize(i.dirtyBytes), age, formatSize(i.bytesUp), formatSize(i.bytesDown), percent(i.hitRatio)].join('\t') +
+      [i.path, i.kind, formatSize(i.size), formatSize(i.cachedBytes), formatSize(i.dirtyBytes), age, formatSize(i.bytesUp), formatSize(i.bytesDown), percent(i.hitRatio), i.lease].join('\t') +
         (i.conflict ? `\tCONFLICT: ${i.conflict}` : ''),
     );
   }

@@ -37,6 +37,8 @@ export class Lease {
   private timer: Timer | undefined;
   private taking: Promise<void> | undefined;
   private held: string | undefined;
+  /** A renewal found the lease gone, and no take() has succeeded since. */
+  private lost = false;
 
   constructor(
     private readonly deps: LeaseDeps,
@@ -51,6 +53,11 @@ export class Lease {
     return this.held;
   }
 
+  /** For status and metrics: held, lost (a renewal found it gone), or none. */
+  get state(): 'held' | 'lost' | 'none' {
+    return this.held !== undefined ? 'held' : this.lost ? 'lost' : 'none';
+  }
+
   /** Takes the lease (once); busy when another host holds it. */
   take(): Promise<void> {
     if (this.held !== undefined) return Promise.resolve();
@@ -58,6 +65,7 @@ export class Lease {
       const ref = this.ref();
       try {
         this.held = await this.deps.store.acquireLease(ref, this.deps.seconds, this.deps.proposedId);
+        this.lost = false;
         this.timer = this.deps.clock.interval(() => void this.renew(), (this.deps.seconds * 1000) / 3);
       } catch (e) {
         if (isBlobdiskError(e) && e.kind === 'busy') {
@@ -80,6 +88,7 @@ export class Lease {
     } catch (e) {
       if (isBlobdiskError(e) && (e.kind === 'busy' || e.kind === 'not-found')) {
         this.drop();
+        this.lost = true;
         this.onLost(`lost the lease on ${ref.container}/${ref.name} (${e.kind}); another writer may have taken the blob`);
       } else {
         this.deps.log.warn(`renewing the lease on ${ref.name} failed (${isBlobdiskError(e) ? e.kind : 'error'}); trying again`);

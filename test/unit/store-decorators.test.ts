@@ -3,7 +3,8 @@
 
 import { BlobdiskError, isBlobdiskError } from '../../lib/errors';
 import { FaultyStore } from '../../lib/store/faulty';
-import { MeteredStore } from '../../lib/store/metered';
+import { MeteredStore, type RequestEnd } from '../../lib/store/metered';
+import { ManualClock } from '../support/manual-clock';
 import type { BlobRef, BlobStore } from '../../lib/store/types';
 import { MemoryStore } from '../support/memory-store';
 
@@ -115,5 +116,33 @@ describe('MeteredStore', () => {
     await metered.getInfo(b);
     expect(metered.counters).toEqual({ requests: 4, bytesDown: 4096, bytesUp: 1024 });
     expect(Object.fromEntries(metered.byOp)).toEqual({ putPages: 1, read: 1, getInfo: 2 });
+  });
+});
+
+describe('MeteredStore, as the metrics see it', () => {
+  test('reports each request as it ends, with its outcome, and knows since when Azure has not answered', async () => {
+    const { memory } = await setup();
+    const clock = new ManualClock();
+    const start = clock.now();
+    const ends: RequestEnd[] = [];
+    const faulty = new FaultyStore(memory, clock);
+    const metered = new MeteredStore(faulty, (r) => ends.push(r), clock);
+    await metered.getInfo(a);
+    expect(ends).toEqual([{ op: 'getInfo', seconds: expect.any(Number) as unknown, outcome: 'ok' }]);
+    expect(metered.unreachableSince).toBeNull();
+
+    // No answer at all (the error carries no HTTP status): unreachable from the first failure on.
+    faulty.inject({ ops: ['getInfo'], times: 2, action: { kind: 'fail', error: new BlobdiskError('unavailable', 'getInfo failed: Azure is unreachable') } });
+    await expect(metered.getInfo(a)).rejects.toMatchObject({ kind: 'unavailable' });
+    await clock.advance(5_000);
+    await expect(metered.getInfo(a)).rejects.toMatchObject({ kind: 'unavailable' });
+    expect(metered.unreachableSince).toBe(start);
+    expect(ends.slice(1).map((r) => r.outcome)).toEqual(['unavailable', 'unavailable']);
+
+    // A failure that is not about reaching Azure is not counted as unreachable; an answer ends it.
+    await expect(metered.getInfo({ container: 'c', name: 'nothing-here' })).rejects.toMatchObject({ kind: 'not-found' });
+    expect(metered.unreachableSince).toBe(start);
+    await metered.getInfo(a);
+    expect(metered.unreachableSince).toBeNull();
   });
 });
