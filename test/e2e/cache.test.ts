@@ -181,21 +181,21 @@ test('an ETag change while mounted: re-opening the file reads the new bytes', as
 });
 
 describe('an ETag change while mounted that also changes the size', () => {
-  test('after the attribute TTL (5 s), stat and a new open see the new size and bytes (block blob and page blob)', async () => {
+  test('after the attribute TTL (--dir-cache-time, 1 s here), stat and a new open see the new size and bytes (block blob and page blob)', async () => {
     const block = { name: 'grows-after-ttl.bin', v1: randomData(MiB), v2: randomData(3 * MiB + 5) };
     const page = { name: 'grows-after-ttl.img', v1: randomData(MiB), v2: randomData(3 * MiB) };
     await uploadBlockBlob(container, block.name, [block.v1]);
     await uploadPageBlob(container, page.name, page.v1.length, [{ offset: 0, data: page.v1 }]);
 
-    const m = await startMount(mountArgs('etag-grow-ttl'));
+    const m = await startMount(mountArgs('etag-grow-ttl', '--dir-cache-time', '1'));
     try {
       const at = (name: string): string => path.join(m.mnt, name);
       expect(await sha256OfFile(at(block.name))).toBe(sha256(block.v1));
       expect(await sha256OfFile(at(page.name))).toBe(sha256(page.v1));
       await uploadBlockBlob(container, block.name, [block.v2]);
       await uploadPageBlob(container, page.name, page.v2.length, [{ offset: 0, data: page.v2 }]);
-      // Listings and attributes are trusted for attrTtlMs (5 s), the kernel's for 1 s more.
-      await sleep(6_500);
+      // Listings and attributes are trusted for --dir-cache-time (1 s), the kernel's for 1 s more.
+      await sleep(2_500);
       const seen: Record<string, string> = {};
       for (const f of [block, page]) {
         seen[`${f.name} size`] = await statOf(at(f.name), '%s');

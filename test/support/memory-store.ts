@@ -1,15 +1,15 @@
 /* An in-memory BlobStore with Azure's semantics as blobdisk relies on them: ETags change
  * on every write, page blobs track allocated 512-byte pages, block blobs keep committed and
  * staged blocks, leases and If-Match are enforced. Tests set latency and slow chunked reads
- * here; faults come from wrapping it in a FaultyStore (lib/store/faulty.ts). It counts its
- * own requests and bytes (`counters`), as a MeteredStore would, for tests to read. */
+ * here; faults come from wrapping it in a FaultyStore (lib/store/faulty.ts), counters from
+ * a MeteredStore (lib/store/metered.ts), as for the Azure store. */
 
 import { randomUUID } from 'node:crypto';
 import { BlobdiskError } from '../../lib/errors';
 import {
   MAX_COMMITTED_BLOCKS, MAX_PAGE_BLOB_BYTES, MAX_PUT_PAGE_BYTES, PAGE_SIZE,
   type BlobInfo, type BlobKind, type BlobRef, type BlobStore, type BlockInfo, type ByteRange,
-  type Listing, type ReadOptions, type StoreCounters, type WriteConditions,
+  type Listing, type ReadOptions, type WriteConditions,
 } from '../../lib/store/types';
 
 /** Tests may change these at any time through `store.settings`. */
@@ -40,7 +40,6 @@ interface MemBlob {
 const sleep = (ms: number): Promise<void> => new Promise((done) => setTimeout(done, ms));
 
 export class MemoryStore implements BlobStore {
-  readonly counters: StoreCounters = { requests: 0, bytesDown: 0, bytesUp: 0 };
   private readonly containers = new Map<string, Map<string, MemBlob>>();
   private readonly staged = new Map<string, Map<string, Buffer>>();
   private seq = 0;
@@ -61,7 +60,6 @@ export class MemoryStore implements BlobStore {
 
   private async enter(method: keyof BlobStore): Promise<void> {
     if (this.closed) throw new BlobdiskError('failed', `${method} failed: the store is closed`);
-    this.counters.requests++;
     if ((this.settings.latencyMs ?? 0) > 0) await sleep(this.settings.latencyMs ?? 0);
   }
 
@@ -178,13 +176,11 @@ export class MemoryStore implements BlobStore {
     const data = this.bytes(b, offset, Math.min(b.size, offset + length));
     const chunk = this.settings.chunkSize ?? Math.max(1, data.length);
     const delay = this.settings.chunkDelayMs ?? 0;
-    const { counters } = this;
     return (async function* stream(): AsyncGenerator<Buffer> {
       for (let at = 0; at < data.length; at += chunk) {
         if (at > 0 && delay > 0) await sleep(delay);
         if (options.signal?.aborted === true) throw new BlobdiskError('unavailable', `read ${ref.container}/${ref.name} failed: aborted`);
         const piece = data.subarray(at, at + chunk);
-        counters.bytesDown += piece.length;
         yield piece;
       }
     })();
@@ -240,7 +236,6 @@ export class MemoryStore implements BlobStore {
     const b = this.get('putPages', ref, 'page');
     if (offset + data.length > b.size) throw this.fail('invalid', 'putPages', ref, 'the range is beyond the end of the blob');
     this.checkWrite('putPages', ref, b, conditions);
-    this.counters.bytesUp += data.length;
     for (let at = 0; at < data.length; at += PAGE_SIZE) b.pages.set((offset + at) / PAGE_SIZE, Buffer.from(data.subarray(at, at + PAGE_SIZE)));
     return this.touch(b);
   }
@@ -248,7 +243,6 @@ export class MemoryStore implements BlobStore {
   async clearPages(ref: BlobRef, offset: number, length: number, conditions?: WriteConditions): Promise<string> {
     await this.enter('clearPages');
     checkAligned('clearPages', ref, offset, length, Number.MAX_SAFE_INTEGER);
-    this.counters.requests += Math.ceil(length / MAX_PUT_PAGE_BYTES) - 1; // AzureStore sends ≤ 4 MiB per call
     const b = this.get('clearPages', ref, 'page');
     if (offset + length > b.size) throw this.fail('invalid', 'clearPages', ref, 'the range is beyond the end of the blob');
     this.checkWrite('clearPages', ref, b, conditions);
@@ -264,7 +258,6 @@ export class MemoryStore implements BlobStore {
     const staged = this.staged.get(key(ref)) ?? new Map<string, Buffer>();
     const other = [...staged.keys()][0] ?? b?.blocks.find((x) => x.id !== '')?.id;
     if (blockId === '' || (other !== undefined && other.length !== blockId.length)) throw this.fail('invalid', 'stageBlock', ref, 'block ids must be non-empty and of equal length');
-    this.counters.bytesUp += data.length;
     staged.set(blockId, Buffer.from(data));
     this.staged.set(key(ref), staged);
   }

@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import { BlobdiskError } from '../../lib/errors';
 import { FaultyStore } from '../../lib/store/faulty';
+import { MeteredStore } from '../../lib/store/metered';
 import { MemoryStore } from '../support/memory-store';
 import { harness } from '../support/image-harness';
 
@@ -17,14 +18,15 @@ describe('Image reads', () => {
     const store = new MemoryStore({ containers: ['c'] });
     const a = crypto.randomBytes(3 * G);
     await pageBlob(store, 64 * G, [[5 * G, a]]);
-    const h = harness(store);
+    const metered = new MeteredStore(store);
+    const h = harness(metered);
     const image = await h.open(ref);
-    const before = store.counters.requests;
+    const before = metered.counters.requests;
     expect(await image.read(20 * G, G)).toEqual(Buffer.alloc(G));
     expect(image.counters.zeroReads).toBe(1);
     expect(image.counters.fetches).toBe(0);
-    expect(store.counters.bytesDown).toBe(0);
-    expect(store.counters.requests - before).toBe(1); // the page ranges of the window, once
+    expect(metered.counters.bytesDown).toBe(0);
+    expect(metered.counters.requests - before).toBe(1); // the page ranges of the window, once
     expect(await image.read(5 * G - 100, 3 * G + 200)).toEqual(Buffer.concat([Buffer.alloc(100), a, Buffer.alloc(100)]));
     expect(await image.read(64 * G - 10, 100)).toHaveLength(10);
     expect(await image.read(64 * G, 100)).toHaveLength(0);
@@ -42,11 +44,12 @@ describe('Image reads', () => {
     expect(await image.read(0, 8 * G)).toEqual(data);
     await first.close();
 
-    const second = harness(store, { dir: first.dir });
+    const metered = new MeteredStore(store);
+    const second = harness(metered, { dir: first.dir });
     const again = await second.open(ref);
-    const requests = store.counters.requests;
+    const requests = metered.counters.requests;
     expect(await again.read(G + 7, 5 * G)).toEqual(data.subarray(G + 7, 6 * G + 7));
-    expect(store.counters.requests).toBe(requests);
+    expect(metered.counters.requests).toBe(requests);
     expect(again.counters.hits).toBeGreaterThan(0);
     expect(again.counters.fetches).toBe(0);
     await second.close();
@@ -65,13 +68,14 @@ describe('Image reads', () => {
     expect(await (await first.open(ref)).read(0, 8 * G)).toEqual(want);
     await first.close();
 
-    const second = harness(store, { dir: first.dir });
+    const metered = new MeteredStore(store);
+    const second = harness(metered, { dir: first.dir });
     const again = await second.open(ref);
-    const down = store.counters.bytesDown;
+    const down = metered.counters.bytesDown;
     expect(await again.read(0, 8 * G)).toEqual(want);
     expect(second.cache.stats.corruptions).toBe(0);
     expect(again.counters.fetches).toBe(0);
-    expect(store.counters.bytesDown).toBe(down); // only the empty grains' page ranges are asked for
+    expect(metered.counters.bytesDown).toBe(down); // only the empty grains' page ranges are asked for
     await second.close();
   });
 

@@ -20,16 +20,17 @@ describe('Image writes and the flusher', () => {
     const store = new MemoryStore({ containers: ['c'] });
     await store.createPageBlob(page, 16 * G);
     await store.putPages(page, 0, Buffer.alloc(16 * G, 7));
-    const h = harness(store);
+    const metered = new MeteredStore(store);
+    const h = harness(metered);
     const image = await h.open(page);
     const data = crypto.randomBytes(4096);
-    const up = store.counters.bytesUp;
+    const up = metered.counters.bytesUp;
     await image.write(data, 3 * G + 8192);
-    expect(store.counters.bytesUp).toBe(up); // nothing uploaded yet
+    expect(metered.counters.bytesUp).toBe(up); // nothing uploaded yet
     expect(image.counters.bytesDown).toBe(0); // and nothing fetched for an aligned write
     expect(await image.read(3 * G + 8192, 4096)).toEqual(data);
     await h.flusher.flush([image]);
-    expect(store.counters.bytesUp - up).toBe(4096);
+    expect(metered.counters.bytesUp - up).toBe(4096);
     const expected = Buffer.alloc(16 * G, 7);
     data.copy(expected, 3 * G + 8192);
     expect(store.contentOf(page)).toEqual(expected);
@@ -346,27 +347,29 @@ describe('Image writes and the flusher', () => {
     const timing = { clock, tunables: DEFAULT_TUNABLES };
     const store = new MemoryStore({ containers: ['c'] });
     await store.createPageBlob(page, 64 * G);
-    const h = harness(store, { writeBackDelayMs: 300, cacheBytes: 32 * G, timing });
+    const metered = new MeteredStore(store);
+    const h = harness(metered, { writeBackDelayMs: 300, cacheBytes: 32 * G, timing });
     const image = await h.open(page);
     for (let i = 0; i < 10; i++) {
       await image.write(crypto.randomBytes(512), i * 512);
       await clock.advance(100);
     }
-    expect(store.counters.bytesUp).toBe(0); // a writer that keeps writing is not interrupted
+    expect(metered.counters.bytesUp).toBe(0); // a writer that keeps writing is not interrupted
     await clock.advance(199); // 299 ms after the last write
-    expect(store.counters.bytesUp).toBe(0); // not quite quiet for the delay yet
+    expect(metered.counters.bytesUp).toBe(0); // not quite quiet for the delay yet
     await clock.advance(1);
     await until(() => h.cache.dirtyGrains(image.id).length === 0);
-    expect(store.counters.bytesUp).toBe(5 * 1024);
+    expect(metered.counters.bytesUp).toBe(5 * 1024);
     await h.close();
 
     const busy = new MemoryStore({ containers: ['c'] });
     await busy.createPageBlob(page, 64 * G);
-    const h2 = harness(busy, { writeBackDelayMs: 60_000, cacheBytes: 32 * G, timing });
+    const meteredBusy = new MeteredStore(busy);
+    const h2 = harness(meteredBusy, { writeBackDelayMs: 60_000, cacheBytes: 32 * G, timing });
     const image2 = await h2.open(page);
     await image2.write(crypto.randomBytes(17 * G), 0); // over half the cache
     await clock.advance(0); // no time passes: the upload starts at once
-    await until(() => busy.counters.bytesUp === 17 * G);
+    await until(() => meteredBusy.counters.bytesUp === 17 * G);
     await h2.close();
   });
 
@@ -410,17 +413,18 @@ describe('Image writes and the flusher', () => {
     const store = new MemoryStore({ containers: ['c'] });
     await store.createPageBlob(page, 64 * G);
     // Quiet for 300 ms never happens below; the oldest change may wait max(5 s, 10 × 300 ms).
-    const h = harness(store, { writeBackDelayMs: 300, cacheBytes: 1024 * G, timing: { clock, tunables: DEFAULT_TUNABLES } });
+    const metered = new MeteredStore(store);
+    const h = harness(metered, { writeBackDelayMs: 300, cacheBytes: 1024 * G, timing: { clock, tunables: DEFAULT_TUNABLES } });
     const image = await h.open(page);
     const started = clock.now();
-    const before = store.counters.requests; // writes alone ask nothing of the store
+    const before = metered.counters.requests; // writes alone ask nothing of the store
     let writes = 0;
-    while (store.counters.requests === before && clock.now() - started < 20_000) {
+    while (metered.counters.requests === before && clock.now() - started < 20_000) {
       await image.write(crypto.randomBytes(512), (writes++ % 1024) * 512);
       await clock.advance(50);
     }
     const waited = clock.now() - started;
-    await until(() => store.counters.bytesUp > 0);
+    await until(() => metered.counters.bytesUp > 0);
     expect(waited).toBeGreaterThanOrEqual(5000);
     // The flusher looks again a write-back delay after the last write, at the latest.
     expect(waited).toBeLessThan(5000 + 2 * 300);
