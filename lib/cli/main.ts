@@ -58,14 +58,22 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
     )
     .command(
       'unmount <mountpoint>',
-      'unmount a running blobdisk mount cleanly',
-      (y) => y.positional('mountpoint', { type: 'string', demandOption: true }),
+      'upload what is still dirty, then unmount (exit 3 when Azure could not take it all)',
+      (y) =>
+        y
+          .positional('mountpoint', { type: 'string', demandOption: true })
+          .example('$0 unmount /mnt/blobs', 'drain to Azure with progress, release the leases, unmount'),
       (args) => run(commands.unmount().unmountCommand(args.mountpoint, io)),
     )
     .command(
       'flush <mountpoint> [path]',
       'wait until everything written so far is in Azure',
-      (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).positional('path', { type: 'string', describe: 'only this file' }),
+      (y) =>
+        y
+          .positional('mountpoint', { type: 'string', demandOption: true })
+          .positional('path', { type: 'string', describe: 'only this file' })
+          .example('$0 flush /mnt/blobs', 'wait until everything written to the mount is in Azure')
+          .example('$0 flush /mnt/blobs vms/disk.img', 'the same for one image'),
       (args) => run(commands.flush().flushCommand(args.mountpoint, args.path, io)),
     )
     .command(
@@ -81,6 +89,9 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
           .example('$0 status /mnt/blobs --watch 1', 'the same, redrawn every second'),
       (args) => run(commands.status().statusCommand(args.mountpoint, args.json === true, io, args.watch)),
     )
+    .example('$0 mount /mnt/blobs', 'mount on the embedded Azurite (no credentials given)')
+    .example('$0 mount /mnt/blobs --help', "every flag of mount, grouped, with its default")
+    .epilogue("Each command's own --help lists its flags and examples. Docs: README.md")
     .demandCommand(1, 'give a command: mount, unmount, flush or status')
     .strict()
     .help()
