@@ -156,6 +156,24 @@ describe('examples/blobdisk@.service', () => {
   });
 });
 
+describe('help', () => {
+  it('groups the mount flags, shows their defaults and gives examples under every command', async () => {
+    const r = await runCli(['mount', '--help']);
+    expect(r.code).toBe(0);
+    const groups = ['Azure:', 'Cache:', 'Writes:', 'FUSE and access:', 'Logging and metrics:', 'Running:'];
+    const at = groups.map((g) => r.stdout.split('\n').indexOf(g));
+    expect(at.every((i) => i > 0)).toBe(true);
+    expect([...at].sort((a, b) => a - b)).toEqual(at);
+    expect(r.stdout).toMatch(/--cache-size .*\n?.*\[default: 10G\]/);
+    expect(r.stdout).toMatch(/--file-mode .*\[default: 0644\]/);
+    expect(r.stdout).toContain('BLOBDISK_<NAME>');
+    for (const command of ['mount', 'unmount', 'flush', 'status']) {
+      const help = await runCli([command, '--help']);
+      expect({ command, examples: help.stdout.includes('\nExamples:\n') }).toEqual({ command, examples: true });
+    }
+  });
+});
+
 describe('settings', () => {
   it('take flags over BLOBDISK_* variables over the --config file, in a real mount', async () => {
     const dir = await makeTempDir();
