@@ -29,6 +29,9 @@ export const DEFAULTS = Object.freeze({
   maxFetchBytes: 8 * 1024 * 1024,
   maxTries: 4,
   tryTimeoutMs: 30_000,
+  /** Every request to Azure ends within this, retries included (--io-timeout): a read of
+   *  data not cached fails with EIO then instead of hanging while Azure does not answer. */
+  ioTimeoutMs: 30_000,
   /** How long directory listings and attributes are trusted before Azure is asked again. */
   attrTtlMs: 5_000,
   logLevel: 'info' as LogLevel,
@@ -93,6 +96,7 @@ export interface MountOptions {
   readonly metricsAddr: { readonly host: string; readonly port: number } | undefined;
   readonly maxTries: number;
   readonly tryTimeoutMs: number;
+  readonly ioTimeoutMs: number;
   readonly attrTtlMs: number;
 }
 

@@ -166,7 +166,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     const metrics = options.metricsAddr !== undefined ? new Metrics(async () => snapshotOf(await status())) : undefined;
     let store: MeteredStore;
     try {
-      store = new MeteredStore(new AzureStore({ credentials, maxTries: options.maxTries, tryTimeoutMs: options.tryTimeoutMs }), (r) => metrics?.observe(r));
+      store = new MeteredStore(new AzureStore({ credentials, maxTries: options.maxTries, tryTimeoutMs: options.tryTimeoutMs, deadlineMs: options.ioTimeoutMs }), (r) => metrics?.observe(r));
     } catch (e) {
       throw accessError(e, options, where);
     }

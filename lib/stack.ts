@@ -63,7 +63,7 @@ export function buildStack(store: BlobStore, o: StackOptions, log: Logger): Stac
     },
     o.account,
   );
-  const namespace = new Namespace(store, images, o.namespace, log, timing.clock);
+  const namespace = new Namespace(store, images, o.namespace, log, timing.clock, timing.tunables);
   let closing: Promise<void> | undefined;
   return {
     store, map, cache, flusher, images, namespace,

@@ -35,6 +35,10 @@ export interface Tunables {
   readonly sequentialSlackBytes: number;
   /** Page ranges are listed in windows of this many grains. */
   readonly pageWindowGrains: number;
+  /** What the mount already knows (a listing past its time, an open image, st_blocks) is
+   *  answered after at most this long when Azure is slow to answer again; the request goes
+   *  on and updates it. Cached data never waits on Azure for longer. */
+  readonly staleAnswerMs: number;
 }
 
 export const DEFAULT_TUNABLES: Tunables = Object.freeze({
@@ -54,6 +58,7 @@ export const DEFAULT_TUNABLES: Tunables = Object.freeze({
   foldRecords: 4_096,
   sequentialSlackBytes: 1024 * 1024,
   pageWindowGrains: 256,
+  staleAnswerMs: 1_000,
 });
 
 /** The clock and the tunables, as layers take them. */

@@ -33,6 +33,7 @@ export const MOUNT_FLAGS: readonly Flag[] = [
   { name: 'account-key-file', type: 'string', group: 'Azure:', describe: 'a file holding the account key, kept out of the command line' },
   { name: 'sas', type: 'string', group: 'Azure:', describe: 'a SAS token, account or container (also AZURE_STORAGE_SAS_TOKEN)', secret: true },
   { name: 'endpoint', type: 'string', group: 'Azure:', describe: 'blob endpoint URL for --account', shown: 'https://ACCOUNT.blob.core.windows.net' },
+  { name: 'io-timeout', type: 'number', group: 'Azure:', describe: 'seconds every request to Azure may take, retries included; then EIO instead of a hang', shown: String(DEFAULTS.ioTimeoutMs / 1000) },
   { name: 'container', type: 'string', group: 'Azure:', describe: 'mount this container as the root', shown: 'one directory per container' },
   { name: 'data-dir', type: 'string', group: 'Cache:', describe: "blobdisk's state and the embedded Azurite's data", shown: '~/.local/share/blobdisk or $BLOBDISK_HOME' },
   { name: 'cache-dir', type: 'string', group: 'Cache:', describe: 'the local grain cache and its grain map', shown: 'DATA_DIR/cache' },

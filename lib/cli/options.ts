@@ -33,6 +33,7 @@ export interface MountArgs extends AccessArgs {
   drainTimeout?: number | undefined;
   writeBackDelay?: number | undefined;
   dirCacheTime?: number | undefined;
+  ioTimeout?: number | undefined;
   pageBlobPattern?: string[] | undefined;
   metricsAddr?: string | undefined;
 }
@@ -166,6 +167,7 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
   if (args.drainTimeout !== undefined && !(args.drainTimeout >= 0)) throw new UsageError('--drain-timeout takes seconds, e.g. 60');
   if (args.writeBackDelay !== undefined && !(args.writeBackDelay >= 0)) throw new UsageError('--write-back-delay takes seconds, e.g. 0.5');
   if (args.dirCacheTime !== undefined && !(args.dirCacheTime >= 0)) throw new UsageError('--dir-cache-time takes seconds, e.g. 5');
+  if (args.ioTimeout !== undefined && !(args.ioTimeout >= 1)) throw new UsageError('--io-timeout takes seconds, at least 1, e.g. 30');
   const patterns = args.pageBlobPattern ?? DEFAULTS.pageBlobPatterns;
   for (const p of patterns) {
     if (p === '' || p.includes('/')) throw new UsageError(`--page-blob-pattern ${JSON.stringify(p)} must be a file-name pattern like '*.img'`);
@@ -203,6 +205,7 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
     metricsAddr: args.metricsAddr !== undefined ? Object.freeze(parseListenAddress(args.metricsAddr)) : undefined,
     maxTries: DEFAULTS.maxTries,
     tryTimeoutMs: DEFAULTS.tryTimeoutMs,
+    ioTimeoutMs: args.ioTimeout !== undefined ? args.ioTimeout * 1000 : DEFAULTS.ioTimeoutMs,
     attrTtlMs: args.dirCacheTime !== undefined ? args.dirCacheTime * 1000 : DEFAULTS.attrTtlMs,
   };
   return Object.freeze(options);

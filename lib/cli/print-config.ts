@@ -48,6 +48,7 @@ export function effectiveSettings(o: MountOptions): Record<string, unknown> {
   out['file-mode'] = octal(o.access.fileMode);
   out['dir-mode'] = octal(o.access.dirMode);
   out['dir-cache-time'] = o.attrTtlMs / 1000;
+  out['io-timeout'] = o.ioTimeoutMs / 1000;
   out['log-level'] = o.logLevel;
   if (o.metricsAddr !== undefined) out['metrics-addr'] = `${o.metricsAddr.host.includes(':') ? `[${o.metricsAddr.host}]` : o.metricsAddr.host}:${o.metricsAddr.port}`;
   return out;

@@ -9,9 +9,11 @@ import { BlobdiskError, isBlobdiskError, isKind } from '../errors';
 import { Image } from '../image/image';
 import { Images } from '../image/registry';
 import { Clock, systemClock } from '../clock';
+import { DEFAULT_TUNABLES, type Tunables } from '../tunables';
 import { Logger } from '../log';
 import { logicalSize } from '../remote/remote';
-import { BlobInfo, BlobRef, BlobStore } from '../store/types';
+import { BlobRef, BlobStore } from '../store/types';
+import { Entry, FOLDER_KEY, Listed, Listings, answerWithin, isFolderMarker } from './listings';
 import { Location, blobComponentProblem, isShowableComponent, locate, parentAndBase } from './paths';
 
 export interface NamespaceOptions {
@@ -32,7 +34,6 @@ const MAX_BLOB_NAME = 1024;
 
 /** A file entry carries `askedAt`: when the request that described it was sent (the clock's now()),
  *  so that an open image can tell whether the entry is newer than what it knows. */
-export type Entry = { readonly type: 'dir'; readonly mtime: Date } | { readonly type: 'file'; readonly info: BlobInfo; readonly askedAt: number };
 
 export interface Attributes {
   readonly type: 'dir' | 'file';
@@ -43,21 +44,11 @@ export interface Attributes {
   readonly writable: boolean;
 }
 
-interface Listed {
-  readonly expires: number;
-  readonly entries: Map<string, Entry>;
-}
-
-const FOLDER_KEY = 'hdi_isfolder';
-
-export function isFolderMarker(info: BlobInfo): boolean {
-  return (info.metadata[FOLDER_KEY] ?? '').toLowerCase() === 'true';
-}
 
 export class Namespace {
-  private readonly listings = new Map<string, Promise<Listed>>();
-  private containers: { expires: number; names: Promise<string[]> } | undefined;
-  private readonly warned = new Set<string>();
+  private readonly listings: Listings;
+  /** Images answered from what the mount knows because Azure did not answer (logged once). */
+  private readonly slow = new Set<string>();
   private readonly started: Date;
   private readonly pagePatterns: RegExp[];
 
@@ -67,8 +58,10 @@ export class Namespace {
     private readonly options: NamespaceOptions,
     private readonly log: Logger,
     private readonly clock: Clock = systemClock,
+    private readonly tunables: Tunables = DEFAULT_TUNABLES,
   ) {
     this.started = new Date(clock.now());
+    this.listings = new Listings(store, { attrTtlMs: options.attrTtlMs, staleAnswerMs: tunables.staleAnswerMs, started: this.started }, log, clock);
     this.pagePatterns = options.pageBlobPatterns.map(globToRegExp);
   }
 
@@ -76,72 +69,12 @@ export class Namespace {
     return locate(path, this.options.container);
   }
 
-  private async containerNames(): Promise<string[]> {
-    const now = this.clock.now();
-    if (!this.containers || this.containers.expires < now) {
-      const names = this.store.listContainers();
-      this.containers = { expires: now + this.options.attrTtlMs, names };
-      names.catch(() => (this.containers = undefined));
-    }
-    return this.containers.names;
+  private containerNames(): Promise<string[]> {
+    return this.listings.containerNames();
   }
 
-  /** One directory level of a container, from the cache while fresh. */
   private listing(container: string, prefix: string): Promise<Listed> {
-    const key = `${container}\0${prefix}`;
-    const cached = this.listings.get(key);
-    if (cached) {
-      return cached.then((old) => {
-        if (old.expires >= this.clock.now()) return old;
-        // Past its time: ask again, but when Azure cannot be reached the old answer beats none.
-        return this.relist(key, container, prefix).catch((e: unknown) => {
-          if (!isKind(e, 'unavailable')) throw e;
-          this.listings.set(key, Promise.resolve(old));
-          return old;
-        });
-      });
-    }
-    return this.relist(key, container, prefix);
-  }
-
-  private relist(key: string, container: string, prefix: string): Promise<Listed> {
-    const askedAt = this.clock.now();
-    const listed = this.store.listDirectory(container, prefix === '' ? '' : `${prefix}/`).then((listing) => {
-      const entries = new Map<string, Entry>();
-      const base = prefix === '' ? 0 : prefix.length + 1;
-      for (const p of listing.prefixes) {
-        const name = p.slice(base, p.endsWith('/') ? -1 : undefined);
-        if (this.showable(container, p, name)) entries.set(name, { type: 'dir', mtime: this.started });
-      }
-      for (const info of listing.blobs) {
-        const name = info.name.slice(base);
-        if (!this.showable(container, info.name, name)) continue;
-        if (isFolderMarker(info)) {
-          entries.set(name, { type: 'dir', mtime: info.lastModified });
-        } else if (entries.has(name)) {
-          this.warnOnce(container, info.name, 'is also a directory; showing the directory');
-        } else {
-          entries.set(name, { type: 'file', info, askedAt });
-        }
-      }
-      return { expires: this.clock.now() + this.options.attrTtlMs, entries };
-    });
-    this.listings.set(key, listed);
-    listed.catch(() => this.listings.delete(key));
-    return listed;
-  }
-
-  private showable(container: string, blobName: string, component: string): boolean {
-    if (isShowableComponent(component)) return true;
-    this.warnOnce(container, blobName, 'cannot be shown as a path (empty, "." or ".." component, or over 255 bytes); leaving it out');
-    return false;
-  }
-
-  private warnOnce(container: string, blobName: string, why: string): void {
-    const key = `${container}/${blobName}`;
-    if (this.warned.has(key)) return;
-    this.warned.add(key);
-    this.log.warn(`blob ${JSON.stringify(key)} ${why}`);
+    return this.listings.listing(container, prefix);
   }
 
   /** What is at `path`. not-found when nothing is. */
@@ -175,7 +108,8 @@ export class Namespace {
       // old size until the next open. An older listing says nothing new (Last-Modified has
       // one-second resolution, so it cannot order two changes within a second).
       if (info.etag !== image.remote.etag && entry.askedAt > image.remote.knownAt) await image.remote.revalidate(info);
-      return { type: 'file', size: image.size, blocks: Math.ceil((await image.remote.allocatedBytes()) / 512), mtime: image.mtime, writable };
+      const allocated = answerWithin(image.remote.allocatedBytes(), this.tunables.staleAnswerMs, this.clock, () => image.remote.allocatedGuess());
+      return { type: 'file', size: image.size, blocks: Math.ceil((await allocated) / 512), mtime: image.mtime, writable };
     }
     const size = logicalSize(info);
     return { type: 'file', size, blocks: Math.ceil(size / 512), mtime: info.lastModified, writable };
@@ -262,7 +196,7 @@ export class Namespace {
   }
 
   private forgetListings(container: string): void {
-    for (const key of [...this.listings.keys()]) if (key.startsWith(`${container}\0`)) this.listings.delete(key);
+    this.listings.forgetContainer(container);
   }
 
   /** A blob reference for a new entry at `path`; invalid for names Azure cannot take. */
@@ -278,13 +212,8 @@ export class Namespace {
   }
 
   /** Puts a new entry into a cached listing, so the kernel sees it before the next listing. */
-  private async remember(container: string, parent: string, base: string, entry: Entry | undefined): Promise<void> {
-    const cached = this.listings.get(`${container}\0${parent}`);
-    if (!cached) return;
-    const listed = await cached.catch(() => undefined);
-    if (!listed) return;
-    if (entry) listed.entries.set(base, entry);
-    else listed.entries.delete(base);
+  private remember(container: string, parent: string, base: string, entry: Entry | undefined): void {
+    this.listings.remember(container, parent, base, entry);
   }
 
   private async parentIsDirectory(container: string, parent: string): Promise<void> {
@@ -308,7 +237,7 @@ export class Namespace {
     if (page) await this.store.createPageBlob(ref, 0);
     else await this.store.createBlockBlob(ref);
     const info = await this.store.getInfo(ref);
-    await this.remember(container, parent, base, { type: 'file', info, askedAt: this.clock.now() });
+    this.remember(container, parent, base, { type: 'file', info, askedAt: this.clock.now() });
     const image = await this.images.get(ref, info, true);
     await image.remote.takeLease();
     return image;
@@ -333,7 +262,7 @@ export class Namespace {
     const image = await this.open(path);
     const { container, parent, base } = this.newRef(path);
     await this.images.remove(image);
-    await this.remember(container, parent, base, undefined);
+    this.remember(container, parent, base, undefined);
   }
 
   /** Creates a directory: a marker blob (hdi_isfolder=true), or a container at the account root. */
@@ -345,7 +274,7 @@ export class Namespace {
         throw new BlobdiskError('invalid', `${loc.container} is not a container name (3-63 lowercase letters, digits and single hyphens)`);
       }
       await this.store.createContainer(loc.container);
-      this.containers = undefined;
+      this.listings.forgetContainers();
       return;
     }
     const { container, name, parent, base } = this.newRef(path);
@@ -353,7 +282,7 @@ export class Namespace {
     const existing = await this.lookup(path).catch(() => undefined);
     if (existing) throw new BlobdiskError('exists', `${path} exists`);
     await this.store.createBlockBlob({ container, name }, { metadata: { [FOLDER_KEY]: 'true' } });
-    await this.remember(container, parent, base, { type: 'dir', mtime: new Date(this.clock.now()) });
+    this.remember(container, parent, base, { type: 'dir', mtime: new Date(this.clock.now()) });
   }
 
   /** Removes an empty directory (its marker blob). not-empty when it holds anything. */
@@ -365,34 +294,48 @@ export class Namespace {
     if (entry.type !== 'dir') throw new BlobdiskError('not-directory', `${path} is a file`);
     const listing = await this.store.listDirectory(loc.container, `${loc.name}/`);
     if (listing.blobs.length > 0 || listing.prefixes.length > 0) throw new BlobdiskError('not-empty', `${path} is not empty`);
-    this.listings.delete(`${loc.container}\0${loc.name}`);
+    this.listings.forget(loc.container, loc.name);
     try {
       await this.store.deleteBlob({ container: loc.container, name: loc.name });
     } catch (e) {
       if (!isBlobdiskError(e) || e.kind !== 'not-found') throw e;
     }
     const { parent, base } = parentAndBase(loc.name);
-    await this.remember(loc.container, parent, base, undefined);
+    this.remember(loc.container, parent, base, undefined);
   }
 
-  /** The image behind the file at `path`, with its properties fresh from Azure. */
+  /** The image behind the file at `path`, with its properties fresh from Azure; but an
+   *  image this mount holds the lease of needs no Azure at all (every change of the blob is
+   *  ours), and one it knows is answered from what it knows when Azure is slow to answer
+   *  (the check goes on and updates it). Only an image the mount has not seen waits for
+   *  Azure, within --io-timeout. */
   async open(path: string): Promise<Image> {
     const loc = this.locate(path);
     if (loc.container === undefined || loc.name === '') throw new BlobdiskError('is-directory', `${path} is a directory`);
+    const ref = { container: loc.container, name: loc.name };
+    const known = await this.images.peek(ref);
+    if (known?.remote.leaseId !== undefined) return known;
     const entry = await this.lookup(path);
     if (entry.type === 'dir') throw new BlobdiskError('is-directory', `${path} is a directory`);
-    const ref = { container: loc.container, name: loc.name };
-    let info: BlobInfo;
-    try {
-      info = await this.store.getInfo(ref);
-    } catch (e) {
-      // Azure unreachable: an image this mount already knows keeps working from the cache
-      // (reads of cached data, writes until the cache is full of data not yet uploaded).
-      const known = isKind(e, 'unavailable') ? await this.images.peek(ref) : undefined;
-      if (!known) throw e;
-      this.log.warn(`cannot reach Azure to check ${loc.container}/${loc.name} (${(e as Error).message}); using what this mount knows of it`);
-      return known;
+    const asked = this.store.getInfo(ref).then((info) => {
+      this.slow.delete(`${ref.container}/${ref.name}`);
+      return this.images.get(ref, info, true);
+    });
+    if (!known) return asked;
+    const orKnown = asked.catch((e: unknown) => {
+      if (!isKind(e, 'unavailable')) throw e;
+      return this.knownWhileSlow(known, (e as Error).message);
+    });
+    return answerWithin(orKnown, this.tunables.staleAnswerMs, this.clock, () => this.knownWhileSlow(known, `no answer within ${this.tunables.staleAnswerMs} ms`));
+  }
+
+  /** `image`, said once in the log while Azure keeps not answering about it. */
+  private knownWhileSlow(image: Image, why: string): Image {
+    const key = `${image.ref.container}/${image.ref.name}`;
+    if (!this.slow.has(key)) {
+      this.slow.add(key);
+      this.log.warn(`cannot check ${key} with Azure (${why}); using what this mount knows of it`);
     }
-    return this.images.get(ref, info, true);
+    return image;
   }
 }

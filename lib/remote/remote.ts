@@ -337,6 +337,13 @@ export class RemoteBlob {
     }
   }
 
+  /** What allocatedBytes() would say from what this mount last knew, without asking Azure. */
+  allocatedGuess(): number {
+    if (this.kind !== 'page') return this.size;
+    const pendingBytes = this.deps.cache.dirtyOf(this.row.id).bytes;
+    return Math.min(this.size, Math.max(this.row.allocated ?? 0, this.deps.cache.cachedBytes(this.row.id)) + pendingBytes);
+  }
+
   private async allocatedOnce(): Promise<number> {
     if (this.kind !== 'page') return this.size;
     const pendingBytes = this.deps.cache.dirtyOf(this.row.id).bytes;
@@ -349,7 +356,7 @@ export class RemoteBlob {
       // st_blocks is advisory: with Azure unreachable, stat (and so every open) answers from
       // what this mount last knew instead of failing with EIO.
       if (!isKind(e, 'unavailable')) throw e;
-      return Math.min(this.size, Math.max(this.row.allocated ?? 0, this.deps.cache.cachedBytes(this.row.id)) + pendingBytes);
+      return this.allocatedGuess();
     }
     if (this.current.etag === etag) this.setRow({ allocated, allocatedEtag: etag });
     return Math.min(this.size, allocated + pendingBytes);

@@ -11,6 +11,9 @@ export interface StoreOptions {
   readonly maxTries: number;
   /** Per-attempt timeout in milliseconds. */
   readonly tryTimeoutMs: number;
+  /** Bound on one request, all tries and retry delays included (--io-timeout); by default
+   *  as long as every try could take. */
+  readonly deadlineMs?: number;
 }
 
 /** The public endpoint for an account name. */

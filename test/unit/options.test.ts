@@ -15,6 +15,7 @@ describe('defaults', () => {
       maxFetchBytes: 8 * 1024 * 1024,
       maxTries: 4,
       tryTimeoutMs: 30_000,
+      ioTimeoutMs: 30_000,
       attrTtlMs: 5_000,
       logLevel: 'info',
       minCacheGrains: 4,

@@ -21,6 +21,7 @@ test('default tunables are pinned', () => {
     foldRecords: 4_096,
     sequentialSlackBytes: 1024 * 1024,
     pageWindowGrains: 256,
+    staleAnswerMs: 1_000,
   });
   expect(Object.isFrozen(DEFAULT_TUNABLES)).toBe(true);
 });

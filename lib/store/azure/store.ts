@@ -55,12 +55,14 @@ export class AzureStore implements BlobStore {
     this.host = new URL(url).host;
     this.signIn = options.credentials.kind;
     this.maxTries = Math.max(1, Math.floor(options.maxTries));
-    this.deadlineMs = this.maxTries * options.tryTimeoutMs + (this.maxTries - 1) * MAX_RETRY_DELAY_MS;
+    this.deadlineMs = options.deadlineMs ?? this.maxTries * options.tryTimeoutMs + (this.maxTries - 1) * MAX_RETRY_DELAY_MS;
+    // A try never outlasts the whole request.
+    const tryTimeoutMs = Math.min(options.tryTimeoutMs, this.deadlineMs);
     const pipeline: StoragePipelineOptions = {
       retryOptions: {
         maxTries: this.maxTries,
         // Sent to the server as whole seconds (`timeout=`); our deadline bounds the client side.
-        tryTimeoutInMs: Math.max(1000, options.tryTimeoutMs),
+        tryTimeoutInMs: Math.max(1000, tryTimeoutMs),
         retryDelayInMs: RETRY_DELAY_MS,
         maxRetryDelayInMs: MAX_RETRY_DELAY_MS,
       },
