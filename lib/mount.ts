@@ -41,6 +41,8 @@ export interface ImageStatus {
   readonly bytesDown: number;
   readonly hitRatio: number | null;
   readonly conflict: string | null;
+  /** Why Azure refused the image's uploads, while they are stopped. */
+  readonly uploadsStopped: string | null;
   /** The image's Azure lease: held, lost (a renewal found it gone) or none. */
   readonly lease: 'held' | 'lost' | 'none';
   readonly counters: ImageCounters;
@@ -193,6 +195,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
           read: options.read,
           sync: options.write.sync,
           dirtyWaitMs: options.write.dirtyWaitMs,
+          ioTimeoutMs: options.ioTimeoutMs,
           writeBackDelayMs: options.write.writeBackDelayMs,
           uploadConcurrency: options.write.uploadConcurrency,
           namespace: { container: options.container, attrTtlMs: options.attrTtlMs, readOnly: options.readOnly, pageBlobPatterns: options.write.pageBlobPatterns },
@@ -253,6 +256,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
             bytesDown: c.bytesDown,
             hitRatio: c.hits + c.misses > 0 ? c.hits / (c.hits + c.misses) : null,
             conflict: image.conflict ?? null,
+            uploadsStopped: flusher.refusedOf(image) ?? null,
             lease: image.remote.lease.state,
             counters: { ...c },
           };
@@ -297,11 +301,13 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     const control = await ControlServer.listen(controlSocketPath(options.mountpoint), async (request, progress) => {
       if (request.op === 'status') return status();
       if (request.op === 'flush') {
+        // Never forever: give up when nothing could be uploaded for the asked time (or --drain-timeout).
+        const stallMs = typeof request.timeoutMs === 'number' && request.timeoutMs > 0 ? request.timeoutMs : options.write.drainTimeoutMs;
         if (typeof request.path === 'string') {
           const image = await ns.open(request.path);
-          await flusher.flush([image], { onProgress: progress });
+          await flusher.flush([image], { onProgress: progress, stallMs });
         } else {
-          await flush(undefined, progress);
+          await flush(stallMs, progress);
         }
         return { flushed: true };
       }

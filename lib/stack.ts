@@ -23,6 +23,9 @@ export interface StackOptions {
   readonly sync: SyncMode;
   /** How long a write waits for room when the cache is full of dirty data. */
   readonly dirtyWaitMs: number;
+  /** Every request to Azure ends within this (--io-timeout); an fsync with --sync cloud gives
+   *  up when nothing could be uploaded for as long. */
+  readonly ioTimeoutMs?: number;
   readonly writeBackDelayMs: number;
   readonly uploadConcurrency: number;
   readonly namespace: NamespaceOptions;
@@ -58,6 +61,7 @@ export function buildStack(store: BlobStore, o: StackOptions, log: Logger): Stac
       dirtyWaitMs: o.dirtyWaitMs,
       leaseId: map.leaseId(),
       sync: o.sync,
+      ...(o.ioTimeoutMs !== undefined ? { syncStallMs: o.ioTimeoutMs } : {}),
       uploads: flusher,
       timing,
     },

@@ -72,9 +72,10 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
         y
           .positional('mountpoint', { type: 'string', demandOption: true })
           .positional('path', { type: 'string', describe: 'only this file' })
+          .option('timeout', { type: 'number', describe: 'give up when nothing could be uploaded for this many seconds', defaultDescription: "the mount's --drain-timeout" })
           .example('$0 flush /mnt/blobs', 'wait until everything written to the mount is in Azure')
           .example('$0 flush /mnt/blobs vms/disk.img', 'the same for one image'),
-      (args) => run(commands.flush().flushCommand(args.mountpoint, args.path, io)),
+      (args) => run(commands.flush().flushCommand(args.mountpoint, args.path, io, args.timeout)),
     )
     .command(
       'status <mountpoint>',

@@ -13,13 +13,17 @@
  *   not-found / busy / stale              the blob vanished, or someone else holds it: the image is
  *                                         in conflict, nothing is overwritten, its dirty data stays
  *                                         in the cache, status says so; the image leaves the queue
+ *   denied / invalid / too-large /        retrying cannot fix it (a permission, a SAS that expired, a
+ *     read-only / not-supported           request Azure will never take): uploads of the image stop,
+ *                                         logged once as an error, status says why; the data stays;
+ *                                         a `blobdisk flush` (or the next mount) tries once more
  *   anything else (unavailable,           retried with backoff from minBackoffMs doubling up to
- *     failed)                             maxBackoffMs, forever; every failure is logged, none dropped
+ *     failed)                             maxBackoffMs, for as long as Azure stays away; logged
  *   the image is held (a rename)          skipped; looked at again after heldRetryMs
  * The numbers are Tunables (lib/tunables.ts); time comes from the injected Clock. */
 
 import { GrainCache } from '../cache/cache';
-import { BlobdiskError, isBlobdiskError } from '../errors';
+import { BlobdiskError, isBlobdiskError, isKind } from '../errors';
 import { Logger } from '../log';
 import { FlushOptions, FlushProgress, UploadSource, Uploads } from '../remote/uploads';
 import { BlobStore } from '../store/types';
@@ -53,6 +57,9 @@ export class Flusher implements Uploads {
   /** The upload under way, if any. */
   private flushing: { image: UploadSource; done: Promise<void> } | undefined;
 
+  /** Images whose uploads Azure refused for a reason retrying cannot fix (a permission, an
+   *  invalid request): not retried until a flush asks again (or the next mount). */
+  private readonly refused = new Map<UploadSource, string>();
   private readonly pages: PageUploader;
   private readonly blocks: BlockUploader;
 
@@ -72,6 +79,7 @@ export class Flusher implements Uploads {
    *  write-back delay, so a burst of writes is acknowledged at local speed and goes up
    *  after; see due(). */
   notify(image: UploadSource): void {
+    if (this.refused.has(image)) return;
     this.queued.add(image);
     this.lastWrite.set(image, this.timing.clock.now());
     this.schedule(this.underPressure() ? 0 : this.options.delayMs);
@@ -162,6 +170,13 @@ export class Flusher implements Uploads {
 
   private failed(image: UploadSource, e: unknown): void {
     const name = `${image.remote.ref.container}/${image.remote.ref.name}`;
+    if (isKind(e, 'denied', 'invalid', 'too-large', 'read-only', 'not-supported')) {
+      const reason = `uploads of ${name} stopped: ${e.message}; its changes stay in the cache, and blobdisk flush (or the next mount) tries again`;
+      if (!this.refused.has(image)) this.log.error(reason);
+      this.refused.set(image, reason);
+      this.forget(image);
+      return;
+    }
     if (isBlobdiskError(e) && (e.kind === 'not-found' || e.kind === 'busy' || e.kind === 'stale')) {
       image.remote.setConflict(image.remote.conflict ?? `cannot upload to ${name} (${e.kind}: ${e.message}); its changes stay in the cache`);
       this.forget(image);
@@ -205,6 +220,8 @@ export class Flusher implements Uploads {
    *  long; a conflict fails at once. */
   async flush(images: readonly UploadSource[], options: FlushOptions = {}): Promise<void> {
     const targets = images.filter((i) => i.remote.needsUpload() || this.queued.has(i));
+    // Asked for explicitly: refused uploads get another try (and fail the flush at once again).
+    for (const image of targets) this.refused.delete(image);
     const gens = new Map<UploadSource, Map<number, number>>();
     for (const image of targets) {
       const m = new Map<number, number>();
@@ -230,6 +247,8 @@ export class Flusher implements Uploads {
       for (;;) {
         const conflicted = targets.find((i) => i.remote.conflict);
         if (conflicted) throw new BlobdiskError('conflict', conflicted.remote.conflict ?? 'conflict');
+        const refused = targets.find((i) => this.refused.has(i));
+        if (refused) throw new BlobdiskError('denied', this.refused.get(refused) ?? 'uploads refused');
         if (targets.every(isDone)) {
           options.onProgress?.({ dirtyBytes: left(), startBytes });
           return;
@@ -248,6 +267,11 @@ export class Flusher implements Uploads {
     } finally {
       this.urgent = false;
     }
+  }
+
+  /** Why Azure refused the image's uploads, while they are stopped; for status. */
+  refusedOf(image: UploadSource): string | undefined {
+    return this.refused.get(image);
   }
 
   /** Dirty bytes and the oldest dirty age of an image, for status. */

@@ -35,6 +35,9 @@ export interface ImageDeps {
   /** The lease id this cache directory proposes (stable, so a crashed mount's leases come back). */
   readonly leaseId: string;
   readonly sync: SyncMode;
+  /** With --sync cloud an fsync fails (unavailable) when nothing could be uploaded for this
+   *  long (--io-timeout), instead of waiting for Azure forever. */
+  readonly syncStallMs?: number;
   /** Told whenever the image gets something to upload; uploads it now for fsync with
    *  --sync cloud; holds its uploads during a rename. */
   readonly uploads: Uploads;

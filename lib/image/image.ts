@@ -120,7 +120,7 @@ export class Image implements UploadSource {
    *  uploaded later, also after a crash); with --sync cloud, it is in Azure. */
   async fsync(): Promise<void> {
     await this.deps.cache.sync(this.id);
-    if (this.deps.sync === 'cloud') await this.deps.uploads.flush([this]);
+    if (this.deps.sync === 'cloud') await this.deps.uploads.flush([this], this.deps.syncStallMs !== undefined ? { stallMs: this.deps.syncStallMs } : {});
   }
 
   /** Deletes the blob in Azure and forgets it here, dirty data included. */

@@ -33,6 +33,8 @@ export interface HarnessOptions {
   sync?: SyncMode;
   dirtyWaitMs?: number;
   writeBackDelayMs?: number;
+  /** --io-timeout: with --sync cloud, how long an fsync waits for upload progress. */
+  ioTimeoutMs?: number;
   /** The clock and tunables every layer gets (the system's by default). */
   timing?: Timing;
 }
@@ -47,6 +49,7 @@ export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
       read: { readAheadGrains: o.readAheadGrains ?? 4, fetchConcurrency: 4, maxFetchBytes: 4 * grainSize },
       sync: o.sync ?? 'local',
       dirtyWaitMs: o.dirtyWaitMs ?? 200,
+      ...(o.ioTimeoutMs !== undefined ? { ioTimeoutMs: o.ioTimeoutMs } : {}),
       writeBackDelayMs: o.writeBackDelayMs ?? 10_000,
       uploadConcurrency: 4,
       namespace: { container: undefined, attrTtlMs: 5_000, readOnly: false, pageBlobPatterns: ['*.img'] },
