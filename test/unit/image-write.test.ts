@@ -92,8 +92,9 @@ describe('Image writes and the flusher', () => {
     faulty.inject(again);
     await h.flusher.flush([image]);
     expect(faulty.hitsOf(again)).toBe(1);
-    // The first flush has put the old bytes; the grain is still dirty with the new ones.
-    expect(h.cache.state(image.id, 0)?.dirty).not.toBeNull();
+    // The first flush has put the old bytes; the grain stays dirty with the new ones, unless a
+    // later pass of the same flush already sent them: never clean with only the old bytes up.
+    if (h.cache.state(image.id, 0)?.dirty === null) expect(store.contentOf(page).subarray(0, 512)).toEqual(Buffer.alloc(512, 2));
     await h.flusher.flush([image]);
     const expected = Buffer.alloc(4 * G);
     expected.fill(1, 0, G);
