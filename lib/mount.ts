@@ -6,6 +6,7 @@
  * nothing behind. */
 
 import fsp from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { CacheLock } from './cache/lock';
 import { ControlServer, controlSocketPath } from './control';
@@ -95,6 +96,16 @@ async function recover(map: GrainMap, images: Images, log: Logger): Promise<void
       log.error(`${row.container}/${row.name} holds data not yet uploaded, but cannot be opened (${isBlobdiskError(e) ? e.kind : 'error'}: ${(e as Error).message}); it stays in the cache`);
     }
   }
+}
+
+/** This machine: its machine id (systemd's, or D-Bus's) and host name. A cache directory
+ *  copied to another machine makes new lease ids there. */
+async function hostIdentity(): Promise<string> {
+  for (const file of ['/etc/machine-id', '/var/lib/dbus/machine-id']) {
+    const id = (await fsp.readFile(file, 'utf8').catch(() => '')).trim();
+    if (id !== '') return `${id}/${os.hostname()}`;
+  }
+  return os.hostname();
 }
 
 /** What the Prometheus metrics read of a status. */
@@ -200,6 +211,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
           uploadConcurrency: options.write.uploadConcurrency,
           namespace: { container: options.container, attrTtlMs: options.attrTtlMs, readOnly: options.readOnly, pageBlobPatterns: options.write.pageBlobPatterns },
           account,
+          host: await hostIdentity(),
         },
         log,
       );
@@ -288,6 +300,8 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         const left = (await images.all()).reduce((n, i) => n + flusher.dirtyOf(i).bytes, 0);
         if (left > 0) result = { drained: false, dirtyBytes: left, reason: result.reason ?? 'writes kept arriving' };
         for (const image of await images.all()) if (!image.needsUpload()) await image.remote.releaseLease();
+        // Everything is in Azure and every lease let go: the next mount proposes a new lease id.
+        if (left === 0 && result.drained) map.forgetLeaseId();
         await undo();
         return result;
       })();

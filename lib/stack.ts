@@ -29,6 +29,8 @@ export interface StackOptions {
   readonly writeBackDelayMs: number;
   readonly uploadConcurrency: number;
   readonly namespace: NamespaceOptions;
+  /** This machine, as lease ids know it (see GrainMap.leaseIdFor). */
+  readonly host: string;
   /** The storage account, to tell apart blobs of accounts that share a cache directory. */
   readonly account: string;
   readonly timing?: Timing;
@@ -59,7 +61,7 @@ export function buildStack(store: BlobStore, o: StackOptions, log: Logger): Stac
       read: o.read,
       budget: new FetchBudget(o.read.fetchConcurrency),
       dirtyWaitMs: o.dirtyWaitMs,
-      leaseId: map.leaseId(),
+      leaseId: map.leaseIdFor(o.host),
       sync: o.sync,
       ...(o.ioTimeoutMs !== undefined ? { syncStallMs: o.ioTimeoutMs } : {}),
       uploads: flusher,

@@ -316,15 +316,26 @@ export class GrainMap {
     }
   }
 
-  /** A lease id that stays the same for this cache directory, so that after a crash the next
-   *  mount can take back the leases the crashed one held. */
-  leaseId(): string {
-    let id = this.getMeta('lease_id');
-    if (!id) {
-      id = crypto.randomUUID();
-      this.setMeta('lease_id', id);
+  /** The lease id this cache directory proposes on `host`. Kept after a crash, so the next
+   *  mount on the same host takes the leases of the dead one back; made anew for another host
+   *  (a copied cache directory cannot claim this host's leases) and after a clean unmount. */
+  leaseIdFor(host: string): string {
+    const id = this.getMeta('lease_id');
+    const at = this.getMeta('lease_host');
+    // A cache of an older blobdisk kept no host: it was this one's.
+    if (id && (at === host || at === undefined)) {
+      if (at !== host) this.setMeta('lease_host', host);
+      return id;
     }
-    return id;
+    const fresh = crypto.randomUUID();
+    this.setMeta('lease_id', fresh);
+    this.setMeta('lease_host', host);
+    return fresh;
+  }
+
+  /** After a clean unmount (every lease released): the next mount proposes a new id. */
+  forgetLeaseId(): void {
+    this.setMeta('lease_id', '');
   }
 
   /** Forgets grains (their files are gone or about to go). */

@@ -9,7 +9,12 @@
  *   taking   refused: another writer holds it       free     take() rejects busy; the image stays readable
  *   taking   other failure                          free     take() rejects with it; the next take() tries again
  *   held     take()                                 held     nothing (one take per lease)
- *   held     renewed, or renewal failed otherwise   held     a failed renewal is logged and tried at the next tick
+ *   held     renewed                                held     -
+ *   held     renewal failed otherwise (Azure away)  held     logged; the next tick retakes it instead: Acquire Lease with
+ *                                                            our id and If-Match on the ETag we know, in one request (the
+ *                                                            lease may have run out meanwhile; a foreign change must not
+ *                                                            be adopted)
+ *   held     retake refused: ETag changed (stale)   lost     onLost(): someone wrote the blob while we could not renew
  *   held     renewal refused (busy) or blob gone   lost     onLost(): the image is in conflict, nothing is overwritten
  *   held     drop() (moved, replaced, deleted,      free     renewal stops; the id is forgotten (moved: the caller
  *            closing)                                        deletes the old blob with it, then take() = retake)
@@ -39,6 +44,8 @@ export class Lease {
   private held: string | undefined;
   /** A renewal found the lease gone, and no take() has succeeded since. */
   private lost = false;
+  /** The last renewal failed without an answer: the next one retakes with If-Match. */
+  private renewFailed = false;
 
   constructor(
     private readonly deps: LeaseDeps,
@@ -46,6 +53,8 @@ export class Lease {
     private readonly ref: () => BlobRef,
     /** Told once when a renewal finds the lease gone: another writer may have the blob. */
     private readonly onLost: (reason: string) => void,
+    /** The ETag the image knows the blob by (what a retake must still find). */
+    private readonly etag: () => string,
   ) {}
 
   /** The lease id while we hold the lease. */
@@ -84,13 +93,20 @@ export class Lease {
     if (id === undefined) return;
     const ref = this.ref();
     try {
-      await this.deps.store.renewLease(ref, id);
+      if (this.renewFailed) await this.deps.store.acquireLease(ref, this.deps.seconds, id, this.etag());
+      else await this.deps.store.renewLease(ref, id);
+      this.renewFailed = false;
     } catch (e) {
-      if (isBlobdiskError(e) && (e.kind === 'busy' || e.kind === 'not-found')) {
+      if (isBlobdiskError(e) && (e.kind === 'busy' || e.kind === 'not-found' || e.kind === 'stale')) {
         this.drop();
         this.lost = true;
-        this.onLost(`lost the lease on ${ref.container}/${ref.name} (${e.kind}); another writer may have taken the blob`);
+        this.onLost(
+          e.kind === 'stale'
+            ? `${ref.container}/${ref.name} changed in Azure while its lease could not be renewed; nothing of it is overwritten`
+            : `lost the lease on ${ref.container}/${ref.name} (${e.kind}); another writer may have taken the blob`,
+        );
       } else {
+        this.renewFailed = true;
         this.deps.log.warn(`renewing the lease on ${ref.name} failed (${isBlobdiskError(e) ? e.kind : 'error'}); trying again`);
       }
     }
@@ -118,8 +134,17 @@ export class Lease {
     }
   }
 
-  /** Conditions every write to Azure carries. */
-  conditions(): WriteConditions {
+  /** Our lease id if we hold the lease, else nothing: for deleting or moving a blob, which a
+   *  blob nobody leased allows. */
+  heldConditions(): WriteConditions {
     return this.held !== undefined ? { leaseId: this.held } : {};
+  }
+
+  /** Conditions every write to Azure carries: our lease id. Without a lease nothing may be
+   *  written (busy), so a lost lease stops the uploads at once. */
+  conditions(): WriteConditions {
+    const ref = this.ref();
+    if (this.held === undefined) throw new BlobdiskError('busy', `no lease is held on ${ref.container}/${ref.name}; nothing is written to Azure without it`);
+    return { leaseId: this.held };
   }
 }

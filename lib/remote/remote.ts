@@ -94,7 +94,7 @@ export class RemoteBlob {
     this.timing = deps.timing ?? SYSTEM_TIMING;
     this.knownAt = this.timing.clock.now();
     const lease = { store: deps.store, log: deps.log, proposedId: deps.leaseId, clock: this.timing.clock, seconds: this.timing.tunables.leaseSeconds };
-    this.lease = new Lease(lease, () => this.where, (reason) => this.setConflict(reason));
+    this.lease = new Lease(lease, () => this.where, (reason) => this.setConflict(reason), () => this.current.etag);
   }
 
   /** The remote state of `ref` as Azure described it in `info`, from the grain map's row
@@ -204,7 +204,7 @@ export class RemoteBlob {
    *  same bytes, so the grain map row follows. Returns what deleting the old blob needs
    *  (our lease on it, if we held one); lease.take() takes one on `dest`. */
   movedTo(dest: BlobRef, info: BlobInfo): WriteConditions {
-    const old = this.lease.conditions();
+    const old = this.lease.heldConditions();
     this.lease.drop();
     this.where = dest;
     this.deps.map.renameImage(this.row.id, dest.container, dest.name);
@@ -227,7 +227,7 @@ export class RemoteBlob {
 
   /** Deletes the blob in Azure and forgets it here, dirty data included. */
   async remove(): Promise<void> {
-    const conditions = this.lease.conditions();
+    const conditions = this.lease.heldConditions();
     this.lease.drop();
     try {
       await this.deps.store.deleteBlob(this.ref, conditions);

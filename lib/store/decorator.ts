@@ -74,8 +74,8 @@ export abstract class StoreDecorator implements BlobStore {
   copyBlob(source: BlobRef, target: BlobRef): Promise<string> {
     return this.around('copyBlob', target, () => this.inner.copyBlob(source, target));
   }
-  acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string): Promise<string> {
-    return this.around('acquireLease', ref, () => this.inner.acquireLease(ref, durationSeconds, proposedLeaseId));
+  acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string, ifMatch?: string): Promise<string> {
+    return this.around('acquireLease', ref, () => this.inner.acquireLease(ref, durationSeconds, proposedLeaseId, ifMatch));
   }
   renewLease(ref: BlobRef, leaseId: string): Promise<void> {
     return this.around('renewLease', ref, () => this.inner.renewLease(ref, leaseId));

@@ -123,8 +123,10 @@ export interface BlobStore {
   /** Server-side copy within the account; resolves when the copy has completed. Returns the new ETag. */
   copyBlob(source: BlobRef, target: BlobRef): Promise<string>;
 
-  /** Acquires a lease (15–60 s, or -1 for infinite). busy when someone else holds one. Returns the lease id. */
-  acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string): Promise<string>;
+  /** Acquires a lease (15–60 s, or -1 for infinite). busy when someone else holds one. Returns
+   *  the lease id. With `ifMatch`, only while the blob's ETag is that (stale otherwise), in
+   *  the same request: a lease retaken after an outage must not adopt a foreign change. */
+  acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string, ifMatch?: string): Promise<string>;
   renewLease(ref: BlobRef, leaseId: string): Promise<void>;
   releaseLease(ref: BlobRef, leaseId: string): Promise<void>;
   /** Breaks any lease at once (for tests and `blobdisk` recovery commands). */

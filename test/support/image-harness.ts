@@ -54,6 +54,7 @@ export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
       uploadConcurrency: 4,
       namespace: { container: undefined, attrTtlMs: 5_000, readOnly: false, pageBlobPatterns: ['*.img'] },
       account: 'acct',
+      host: 'test-host',
       timing: o.timing ?? SYSTEM_TIMING,
     },
     silentLogger,

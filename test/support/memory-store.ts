@@ -313,12 +313,13 @@ export class MemoryStore implements BlobStore {
     return copy.etag;
   }
 
-  async acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string): Promise<string> {
+  async acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string, ifMatch?: string): Promise<string> {
     await this.enter('acquireLease');
     if (durationSeconds !== -1 && !(Number.isInteger(durationSeconds) && durationSeconds >= 15 && durationSeconds <= 60)) {
       throw this.fail('invalid', 'acquireLease', ref, `lease duration ${durationSeconds} is not -1 or 15..60 seconds`);
     }
     const b = this.get('acquireLease', ref);
+    if (ifMatch !== undefined && ifMatch !== b.etag) throw this.fail('stale', 'acquireLease', ref, 'the ETag does not match');
     const active = this.activeLease(b);
     if (active !== undefined && active.id !== proposedLeaseId) throw this.fail('busy', 'acquireLease', ref, 'the blob is leased by someone else');
     const id = proposedLeaseId ?? randomUUID();

@@ -77,9 +77,10 @@ it('an fsync with --sync cloud fails (unavailable) when nothing could be uploade
       (e: unknown) => e,
     );
     expect(failure).toMatchObject({ kind: 'unavailable', message: expect.stringContaining('nothing could be uploaded for 30 s; 4096 bytes stay dirty') as unknown });
-    // It gave up within the bound, not before (on the clock the flush runs by).
+    // It gave up after the bound, not before, and not long after (the clock also moved a
+    // little while the fsync was still syncing the cache file, before the flush began).
     expect(clock.now() - started).toBeGreaterThanOrEqual(30_000);
-    expect(clock.now() - started).toBeLessThan(32_000);
+    expect(clock.now() - started).toBeLessThan(40_000);
   } finally {
     faulty.heal();
     await h.close();

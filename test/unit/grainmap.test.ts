@@ -180,3 +180,33 @@ describe('GrainMap', () => {
     });
   });
 });
+
+describe('lease ids', () => {
+  it('are kept for the same host after a crash, new for another host (a copied cache) and after a clean unmount', () => {
+    const file = path.join(tmp(), 'g.db');
+    const map = GrainMap.open(file, 1 << 20);
+    const first = map.leaseIdFor('machine-a/host-a');
+    map.close();
+    // A crash: the next mount on the same host proposes the same id and gets its leases back.
+    const again = GrainMap.open(file, 1 << 20);
+    expect(again.leaseIdFor('machine-a/host-a')).toBe(first);
+    again.close();
+    // The directory copied to another machine: a new id there, never the first host's.
+    const copy = path.join(tmp(), 'copy.db');
+    fs.copyFileSync(file, copy);
+    const elsewhere = GrainMap.open(copy, 1 << 20);
+    const other = elsewhere.leaseIdFor('machine-b/host-b');
+    expect(other).not.toBe(first);
+    expect(other).toMatch(/^[0-9a-f-]{36}$/);
+    elsewhere.close();
+    // A clean unmount let go of every lease: the next mount proposes a fresh id.
+    const clean = GrainMap.open(file, 1 << 20);
+    clean.forgetLeaseId();
+    clean.close();
+    const next = GrainMap.open(file, 1 << 20);
+    const fresh = next.leaseIdFor('machine-a/host-a');
+    expect(fresh).not.toBe(first);
+    expect(next.leaseIdFor('machine-a/host-a')).toBe(fresh);
+    next.close();
+  });
+});

@@ -15,18 +15,21 @@ const ID = '00000000-0000-0000-0000-00000000abcd';
 async function setup(): Promise<{ memory: MemoryStore; faulty: FaultyStore; metered: MeteredStore; clock: ManualClock; lease: Lease; lost: string[] }> {
   const memory = new MemoryStore({ containers: ['c'] });
   await memory.createPageBlob(ref, 4096);
+  const known = (await memory.getInfo(ref)).etag;
   const faulty = new FaultyStore(memory);
   const metered = new MeteredStore(faulty);
   const clock = new ManualClock();
   const lost: string[] = [];
-  const lease = new Lease({ store: metered, log: silentLogger, proposedId: ID, clock, seconds: 60 }, () => ref, (reason) => lost.push(reason));
+  const lease = new Lease({ store: metered, log: silentLogger, proposedId: ID, clock, seconds: 60 }, () => ref, (reason) => lost.push(reason), () => known);
   return { memory, faulty, metered, clock, lease, lost };
 }
 
 describe('Lease', () => {
   test('free → held: takes the lease once, proposing our id; writes carry it', async () => {
     const { metered, lease } = await setup();
-    expect(lease.conditions()).toEqual({});
+    // Without the lease nothing may be written; deleting or moving needs no lease.
+    expect(() => lease.conditions()).toThrow('no lease is held on c/disk.img; nothing is written to Azure without it');
+    expect(lease.heldConditions()).toEqual({});
     await Promise.all([lease.take(), lease.take()]);
     await lease.take();
     expect(lease.id).toBe(ID);
@@ -34,7 +37,7 @@ describe('Lease', () => {
     expect(lease.conditions()).toEqual({ leaseId: ID });
   });
 
-  test('held: renewed every third of its duration; a failed renewal is tried again at the next tick', async () => {
+  test('held: renewed every third of its duration; after a failed renewal the next tick retakes it with If-Match', async () => {
     const { faulty, metered, clock, lease, lost } = await setup();
     await lease.take();
     await clock.advance(19_999);
@@ -44,9 +47,25 @@ describe('Lease', () => {
     faulty.inject({ ops: ['renewLease'], action: { kind: 'fail', error: new BlobdiskError('unavailable', 'Azure is down') } });
     await clock.advance(20_000);
     expect(lease.id).toBe(ID);
-    await clock.advance(20_000);
-    expect(metered.byOp.get('renewLease')).toBe(3);
+    await clock.advance(20_000); // the lease may have run out meanwhile: acquired again, same id, same ETag
+    expect([metered.byOp.get('renewLease'), metered.byOp.get('acquireLease')]).toEqual([2, 2]);
+    await clock.advance(20_000); // and renewed as usual after that
+    expect([metered.byOp.get('renewLease'), metered.byOp.get('acquireLease')]).toEqual([3, 2]);
     expect(lost).toEqual([]);
+  });
+
+  test('held → lost: a blob changed while its lease could not be renewed is not taken back (If-Match)', async () => {
+    const { memory, faulty, clock, lease, lost } = await setup();
+    await lease.take();
+    faulty.inject({ ops: ['renewLease'], action: { kind: 'fail', error: new BlobdiskError('unavailable', 'Azure is down') } });
+    await clock.advance(20_000);
+    // Meanwhile the lease ran out and another writer changed the blob, then let go.
+    await memory.breakLease(ref);
+    await memory.putPages(ref, 0, Buffer.alloc(512, 9));
+    await clock.advance(20_000);
+    expect(lost).toEqual(['c/disk.img changed in Azure while its lease could not be renewed; nothing of it is overwritten']);
+    expect(lease.state).toBe('lost');
+    expect((await memory.getInfo(ref)).leased).toBe(false);
   });
 
   test('held → lost: a renewal refused (another writer broke and took it) reports the loss once and stops', async () => {

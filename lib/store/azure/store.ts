@@ -353,12 +353,12 @@ export class AzureStore implements BlobStore {
     return (await this.getInfo(target)).etag;
   }
 
-  async acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string): Promise<string> {
+  async acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string, ifMatch?: string): Promise<string> {
     if (durationSeconds !== -1 && !(Number.isInteger(durationSeconds) && durationSeconds >= 15 && durationSeconds <= 60)) {
       throw invalid('acquireLease', ref, `lease duration ${durationSeconds} is not -1 or 15..60 seconds`);
     }
     const r = await this.call(this.ctx('acquireLease', ref), (abortSignal) =>
-      this.blob(ref).getBlobLeaseClient(proposedLeaseId).acquireLease(durationSeconds, { abortSignal }),
+      this.blob(ref).getBlobLeaseClient(proposedLeaseId).acquireLease(durationSeconds, { abortSignal, ...(ifMatch !== undefined ? { conditions: { ifMatch } } : {}) }),
     );
     if (r.leaseId === undefined) throw new BlobdiskError('failed', 'acquireLease failed: Azure answered without a lease id');
     return r.leaseId;
