@@ -85,8 +85,10 @@ export interface Mounted {
   unmount(onProgress?: (p: FlushProgress) => void): Promise<DrainResult>;
 }
 
-/** After a crash: open every image that still holds dirty grains, so the flusher uploads them. */
-async function recover(map: GrainMap, images: Images, log: Logger): Promise<void> {
+/** After a crash: open every image that still holds dirty grains, so the flusher uploads them.
+ *  Returns the names of those that could not be opened (their data stays in the cache). */
+async function recover(map: GrainMap, images: Images, log: Logger): Promise<string[]> {
+  const stuck: string[] = [];
   for (const row of map.imagesWithDirtyGrains()) {
     const ref = { container: row.container, name: row.name };
     try {
@@ -94,8 +96,10 @@ async function recover(map: GrainMap, images: Images, log: Logger): Promise<void
       log.info(`uploading what an earlier mount left dirty in ${row.container}/${row.name}`);
     } catch (e) {
       log.error(`${row.container}/${row.name} holds data not yet uploaded, but cannot be opened (${isBlobdiskError(e) ? e.kind : 'error'}: ${(e as Error).message}); it stays in the cache`);
+      stuck.push(`${row.container}/${row.name}`);
     }
   }
+  return stuck;
 }
 
 /** This machine: its machine id (systemd's, or D-Bus's) and host name. A cache directory
@@ -221,7 +225,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     cleanup.push(() => stack.close());
     const { map, cache, flusher, images, namespace: ns } = stack;
     cache.startWorker();
-    await recover(map, images, log);
+    const stuck = await recover(map, images, log);
     const handles = new Handles();
     const { access } = options;
     const ops = createOperations(
@@ -299,6 +303,11 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         if (result.drained) await flush(options.write.drainTimeoutMs, onProgress).catch(() => undefined);
         const left = (await images.all()).reduce((n, i) => n + flusher.dirtyOf(i).bytes, 0);
         if (left > 0) result = { drained: false, dirtyBytes: left, reason: result.reason ?? 'writes kept arriving' };
+        // Data of images that could not be opened at mount is not in Azure either: say so.
+        const unopened = cache.stats.dirtyBytes - left;
+        if (stuck.length > 0 && unopened > 0) {
+          result = { drained: false, dirtyBytes: left + unopened, reason: `${stuck.join(', ')} could not be opened${result.drained ? '' : `; ${result.reason ?? ''}`}` };
+        }
         for (const image of await images.all()) if (!image.needsUpload()) await image.remote.releaseLease();
         // Everything is in Azure and every lease let go: the next mount proposes a new lease id.
         if (left === 0 && result.drained) map.forgetLeaseId();
