@@ -8,7 +8,7 @@ import type { ContainerClient } from '@azure/storage-blob';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../../lib/azurite';
-import { cliEnv, makeTempDir, removeTempDirs, runCli, sh, statOf, stopAllMounts, type RunResult } from '../support/mount';
+import { cliEnv, makeTempDir, newMountpoint, removeTempDirs, runCli, type RunResult, sh, statOf, stopAllMounts } from '../support/mount';
 import { containerOn, freshCacheDir, mountOn, ok, sdkDownload, unmountClean } from '../support/write-helpers';
 
 const CONTAINER = 'access';
@@ -18,15 +18,6 @@ let container: ContainerClient;
 
 /** `cmd args` run as `user` (a child process through runuser). */
 const as = (user: string, cmd: string, args: string[]): Promise<RunResult> => sh('runuser', ['-u', user, '--', cmd, ...args]);
-
-/** A mountpoint other users can reach: makeTempDir's directories are 0700. */
-async function openMountpoint(): Promise<string> {
-  const dir = await makeTempDir('blobdisk-access-');
-  await fsp.chmod(dir, 0o755);
-  const mnt = path.join(dir, 'mnt');
-  await fsp.mkdir(mnt);
-  return mnt;
-}
 
 beforeAll(async () => {
   azurite = await startAzurite({ inMemory: true });
@@ -41,7 +32,7 @@ afterAll(async () => {
 });
 
 it('keeps other users out without --allow-other, and shows the mounting user as owner', async () => {
-  const mount = await mountOn(azurite.connectionString, CONTAINER, await freshCacheDir(), [], { mnt: await openMountpoint() });
+  const mount = await mountOn(azurite.connectionString, CONTAINER, await freshCacheDir(), [], { mnt: await newMountpoint('blobdisk-access-', true) });
   try {
     const file = path.join(mount.mnt, 'vms/disk.img');
     expect(await statOf(file, '%u %g %a')).toBe(`${process.getuid?.()} ${process.getgid?.()} 644`);
@@ -60,7 +51,7 @@ it('with --allow-other, owner and modes are what stat shows and what the kernel 
     CONTAINER,
     await freshCacheDir(),
     ['--allow-other', '--uid', 'nobody', '--gid', 'nogroup', '--file-mode', '0640', '--dir-mode', '0750'],
-    { mnt: await openMountpoint() },
+    { mnt: await newMountpoint('blobdisk-access-', true) },
   );
   try {
     const file = path.join(mount.mnt, 'vms/disk.img');
@@ -90,7 +81,7 @@ it('with --allow-other, owner and modes are what stat shows and what the kernel 
 
 it('a read-only mount drops the write bits of the modes it was given', async () => {
   const mount = await mountOn(azurite.connectionString, CONTAINER, await freshCacheDir(), ['--read-only', '--allow-other', '--file-mode', '0666', '--dir-mode', '0777'], {
-    mnt: await openMountpoint(),
+    mnt: await newMountpoint('blobdisk-access-', true),
   });
   try {
     expect(await statOf(path.join(mount.mnt, 'vms/disk.img'), '%a')).toBe('444');
@@ -103,7 +94,7 @@ it('a read-only mount drops the write bits of the modes it was given', async () 
 });
 
 it('refuses a malformed mode or an unknown user with one line, mounting nothing', async () => {
-  const mnt = await openMountpoint();
+  const mnt = await newMountpoint('blobdisk-access-', true);
   const r = await runCli(['mount', mnt, '--connection-string', azurite.connectionString, '--uid', 'no-such-user-here'], { env: cliEnv({}, await makeTempDir()) });
   expect(r.code).toBe(1);
   expect(r.stderr.trim()).toMatch(/^blobdisk: --uid "no-such-user-here" is neither a number nor a user of this machine; give e\.g\./);

@@ -11,7 +11,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { AZURITE_ACCOUNT, startAzurite, type RunningAzurite } from '../../lib/azurite';
 import { selfSignedCert, servicePrincipalEnv, startEntraStub, type EntraStub, type TlsFiles } from '../support/entra-stub';
-import { cliEnv, isMounted, makeTempDir, randomData, removeTempDirs, runCli, sh, sha256, sha256OfFile, startMount, stopAllMounts } from '../support/mount';
+import { cliEnv, isMounted, makeTempDir, newMountpoint, randomData, removeTempDirs, runCli, sh, sha256, sha256OfFile, startMount, stopAllMounts } from '../support/mount';
 import { containerOn, freshCacheDir, ok, scratchFile, unmountClean } from '../support/write-helpers';
 
 let tls: TlsFiles;
@@ -43,12 +43,6 @@ async function entraMount(secret?: string): Promise<{ args: string[]; env: NodeJ
   };
 }
 
-async function newMountpoint(): Promise<string> {
-  const mnt = path.join(await makeTempDir('blobdisk-auth-'), 'mnt');
-  await fsp.mkdir(mnt);
-  return mnt;
-}
-
 describe('Microsoft Entra ID (DefaultAzureCredential)', () => {
   it('a service principal signs in, and what it writes is read back by a new mount with an empty cache', async () => {
     const before = stub.tokens();
@@ -74,7 +68,7 @@ describe('Microsoft Entra ID (DefaultAzureCredential)', () => {
 
   it('a refused sign-in is one line with Entra ID’s reason, and nothing is mounted', async () => {
     const { args, env } = await entraMount('not-the-secret');
-    const mnt = await newMountpoint();
+    const mnt = await newMountpoint('blobdisk-auth-');
     const r = await runCli(['mount', mnt, ...args], { env });
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toBe(
@@ -86,7 +80,7 @@ describe('Microsoft Entra ID (DefaultAzureCredential)', () => {
 
   it('an identity without a data role gets one line naming the role to assign', async () => {
     const { args, env } = await entraMount();
-    const mnt = await newMountpoint();
+    const mnt = await newMountpoint('blobdisk-auth-');
     const endpointAt = args.indexOf('--endpoint') + 1;
     args[endpointAt] = `${stub.url}/${AZURITE_ACCOUNT}`; // the stub refuses every blob request with 403
     const r = await runCli(['mount', mnt, ...args], { env });
@@ -114,7 +108,7 @@ describe('SAS tokens', () => {
 
   it('one without Write is refused for a read-write mount, naming the permission, and mounts read-only', async () => {
     const token = sas('rl');
-    const mnt = await newMountpoint();
+    const mnt = await newMountpoint('blobdisk-auth-');
     const r = await runCli(['mount', mnt, ...flags(token)]);
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toBe('blobdisk: the SAS token lacks the Write permission (sp=rl); a read-write mount needs at least sp=rwl (rwdlc to also delete and create), or mount with --read-only');
@@ -127,7 +121,7 @@ describe('SAS tokens', () => {
   });
 
   it('one that Azure refuses for an operation gets one line naming what it does not allow', async () => {
-    const mnt = await newMountpoint();
+    const mnt = await newMountpoint('blobdisk-auth-');
     // Objects and containers, but not the service: listing the account's containers is refused.
     const r = await runCli(['mount', mnt, ...flags(sas('rwdlc', 'co'))], { env: cliEnv({}, await makeTempDir()) });
     expect(r.code).toBe(1);

@@ -8,7 +8,7 @@ import type { ContainerClient } from '@azure/storage-blob';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../../lib/azurite';
-import { ROOT, cliEnv, isMounted, makeTempDir, processesMentioning, randomData, removeTempDirs, runCli, sh, statOf, stopAllMounts, waitFor } from '../support/mount';
+import { cliEnv, isMounted, makeTempDir, newMountpoint, processesMentioning, randomData, removeTempDirs, ROOT, runCli, sh, statOf, stopAllMounts, waitFor } from '../support/mount';
 import { containerOn, freshCacheDir, mountOn, ok, sdkDownload, scratchFile, unmountClean } from '../support/write-helpers';
 
 const CONTAINER = 'hosts';
@@ -18,12 +18,6 @@ let azurite: RunningAzurite;
 let container: ContainerClient;
 /** What was at HELPER before the tests, put back afterwards. */
 let helperBefore: string | undefined | null = null;
-
-async function newMountpoint(): Promise<string> {
-  const mnt = path.join(await makeTempDir('blobdisk-daemon-'), 'mnt');
-  await fsp.mkdir(mnt);
-  return mnt;
-}
 
 /** Waits for the mount at `mnt` to end: no longer mounted, and no blobdisk process names it. */
 async function ended(mnt: string): Promise<boolean> {
@@ -47,7 +41,7 @@ afterAll(async () => {
 
 describe('--daemon', () => {
   it('returns 0 once mounted, with a pid file and a log; unmount ends it and removes the pid file', async () => {
-    const mnt = await newMountpoint();
+    const mnt = await newMountpoint('blobdisk-daemon-');
     const dir = await makeTempDir();
     const pidFile = path.join(dir, 'mount.pid');
     const logFile = path.join(dir, 'mount.log');
@@ -85,7 +79,7 @@ describe('/etc/fstab', () => {
     await fsp.rm(HELPER, { force: true });
     await fsp.symlink(path.join(ROOT, 'bin', 'mount.fuse.blobdisk'), HELPER);
 
-    const mnt = await newMountpoint();
+    const mnt = await newMountpoint('blobdisk-daemon-');
     const dir = await makeTempDir();
     const conf = path.join(dir, 'blobdisk.yaml');
     await fsp.writeFile(conf, `connection-string: "${azurite.connectionString}"\ncache-dir: ${await freshCacheDir()}\nlog-level: warn\n`, { mode: 0o600 });
@@ -120,7 +114,7 @@ describe('examples/blobdisk@.service', () => {
 
   it('its ExecStart mounts and returns, and its ExecStop drains and unmounts, as systemd would run them', async () => {
     const text = await fsp.readFile(unit, 'utf8');
-    const mnt = await newMountpoint();
+    const mnt = await newMountpoint('blobdisk-daemon-');
     const etc = await makeTempDir();
     const instance = 'vmdisk';
     await fsp.writeFile(path.join(etc, `${instance}.yaml`), `container: ${CONTAINER}\ncache-dir: ${await freshCacheDir()}\ndata-dir: ${etc}\n`);
@@ -195,7 +189,7 @@ describe('settings', () => {
     const dir = await makeTempDir();
     const key = 'S3cretKeyS3cretKeyS3cretKey==';
     const env = cliEnv({ BLOBDISK_ACCOUNT_KEY: key, BLOBDISK_CACHE_SIZE: '3G' }, dir);
-    const mnt = await newMountpoint();
+    const mnt = await newMountpoint('blobdisk-daemon-');
     const r = await runCli(['mount', mnt, '--account', 'acct1', '--print-config']);
     expect(r.code).toBe(1); // no key yet: one clear line
     expect(r.stderr.trim()).toBe('blobdisk: --account needs exactly one of --account-key, --account-key-file or --sas (or --auth entra)');

@@ -15,7 +15,7 @@ import { spawnSync } from 'node:child_process';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../../lib/azurite';
-import { ROOT, makeTempDir, removeTempDirs, sh, stopAllMounts, type RunningMount } from '../support/mount';
+import { makeTempDir, newMountpoint, removeTempDirs, ROOT, type RunningMount, sh, stopAllMounts } from '../support/mount';
 import { bootVm, ensureLibvirtd, sha256InExt4, type BootReport } from '../support/vm';
 import { containerOn, freshCacheDir, mountOn, ok, sdkDownload, unmountClean } from '../support/write-helpers';
 
@@ -34,18 +34,9 @@ let azurite: RunningAzurite;
 let container: ContainerClient;
 let vmDir: string;
 
-/** A mountpoint libvirt-qemu can reach: makeTempDir's directories are 0700. */
-async function searchableMountpoint(): Promise<string> {
-  const dir = await makeTempDir('blobdisk-vm-');
-  await fsp.chmod(dir, 0o755);
-  const mnt = path.join(dir, 'mnt');
-  await fsp.mkdir(mnt);
-  return mnt;
-}
-
 /** A mount as the README's libvirt section has it. */
 async function libvirtMount(): Promise<RunningMount> {
-  return mountOn(azurite.connectionString, CONTAINER, await freshCacheDir(), LIBVIRT_ACCESS, { mnt: await searchableMountpoint() });
+  return mountOn(azurite.connectionString, CONTAINER, await freshCacheDir(), LIBVIRT_ACCESS, { mnt: await newMountpoint('blobdisk-vm-', true) });
 }
 
 /** Fails with the script's output unless the guest booted, ran as libvirt-qemu and read back its pattern. */

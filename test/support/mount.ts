@@ -105,6 +105,17 @@ export async function makeTempDir(prefix = 'blobdisk-e2e-'): Promise<string> {
   return dir;
 }
 
+/** A new, empty mountpoint `mnt` in a fresh temp directory. makeTempDir's directories are
+ *  0700: with `searchable` the parent is opened so other users (libvirt-qemu, nobody) can
+ *  reach a mount made there with --allow-other. */
+export async function newMountpoint(prefix = 'blobdisk-mnt-', searchable = false): Promise<string> {
+  const dir = await makeTempDir(prefix);
+  if (searchable) await fsp.chmod(dir, 0o755);
+  const mnt = path.join(dir, 'mnt');
+  await fsp.mkdir(mnt);
+  return mnt;
+}
+
 /** Removes the directories made by makeTempDir, but never one that still holds a mount
  *  (a recursive removal would walk into it). */
 export async function removeTempDirs(): Promise<void> {
