@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 packages=(fuse libfuse2)
 # The end-to-end tests drive disk tools, and boot a VM from a blob under libvirt.
 if [ "${1:-}" = "--test" ]; then
-  packages+=(qemu-utils fio e2fsprogs util-linux systemd qemu-system-x86 libvirt-daemon-system libvirt-clients libxml2-utils linux-image-cloud-amd64 busybox-static cpio)
+  packages+=(qemu-utils fio e2fsprogs util-linux systemd openssl qemu-system-x86 libvirt-daemon-system libvirt-clients libxml2-utils linux-image-cloud-amd64 busybox-static cpio)
 fi
 
 missing=()
