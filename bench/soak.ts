@@ -6,6 +6,7 @@
 import { startAzurite, type RunningAzurite } from '../lib/azurite';
 import { FSX_DEFAULTS, FsxFailure, randomSeed, runFsx, type FsxOptions } from '../test/support/fsx';
 import { removeTempDirs, stopAllMounts } from '../test/support/mount';
+import { killSoakMain } from './kill-soak';
 
 const USAGE =
   'usage: npm run soak -- [--ops N] [--seed S] [--files K] [--remount-every N] [--cold-every N]\n' +
@@ -46,6 +47,14 @@ function parseArgs(argv: readonly string[]): Args {
 }
 
 async function main(): Promise<number> {
+  if (process.argv.includes('--kill-cycles')) {
+    try {
+      return await killSoakMain(process.argv.slice(2));
+    } catch (e) {
+      process.stderr.write(`kill-soak: ${e instanceof Error ? e.message : String(e)}\n`);
+      return 2;
+    }
+  }
   let args: Args;
   try {
     args = parseArgs(process.argv.slice(2));
