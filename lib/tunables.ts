@@ -39,6 +39,10 @@ export interface Tunables {
    *  answered after at most this long when Azure is slow to answer again; the request goes
    *  on and updates it. Cached data never waits on Azure for longer. */
   readonly staleAnswerMs: number;
+  /** After a grain's fetch failed because Azure did not answer, that grain fails again at once
+   *  for this long: the kernel reads a page again right away when its read-ahead failed, and
+   *  that second read would otherwise wait --io-timeout once more. */
+  readonly failFastMs: number;
 }
 
 export const DEFAULT_TUNABLES: Tunables = Object.freeze({
@@ -59,6 +63,7 @@ export const DEFAULT_TUNABLES: Tunables = Object.freeze({
   sequentialSlackBytes: 1024 * 1024,
   pageWindowGrains: 256,
   staleAnswerMs: 1_000,
+  failFastMs: 1_000,
 });
 
 /** The clock and the tunables, as layers take them. */

@@ -16,6 +16,9 @@ export class Fetcher {
   private readonly buffers: BufferPool;
   /** Fetches under way, so that closing waits until their grains are in the cache. */
   private readonly fetching = new Set<Promise<void>>();
+  /** Grains whose fetch just failed because Azure did not answer: fetched again only after
+   *  `until` (the kernel reads a page again at once when its read-ahead failed). */
+  private readonly unreachable = new Map<number, { readonly error: BlobdiskError; readonly until: number }>();
 
   constructor(private readonly ctx: ImageContext) {
     // Enough for the grains of a full read-ahead window in flight, at most 64 MiB.
@@ -70,6 +73,10 @@ export class Fetcher {
     const g = this.ctx.deps.grainSize;
     const epoch = this.ctx.epoch;
     try {
+      const now = this.ctx.timing.clock.now();
+      // A run that holds a grain just failed (the kernel's re-read, with read-ahead) fails with it.
+      const recent = grains.map((p) => this.unreachable.get(p.idx)).find((f) => f !== undefined && now < f.until);
+      if (recent !== undefined) throw recent.error;
       if (end > start) {
         // Under our lease every change is ours and only touches sectors the cache holds.
         const options = this.ctx.remote.leaseId === undefined ? { etag: this.ctx.remote.etag } : {};
@@ -90,7 +97,10 @@ export class Fetcher {
         // The body was cut short: the connection, not the blob, failed.
         if (pos !== end) throw new BlobdiskError('unavailable', `Azure ended the read of ${this.ctx.remote.ref.name} at ${pos} instead of ${end}`);
       }
-      for (const p of grains) p.complete();
+      for (const p of grains) {
+        this.unreachable.delete(p.idx);
+        p.complete();
+      }
       for (const p of grains) {
         try {
           // Checked under the grain lock, and again by the cache just before it keeps the
@@ -106,6 +116,10 @@ export class Fetcher {
       }
     } catch (e) {
       const error = isBlobdiskError(e) ? e : new BlobdiskError('failed', `reading ${this.ctx.remote.ref.name} failed: ${(e as Error).message}`, { cause: e });
+      if (error.kind === 'unavailable') {
+        const until = this.ctx.timing.clock.now() + this.ctx.timing.tunables.failFastMs;
+        for (const p of grains) if (!(this.unreachable.get(p.idx)?.error === error)) this.unreachable.set(p.idx, { error, until });
+      }
       for (const p of grains) {
         p.fail(error);
         if (this.pending.get(p.idx) === p) this.pending.delete(p.idx);

@@ -3,6 +3,8 @@
  * blob is slow (Azurite never merges ranges). Ranges known empty read as zeros with no
  * request. A full listing (for st_blocks) fills every window at once. */
 
+import { isKind } from '../errors';
+import { systemClock, type Clock } from '../clock';
 import { BlobRef, BlobStore, ByteRange } from '../store/types';
 
 export class PageMap {
@@ -22,6 +24,9 @@ export class PageMap {
     private size: number,
     /** Whether requests should carry If-Match (not while we hold the lease: changes are ours). */
     private readonly conditional: () => boolean,
+    /** A listing that failed because Azure did not answer stays the answer this long (the
+     *  kernel reads a page again at once when its read-ahead failed). */
+    private readonly failFast: { readonly clock: Clock; readonly ms: number } = { clock: systemClock, ms: 0 },
   ) {}
 
   private condition(etag: string): { etag?: string } {
@@ -91,7 +96,11 @@ export class PageMap {
           return ranges;
         },
         (e: unknown) => {
-          if (this.loading.get(w) === current) this.loading.delete(w);
+          const forget = (): void => {
+            if (this.loading.get(w) === current) this.loading.delete(w);
+          };
+          if (isKind(e, 'unavailable') && this.failFast.ms > 0) this.failFast.clock.timeout(forget, this.failFast.ms);
+          else forget();
           throw e;
         },
       );

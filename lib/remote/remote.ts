@@ -313,7 +313,10 @@ export class RemoteBlob {
 
   /** Which bytes of the page blob hold pages, learnt by window. */
   get pages(): PageMap {
-    this.pageMap ??= new PageMap(this.deps.store, this.ref, this.timing.tunables.pageWindowGrains * this.deps.grainSize, this.current.etag, this.current.size, () => this.lease.id === undefined);
+    this.pageMap ??= new PageMap(this.deps.store, this.ref, this.timing.tunables.pageWindowGrains * this.deps.grainSize, this.current.etag, this.current.size, () => this.lease.id === undefined, {
+      clock: this.timing.clock,
+      ms: this.timing.tunables.failFastMs,
+    });
     return this.pageMap;
   }
 

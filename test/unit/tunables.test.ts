@@ -22,6 +22,7 @@ test('default tunables are pinned', () => {
     sequentialSlackBytes: 1024 * 1024,
     pageWindowGrains: 256,
     staleAnswerMs: 1_000,
+    failFastMs: 1_000,
   });
   expect(Object.isFrozen(DEFAULT_TUNABLES)).toBe(true);
 });
