@@ -4,6 +4,8 @@ import { FaultyStore } from '../../lib/store/faulty';
 import { MeteredStore } from '../../lib/store/metered';
 import { MemoryStore } from '../support/memory-store';
 import { harness } from '../support/image-harness';
+import { ManualClock } from '../support/manual-clock';
+import { DEFAULT_TUNABLES } from '../../lib/tunables';
 
 const G = 64 * 1024;
 const ref = { container: 'c', name: 'disk.img' };
@@ -127,14 +129,20 @@ describe('Image reads', () => {
     await h.close();
   });
 
-  it('fails a read with the store error after its retries, and the next read fetches again', async () => {
+  it('fails a read with the store error after its retries, fails at once again for failFastMs, then fetches again', async () => {
     const store = new MemoryStore({ containers: ['c'] });
     await pageBlob(store, G, [[0, Buffer.alloc(G, 9)]]);
     const faulty = new FaultyStore(store);
-    const h = harness(faulty);
+    const clock = new ManualClock();
+    const h = harness(faulty, { timing: { clock, tunables: DEFAULT_TUNABLES } });
     const image = await h.open(ref);
-    faulty.inject({ ops: ['read'], action: { kind: 'fail', error: new BlobdiskError('unavailable', 'Azure is unreachable') } });
+    const fault = { ops: ['read'], action: { kind: 'fail', error: new BlobdiskError('unavailable', 'Azure is unreachable') } } as const;
+    faulty.inject(fault);
     await expect(image.read(0, 10)).rejects.toMatchObject({ kind: 'unavailable' });
+    // The kernel reads a page again at once when its read-ahead failed: that fails without asking Azure.
+    await expect(image.read(0, 10)).rejects.toMatchObject({ kind: 'unavailable' });
+    expect(faulty.hitsOf(fault)).toBe(1);
+    await clock.advance(DEFAULT_TUNABLES.failFastMs);
     expect((await image.read(0, 10))[0]).toBe(9);
     await h.close();
   });
