@@ -286,6 +286,7 @@ async function main(): Promise<void> {
       if (!q.quiet) process.stdout.write(`  machine busy: ${round(q.busyCores, 2)} cores used by others before this round\n`);
       const sdk = { streamMBps: await sdkStream(azurite.connectionString, 'bench', 'disk.img', SIZE), parallelMBps: (await sdkDownload(azurite.connectionString, 'bench', 'disk.img', SIZE, 4 * MiB, 4)).mbps };
       results.sdk.push(sdk);
+      process.stdout.write(`  sdk: streamMBps=${round(sdk.streamMBps, 1)} parallelMBps=${round(sdk.parallelMBps, 1)}\n`);
       for (const col of order) {
         const row = await measureColumn(col, round_, work, direct, viaProxy, proxy, dataFile, traceFile, service, data, p, args.fioOnly);
         results[col].push(row);
