@@ -167,15 +167,17 @@ export class GrainCache {
   }
 
   /** Copies [offset, offset + length) of a cached grain into `target` at `targetOffset`
-   *  with one synchronous pread, when its file is open and nothing needs checking first;
-   *  false otherwise (read() then does it). The caller checked covers(). It blocks the
-   *  event loop until the bytes are there: call it for grains prefetch() brought into the
-   *  page cache, not for every hit. */
+   *  with one synchronous pread (opening its file synchronously when needed), when nothing
+   *  needs checking first; false otherwise (read() then does it). The caller checked
+   *  covers(). It blocks the event loop until the bytes are there: a grain prefetch()
+   *  brought into the page cache, or a small read, for which a page-cached pread costs a
+   *  few microseconds against tens for a turn through the thread pool (a page not in the
+   *  page cache blocks the loop for one disk read, which the FUSE request waits for either way). */
   readNow(imageId: number, idx: number, offset: number, length: number, target: Buffer, targetOffset: number): boolean {
     const key = keyOf(imageId, idx);
     const entry = this.index.get(key);
     if (!entry || this.verifier.needsCheck(entry)) return false;
-    const fd = this.files.readFd(key, entry) ?? this.files.fd(key);
+    const fd = this.files.fd(key) ?? this.files.syncFd(key, entry);
     if (fd === undefined) return false;
     this.index.use(key, entry);
     this.touched.set(key, { imageId, idx, at: this.timing.clock.now() });

@@ -19,7 +19,7 @@ interface OpenFile {
 }
 
 
-/** A grain file prefetch() opened for reading, for as long as `entry` is the grain's: a
+/** A grain file opened synchronously for readNow() and writeNow(), for as long as `entry` is the grain's: a
  *  grain made anew (dropped, then fetched or written again) has a new Entry, and its file
  *  may be a new one. Used and closed only synchronously, so no reader can see its
  *  descriptor reused by another file. */
@@ -34,7 +34,7 @@ export class GrainFiles {
    *  readNow(). A descriptor leaves with its file's entry there, before it is closed: its
    *  number may then belong to another file. */
   private readonly fds = new Map<string, number>();
-  /** Files prefetch() opened for readNow(), oldest first. */
+  /** Files opened for readNow() and writeNow(), oldest first. */
   private readonly readFiles = new Map<string, ReadFile>();
   /** Files of dropped grains whose removal is under way. */
   private readonly removing = new Map<string, Promise<void>>();
@@ -79,7 +79,7 @@ export class GrainFiles {
     return own?.entry === entry ? own.fd : undefined;
   }
 
-  /** Opens the grain's file for reading by readNow(), while `entry` is the grain's; false
+  /** Opens the grain's file for readNow() and writeNow(), while `entry` is the grain's; false
    *  when it cannot be opened. */
   openForRead(key: string, entry: Entry): boolean {
     if (this.readFiles.get(key)?.entry === entry) return true;
@@ -87,8 +87,9 @@ export class GrainFiles {
     let fd: number;
     try {
       // Synchronous: an open takes microseconds (once the file's directory entry and inode
-      // are in memory), less than a turn through the thread pool.
-      fd = fs.openSync(this.fileOf(entry.imageId, entry.idx), 'r');
+      // are in memory), less than a turn through the thread pool. Read-write, so that a
+      // random writer of cached grains lands at once too (writeNow).
+      fd = fs.openSync(this.fileOf(entry.imageId, entry.idx), 'r+');
     } catch {
       return false;
     }
@@ -99,6 +100,12 @@ export class GrainFiles {
       this.closeRead(oldest);
     }
     return true;
+  }
+
+  /** A descriptor of the grain's file for synchronous use while `entry` is the grain's,
+   *  opened now when needed (see openForRead); undefined when it cannot be opened. */
+  syncFd(key: string, entry: Entry): number | undefined {
+    return this.openForRead(key, entry) ? this.readFd(key, entry) : undefined;
   }
 
   closeRead(key: string): void {

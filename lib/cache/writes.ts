@@ -123,7 +123,10 @@ export class GrainWrites {
   writeNow(imageId: number, idx: number, offset: number, data: Buffer): boolean {
     const key = keyOf(imageId, idx);
     let entry = this.parts.index.get(key);
-    const fd = this.parts.files.fd(key);
+    // A cached grain whose file left the open files (a random writer touches more grains
+    // than are kept open) is opened synchronously: microseconds, against a turn through
+    // the thread pool for the open and another for the write.
+    const fd = this.parts.files.fd(key) ?? (entry ? this.parts.files.syncFd(key, entry) : undefined);
     if (fd === undefined) return false;
     if (!entry) {
       if (!this.parts.ahead.has(key) || this.parts.room.free < this.parts.grainSize) return false;

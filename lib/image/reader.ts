@@ -71,27 +71,65 @@ export class Reader {
   }
 
   /** Serves a read at once when every grain it touches is staged and warm (a sequential
-   *  reader of cached grains): the bytes read, as readInto() counts them, or undefined when
-   *  the read needs readInto(). Saves the FUSE request its turns through promises. */
+   *  reader of cached grains), cached with its checksum checked (a random reader of cached
+   *  grains), or known to be zeros (nothing cached, nothing under way, no pages in Azure):
+   *  the bytes read, as readInto() counts them, or undefined when the read needs readInto().
+   *  Saves the FUSE request its turns through promises and the thread pool. */
   readNow(target: Buffer, offset: number, length: number): number | undefined {
     const end = Math.min(offset + length, this.ctx.size);
     if (offset >= end) return undefined;
     const g = this.ctx.deps.grainSize;
+    const first = Math.floor(offset / g);
     const last = Math.floor((end - 1) / g);
-    for (let idx = Math.floor(offset / g); idx <= last; idx++) {
-      const staged = this.staged.get(idx);
-      if (staged?.warm !== true || staged.epoch !== this.ctx.epoch) return undefined;
+    for (let idx = first; idx <= last; idx++) {
+      if (this.isWarm(idx)) continue;
+      const from = Math.max(offset, idx * g) - idx * g;
+      const to = Math.min(end, (idx + 1) * g) - idx * g;
+      if (this.ctx.deps.cache.covers(this.ctx.id, idx, from, to) ? !this.ctx.deps.cache.checked(this.ctx.id, idx) : !this.knownZeros(idx)) return undefined;
     }
-    for (let idx = Math.floor(offset / g); idx <= last; idx++) {
+    for (let idx = first; idx <= last; idx++) {
       const from = Math.max(offset, idx * g);
       const to = Math.min(end, (idx + 1) * g);
       // Rare: the grain left the cache after it was staged; readInto() takes it from here.
-      if (!this.copyStaged(idx, from - idx * g, to - idx * g, target, from - offset)) return undefined;
+      if (!this.copyCached(idx, from - idx * g, to - idx * g, target, from - offset)) return undefined;
     }
     this.noteReader(offset, end);
     if (this.streak > 0) this.readAhead(end);
     this.ctx.counters.bytesRead += end - offset;
     return end - offset;
+  }
+
+  private isWarm(idx: number): boolean {
+    const staged = this.staged.get(idx);
+    return staged?.warm === true && staged.epoch === this.ctx.epoch;
+  }
+
+  /** Whether grain `idx` reads as zeros without asking anyone: not cached, no fetch under
+   *  way, and past what Azure holds or a page range already listed as empty. */
+  private knownZeros(idx: number): boolean {
+    if (this.ctx.deps.cache.has(this.ctx.id, idx) || this.fetcher.pending.has(idx)) return false;
+    const g = this.ctx.deps.grainSize;
+    const start = idx * g;
+    const stop = Math.min(start + g, this.ctx.remote.remoteEnd);
+    if (stop <= start) return true;
+    if (this.ctx.remote.kind !== 'page') return false;
+    return this.ctx.remote.pages.known(start, stop)?.length === 0;
+  }
+
+  /** Copies [start, end) of grain `idx` into target at `at` at once: from the cache (staged
+   *  or checked), or zeros (see knownZeros); false when it cannot. */
+  private copyCached(idx: number, start: number, end: number, target: Buffer, at: number): boolean {
+    if (this.copyStaged(idx, start, end, target, at)) return true;
+    const cache = this.ctx.deps.cache;
+    if (cache.covers(this.ctx.id, idx, start, end)) {
+      if (!cache.checked(this.ctx.id, idx) || !cache.readNow(this.ctx.id, idx, start, end - start, target, at)) return false;
+      this.ctx.counters.hits++;
+      return true;
+    }
+    if (!this.knownZeros(idx)) return false;
+    target.fill(0, at, at + end - start);
+    this.ctx.counters.zeroReads++;
+    return true;
   }
 
   /** The kernel sends a sequential reader's requests a few at a time, and they may arrive
@@ -125,8 +163,7 @@ export class Reader {
   /** Copies [start, end) of grain `idx` into target at `at` when it is staged and warm;
    *  false otherwise. */
   private copyStaged(idx: number, start: number, end: number, target: Buffer, at: number): boolean {
-    const staged = this.staged.get(idx);
-    if (staged?.warm !== true || staged.epoch !== this.ctx.epoch) return false;
+    if (!this.isWarm(idx)) return false;
     const cache = this.ctx.deps.cache;
     if (!cache.covers(this.ctx.id, idx, start, end) || !cache.readNow(this.ctx.id, idx, start, end - start, target, at)) return false;
     this.ctx.counters.hits++;

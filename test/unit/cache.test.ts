@@ -108,21 +108,25 @@ describe('GrainCache', () => {
     expect(await cache.dropClean(image)).toBe(1);
     expect(cache.readNow(image, 0, 0, 10, out, 0)).toBe(false);
     await cache.fill(image, 0, grain(2));
-    // Not prefetched since: read() serves it, never the descriptor of the old file.
-    expect(cache.readNow(image, 0, 0, 10, out, 0)).toBe(false);
+    // Not prefetched since: readNow() opens the new file, never reads the old descriptor.
+    expect(cache.readNow(image, 0, 0, 10, out, 0)).toBe(true);
+    expect(out).toEqual(Buffer.alloc(10, 2));
     expect(await cache.prefetch(image, 0)).toBe(true);
+    out.fill(0);
     expect(cache.readNow(image, 0, 0, 10, out, 0)).toBe(true);
     expect(out).toEqual(Buffer.alloc(10, 2));
     await cache.close();
     map.close();
   });
 
-  it('serves a prefetched grain synchronously, and checks its checksum first on its first read in a process', async () => {
+  it('serves a checked grain synchronously, and checks its checksum first on its first read in a process', async () => {
     const first = setup(8);
     await first.cache.fill(first.image, 0, grain(1));
     const out = Buffer.alloc(100, 0xff);
-    // Not opened yet: read() does it.
-    expect(first.cache.readNow(first.image, 0, 10, 50, out, 25)).toBe(false);
+    // Fetched in this process, so checked: served at once, its file opened for it.
+    expect(first.cache.readNow(first.image, 0, 10, 50, out, 25)).toBe(true);
+    expect(out).toEqual(Buffer.concat([Buffer.alloc(25, 0xff), Buffer.alloc(50, 1), Buffer.alloc(25, 0xff)]));
+    out.fill(0xff);
     expect(await first.cache.prefetch(first.image, 0)).toBe(true);
     expect(first.cache.readNow(first.image, 0, 10, 50, out, 25)).toBe(true);
     expect(out).toEqual(Buffer.concat([Buffer.alloc(25, 0xff), Buffer.alloc(50, 1), Buffer.alloc(25, 0xff)]));

@@ -81,6 +81,35 @@ describe('Image reads', () => {
     await second.close();
   });
 
+  it('answers random reads of checked cached grains, and of ranges known empty, at once (readNow); unchecked grains wait for read()', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    const a = crypto.randomBytes(4 * G);
+    await pageBlob(store, 64 * G, [[8 * G, a]]);
+    const first = harness(store, { readAheadGrains: 0 });
+    const image = await first.open(ref);
+    const out = Buffer.alloc(4096, 0xee);
+    // Nothing cached, page ranges not listed yet: it needs read().
+    expect(image.readNow(out, 9 * G + 100, 4096)).toBeUndefined();
+    expect(await image.read(8 * G, 4 * G)).toEqual(a);
+    await image.settled(); // the fetched grains are in the cache
+    // A grain fetched in this process is checked: a random 4 KiB read is answered at once.
+    expect(image.readNow(out, 9 * G + 100, 4096)).toBe(4096);
+    expect(out).toEqual(a.subarray(G + 100, G + 100 + 4096));
+    // The window's page ranges are listed now: a grain with no pages reads as zeros at once.
+    expect(image.readNow(out, 20 * G + 512, 4096)).toBe(4096);
+    expect(out).toEqual(Buffer.alloc(4096));
+    await first.close();
+
+    // A later process must check a clean grain's checksum before serving it at once.
+    const second = harness(store, { dir: first.dir, readAheadGrains: 0 });
+    const again = await second.open(ref);
+    expect(again.readNow(out, 9 * G + 100, 4096)).toBeUndefined();
+    expect(await again.read(9 * G, G)).toEqual(a.subarray(G, 2 * G));
+    expect(again.readNow(out, 9 * G + 100, 4096)).toBe(4096);
+    expect(out).toEqual(a.subarray(G + 100, G + 100 + 4096));
+    await second.close();
+  });
+
   it('drops cached grains when the blob changed elsewhere', async () => {
     const store = new MemoryStore({ containers: ['c'] });
     await pageBlob(store, 4 * G, [[0, Buffer.alloc(4 * G, 1)]]);
