@@ -4,6 +4,7 @@
  * here; faults come from wrapping it in a FaultyStore (lib/store/faulty.ts), counters from
  * a MeteredStore (lib/store/metered.ts), as for the Azure store. */
 
+import type { Clock } from '../../lib/clock';
 import { randomUUID } from 'node:crypto';
 import { BlobdiskError } from '../../lib/errors';
 import {
@@ -22,6 +23,8 @@ export interface MemoryStoreOptions {
   chunkDelayMs?: number;
   /** Containers that exist from the start. */
   containers?: readonly string[];
+  /** Time for Last-Modified and lease expiry (the real clock by default). */
+  clock?: Clock;
 }
 
 interface Lease { id: string; expiresAt: number }
@@ -44,6 +47,8 @@ export class MemoryStore implements BlobStore {
   private readonly staged = new Map<string, Map<string, Buffer>>();
   private seq = 0;
   private closed = false;
+
+  private readonly now = (): number => this.settings.clock?.now() ?? Date.now();
 
   constructor(readonly settings: MemoryStoreOptions = {}) {
     for (const c of settings.containers ?? []) this.containers.set(c, new Map());
@@ -83,7 +88,7 @@ export class MemoryStore implements BlobStore {
     return b;
   }
 
-  private activeLease = (b: MemBlob): Lease | undefined => (b.lease !== undefined && b.lease.expiresAt > Date.now() ? b.lease : undefined);
+  private activeLease = (b: MemBlob): Lease | undefined => (b.lease !== undefined && b.lease.expiresAt > this.now() ? b.lease : undefined);
 
   /** Azure's rules for a write: the lease id must match an active lease, If-Match the ETag. */
   private checkWrite(op: string, ref: BlobRef, b: MemBlob, c: WriteConditions | undefined): void {
@@ -97,12 +102,12 @@ export class MemoryStore implements BlobStore {
   private touch(b: MemBlob): string {
     b.etag = `"0x${(++this.seq).toString(16).toUpperCase().padStart(15, '0')}"`;
     // Azure's Last-Modified has one-second resolution: two changes within a second look alike.
-    b.lastModified = new Date(Math.floor(Date.now() / 1000) * 1000);
+    b.lastModified = new Date(Math.floor(this.now() / 1000) * 1000);
     return b.etag;
   }
 
   private newBlob(kind: BlobKind, size: number, metadata: Record<string, string> | undefined): MemBlob {
-    const b: MemBlob = { kind, size, pages: new Map(), blocks: [], etag: '', lastModified: new Date(), metadata: lower(metadata) };
+    const b: MemBlob = { kind, size, pages: new Map(), blocks: [], etag: '', lastModified: new Date(this.now()), metadata: lower(metadata) };
     this.touch(b);
     return b;
   }
@@ -323,7 +328,7 @@ export class MemoryStore implements BlobStore {
     const active = this.activeLease(b);
     if (active !== undefined && active.id !== proposedLeaseId) throw this.fail('busy', 'acquireLease', ref, 'the blob is leased by someone else');
     const id = proposedLeaseId ?? randomUUID();
-    b.lease = { id, expiresAt: durationSeconds === -1 ? Infinity : Date.now() + durationSeconds * 1000 };
+    b.lease = { id, expiresAt: durationSeconds === -1 ? Infinity : this.now() + durationSeconds * 1000 };
     return id;
   }
 
@@ -333,7 +338,7 @@ export class MemoryStore implements BlobStore {
     if (b.lease?.id !== leaseId) throw this.fail('busy', 'renewLease', ref, 'the lease id does not match');
     const active = this.activeLease(b);
     // Infinite leases stay infinite; others restart their duration (tracked as 60 s here).
-    if (active?.expiresAt !== Infinity) b.lease = { id: leaseId, expiresAt: Date.now() + 60_000 };
+    if (active?.expiresAt !== Infinity) b.lease = { id: leaseId, expiresAt: this.now() + 60_000 };
   }
 
   async releaseLease(ref: BlobRef, leaseId: string): Promise<void> {

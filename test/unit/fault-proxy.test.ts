@@ -2,6 +2,7 @@
  * HTTP server on loopback: rules match by method, path, query and range with skip and
  * times, and each fault reaches the client the way the network would deliver it. */
 
+import { until } from '../support/manual-clock';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { FaultProxy } from '../support/fault-proxy';
@@ -109,7 +110,8 @@ test('delay holds a request; hang never answers (also mid-body) until released',
   expect({ status: h.status, error: h.error }).toEqual({ status: undefined, error: 'client timeout' });
   proxy.add({ path: 'm.img', times: 1, action: { kind: 'hang', midBody: true, afterBytes: 2048 } });
   const pending = get('/acct/c/m.img', { timeoutMs: 30_000 });
-  await new Promise((r) => setTimeout(r, 500));
+  // Released once the proxy holds it, part of its body sent.
+  await until(() => proxy.seen({ path: 'm.img' }).length > 0);
   proxy.releaseHangs();
   const m = await pending;
   expect({ status: m.status, length: m.body.length, failed: m.error !== undefined }).toEqual({ status: 200, length: 2048, failed: true });

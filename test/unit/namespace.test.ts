@@ -4,6 +4,8 @@ import { Namespace } from '../../lib/namespace/namespace';
 import { MeteredStore } from '../../lib/store/metered';
 import { MemoryStore } from '../support/memory-store';
 import { harness } from '../support/image-harness';
+import { ManualClock } from '../support/manual-clock';
+import { DEFAULT_TUNABLES } from '../../lib/tunables';
 
 const ref = { container: 'c', name: 'grows.bin' };
 
@@ -15,12 +17,13 @@ async function putBlockBlob(store: MemoryStore, data: Buffer): Promise<void> {
 
 describe('Namespace attributes', () => {
   it('an open that saw a new ETag is not undone by an older listing, even within the same second', async () => {
-    const store = new MemoryStore({ containers: ['c'] });
-    const h = harness(store);
-    const ns = new Namespace(store, h.images, { container: 'c', attrTtlMs: 60_000, readOnly: false, pageBlobPatterns: [] }, silentLogger);
+    const clock = new ManualClock();
+    const store = new MemoryStore({ containers: ['c'], clock });
+    const h = harness(store, { timing: { clock, tunables: DEFAULT_TUNABLES } });
+    const ns = new Namespace(store, h.images, { container: 'c', attrTtlMs: 60_000, readOnly: false, pageBlobPatterns: [] }, silentLogger, clock);
     try {
       // Start just past a second boundary so that both versions share one Last-Modified.
-      await new Promise((r) => setTimeout(r, 1005 - (Date.now() % 1000)));
+      await clock.advance(1005 - (clock.now() % 1000));
       await putBlockBlob(store, crypto.randomBytes(1000));
       expect((await ns.getattr('/grows.bin')).size).toBe(1000); // the listing is now cached for 60 s
       const first = await ns.open('/grows.bin');
