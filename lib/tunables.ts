@@ -39,10 +39,12 @@ export interface Tunables {
    *  answered after at most this long when Azure is slow to answer again; the request goes
    *  on and updates it. Cached data never waits on Azure for longer. */
   readonly staleAnswerMs: number;
-  /** After a grain's fetch failed because Azure did not answer, that grain fails again at once
-   *  for this long: the kernel reads a page again right away when its read-ahead failed, and
-   *  that second read would otherwise wait --io-timeout once more. */
+  /** After a grain's fetch failed because Azure did not answer (it waited at least
+   *  silentAfterMs), that grain fails again at once for failFastMs: the kernel reads a page
+   *  again right away when its read-ahead failed, and that second read would otherwise wait
+   *  --io-timeout once more. A failure that came quickly (a reset, a cut body) is retried. */
   readonly failFastMs: number;
+  readonly silentAfterMs: number;
 }
 
 export const DEFAULT_TUNABLES: Tunables = Object.freeze({
@@ -64,6 +66,7 @@ export const DEFAULT_TUNABLES: Tunables = Object.freeze({
   pageWindowGrains: 256,
   staleAnswerMs: 1_000,
   failFastMs: 1_000,
+  silentAfterMs: 5_000,
 });
 
 /** The clock and the tunables, as layers take them. */

@@ -72,8 +72,9 @@ export class Fetcher {
   private async run(grains: PendingGrain[], start: number, end: number): Promise<void> {
     const g = this.ctx.deps.grainSize;
     const epoch = this.ctx.epoch;
+    const startedAt = this.ctx.timing.clock.now();
     try {
-      const now = this.ctx.timing.clock.now();
+      const now = startedAt;
       // A run that holds a grain just failed (the kernel's re-read, with read-ahead) fails with it.
       const recent = grains.map((p) => this.unreachable.get(p.idx)).find((f) => f !== undefined && now < f.until);
       if (recent !== undefined) throw recent.error;
@@ -116,8 +117,9 @@ export class Fetcher {
       }
     } catch (e) {
       const error = isBlobdiskError(e) ? e : new BlobdiskError('failed', `reading ${this.ctx.remote.ref.name} failed: ${(e as Error).message}`, { cause: e });
-      if (error.kind === 'unavailable') {
-        const until = this.ctx.timing.clock.now() + this.ctx.timing.tunables.failFastMs;
+      const { clock, tunables } = this.ctx.timing;
+      if (error.kind === 'unavailable' && clock.now() - startedAt >= tunables.silentAfterMs) {
+        const until = clock.now() + tunables.failFastMs;
         for (const p of grains) if (!(this.unreachable.get(p.idx)?.error === error)) this.unreachable.set(p.idx, { error, until });
       }
       for (const p of grains) {

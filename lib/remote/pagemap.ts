@@ -26,7 +26,7 @@ export class PageMap {
     private readonly conditional: () => boolean,
     /** A listing that failed because Azure did not answer stays the answer this long (the
      *  kernel reads a page again at once when its read-ahead failed). */
-    private readonly failFast: { readonly clock: Clock; readonly ms: number } = { clock: systemClock, ms: 0 },
+    private readonly failFast: { readonly clock: Clock; readonly ms: number; readonly silentAfterMs: number } = { clock: systemClock, ms: 0, silentAfterMs: 0 },
   ) {}
 
   private condition(etag: string): { etag?: string } {
@@ -89,6 +89,7 @@ export class PageMap {
       const etag = this.etag;
       const resets = this.resets;
       const generation = this.windowGenerations.get(w) ?? 0;
+      const askedAt = this.failFast.clock.now();
       const current = this.store.pageRanges(this.ref, start, end, this.condition(etag)).then(
         (ranges) => {
           if (this.resets === resets && (this.windowGenerations.get(w) ?? 0) === generation) this.windows.set(w, ranges);
@@ -99,7 +100,8 @@ export class PageMap {
           const forget = (): void => {
             if (this.loading.get(w) === current) this.loading.delete(w);
           };
-          if (isKind(e, 'unavailable') && this.failFast.ms > 0) this.failFast.clock.timeout(forget, this.failFast.ms);
+          const silent = this.failFast.clock.now() - askedAt >= this.failFast.silentAfterMs;
+          if (isKind(e, 'unavailable') && silent && this.failFast.ms > 0) this.failFast.clock.timeout(forget, this.failFast.ms);
           else forget();
           throw e;
         },

@@ -316,6 +316,7 @@ export class RemoteBlob {
     this.pageMap ??= new PageMap(this.deps.store, this.ref, this.timing.tunables.pageWindowGrains * this.deps.grainSize, this.current.etag, this.current.size, () => this.lease.id === undefined, {
       clock: this.timing.clock,
       ms: this.timing.tunables.failFastMs,
+      silentAfterMs: this.timing.tunables.silentAfterMs,
     });
     return this.pageMap;
   }

@@ -158,14 +158,27 @@ describe('Image reads', () => {
     await h.close();
   });
 
-  it('fails a read with the store error after its retries, fails at once again for failFastMs, then fetches again', async () => {
+  it('fails a read with the store error; a quick failure (a reset) is fetched again at once', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    await pageBlob(store, G, [[0, Buffer.alloc(G, 9)]]);
+    const faulty = new FaultyStore(store);
+    const h = harness(faulty);
+    const image = await h.open(ref);
+    faulty.inject({ ops: ['read'], action: { kind: 'fail', error: new BlobdiskError('unavailable', 'the connection was reset') } });
+    await expect(image.read(0, 10)).rejects.toMatchObject({ kind: 'unavailable' });
+    expect((await image.read(0, 10))[0]).toBe(9);
+    await h.close();
+  });
+
+  it('a fetch that failed after Azure kept silent fails again at once for failFastMs, then fetches again', async () => {
     const store = new MemoryStore({ containers: ['c'] });
     await pageBlob(store, G, [[0, Buffer.alloc(G, 9)]]);
     const faulty = new FaultyStore(store);
     const clock = new ManualClock();
-    const h = harness(faulty, { timing: { clock, tunables: DEFAULT_TUNABLES } });
+    // silentAfterMs 0: here every failure counts as Azure keeping silent.
+    const h = harness(faulty, { timing: { clock, tunables: { ...DEFAULT_TUNABLES, silentAfterMs: 0 } } });
     const image = await h.open(ref);
-    const fault = { ops: ['read'], action: { kind: 'fail', error: new BlobdiskError('unavailable', 'Azure is unreachable') } } as const;
+    const fault = { ops: ['read'], action: { kind: 'fail', error: new BlobdiskError('unavailable', 'Azure did not answer in time') } } as const;
     faulty.inject(fault);
     await expect(image.read(0, 10)).rejects.toMatchObject({ kind: 'unavailable' });
     // The kernel reads a page again at once when its read-ahead failed: that fails without asking Azure.

@@ -23,6 +23,7 @@ test('default tunables are pinned', () => {
     pageWindowGrains: 256,
     staleAnswerMs: 1_000,
     failFastMs: 1_000,
+    silentAfterMs: 5_000,
   });
   expect(Object.isFrozen(DEFAULT_TUNABLES)).toBe(true);
 });
