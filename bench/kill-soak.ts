@@ -5,7 +5,7 @@
 import { startAzurite, type RunningAzurite } from '../lib/azurite';
 import { KILL_SOAK_DEFAULTS, KillSoakFailure, runKillSoak } from '../test/support/kill-soak';
 import { randomSeed } from '../test/support/fsx';
-import { removeTempDirs, stopAllMounts } from '../test/support/mount';
+import { cleanupOnSignals } from '../test/support/mount';
 
 export const KILL_USAGE = 'usage: npm run soak -- --kill-cycles N [--seed S] [--check-every N] [--image-size MIB] [--live-ms MIN,MAX]';
 
@@ -34,20 +34,7 @@ export async function killSoakMain(argv: readonly string[]): Promise<number> {
     } else throw new Error(`unknown argument ${a}\n${KILL_USAGE}`);
   }
   let azurite: RunningAzurite | undefined;
-  let stopping = false;
-  const cleanup = async (): Promise<void> => {
-    await stopAllMounts();
-    await azurite?.stop();
-    await removeTempDirs();
-  };
-  const onSignal = (signal: NodeJS.Signals): void => {
-    if (stopping) return;
-    stopping = true;
-    log(`${signal} at seed ${seed}; unmounting and stopping Azurite`);
-    void cleanup().finally(() => process.exit(130));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const cleanup = cleanupOnSignals((line) => log(`${line} (seed ${seed})`), async () => azurite?.stop());
   try {
     azurite = await startAzurite({ inMemory: true, host: '127.0.0.1' });
     const s = await runKillSoak({ connectionString: azurite.connectionString, container: 'killsoak', cycles, seed, checkEvery, imageSize, liveMs, log });
@@ -62,6 +49,6 @@ export async function killSoakMain(argv: readonly string[]): Promise<number> {
     process.stderr.write(`${e instanceof KillSoakFailure ? e.message : `kill-soak: ${e instanceof Error ? e.stack : String(e)}`}\n`);
     return 1;
   } finally {
-    if (!stopping) await cleanup();
+    await cleanup();
   }
 }

@@ -5,7 +5,7 @@
 
 import { startAzurite, type RunningAzurite } from '../lib/azurite';
 import { FSX_DEFAULTS, FsxFailure, randomSeed, runFsx, type FsxOptions } from '../test/support/fsx';
-import { removeTempDirs, stopAllMounts } from '../test/support/mount';
+import { cleanupOnSignals } from '../test/support/mount';
 import { killSoakMain } from './kill-soak';
 
 const USAGE =
@@ -65,21 +65,7 @@ async function main(): Promise<number> {
   const log = (line: string): void => void process.stderr.write(`soak: ${line}\n`);
   log(`seed ${args.seed}, ${args.ops} ops on ${args.files} files, remount every ${args.remountEvery} ops`);
   let azurite: RunningAzurite | undefined;
-  let stopping = false;
-  const cleanup = async (): Promise<void> => {
-    await stopAllMounts();
-    await azurite?.stop();
-    await removeTempDirs();
-  };
-  const onSignal = (signal: NodeJS.Signals): void => {
-    // Stay for the cleanup when the signal comes again: leaving a mount behind is worse.
-    if (stopping) return;
-    stopping = true;
-    log(`${signal} at seed ${args.seed}; unmounting and stopping Azurite`);
-    void cleanup().finally(() => process.exit(130));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const cleanup = cleanupOnSignals((line) => log(`${line} (seed ${args.seed})`), async () => azurite?.stop());
   try {
     // Azurite's request log shows what reached Azure and when, next to a failure's last ops.
     const { azuriteLog, ...fsx } = args;
@@ -99,7 +85,7 @@ async function main(): Promise<number> {
     process.stderr.write(`${e instanceof FsxFailure ? e.message : `soak: ${e instanceof Error ? e.stack : String(e)}`}\n`);
     return 1;
   } finally {
-    if (!stopping) await cleanup();
+    await cleanup();
   }
 }
 

@@ -14,7 +14,7 @@ import type { ContainerClient } from '@azure/storage-blob';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { Prng } from './fsx';
-import { isMounted, makeTempDir, processesMentioning, runCli, sh, sha256, sleep, uploadPageBlob, within, type RunningMount } from './mount';
+import { isMounted, makeTempDir, newMountpoint, processesMentioning, runCli, sh, sha256, sleep, uploadPageBlob, within, type RunningMount } from './mount';
 import { KiB, MiB, containerOn, flushCli, freshCacheDir, mountOn, readAll, sdkDownload } from './write-helpers';
 
 /** The unit of the model: every write covers whole units. */
@@ -115,8 +115,7 @@ export async function runKillSoak(o: KillSoakOptions): Promise<KillSoakSummary> 
   const ackLog = await fsp.open(path.join(work, 'acknowledged.log'), 'a');
 
   const cacheDir = await freshCacheDir();
-  const mnt = path.join(await makeTempDir('blobdisk-killsoak-mnt-'), 'mnt');
-  await fsp.mkdir(mnt);
+  const mnt = await newMountpoint('blobdisk-killsoak-mnt-');
   const image = path.join(mnt, IMAGE);
   const model = new Model(units);
   const notes: string[] = [];

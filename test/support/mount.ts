@@ -313,6 +313,28 @@ export async function startMount(args: readonly string[], options: StartMountOpt
   return handle;
 }
 
+/** For a long run outside jest (the soaks): on the first SIGINT or SIGTERM, stops every mount,
+ *  then `stop()` (Azurite), removes the temp dirs and exits 130; a second signal waits for
+ *  that (leaving a mount behind is worse). Returns the same cleanup for the normal end, which
+ *  does nothing once a signal ran it. */
+export function cleanupOnSignals(say: (line: string) => void, stop: () => Promise<void>): () => Promise<void> {
+  let ran: Promise<void> | undefined;
+  const cleanup = (): Promise<void> =>
+    (ran ??= (async () => {
+      await stopAllMounts();
+      await stop();
+      await removeTempDirs();
+    })());
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (ran !== undefined) return;
+    say(`${signal}: unmounting and stopping Azurite`);
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return cleanup;
+}
+
 /** Stops every mount started by startMount that is still running (for afterAll/afterEach). */
 export async function stopAllMounts(): Promise<void> {
   await Promise.all([...running].map((m) => m.stop()));
