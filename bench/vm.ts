@@ -91,7 +91,7 @@ async function main(): Promise<number> {
     process.stderr.write(`vm benchmark: ${missing} is missing; npm run check (scripts/setup.sh --test) installs what it needs\n`);
     return 1;
   }
-  await ensureLibvirtd();
+  const stopLibvirtd = await ensureLibvirtd();
   const work = await fsp.mkdtemp(path.join(os.tmpdir(), 'blobdisk-vmbench-'));
   await fsp.chmod(work, 0o755);
   const vmDir = path.join(work, 'vm');
@@ -152,6 +152,7 @@ async function main(): Promise<number> {
   } finally {
     await azurite.stop();
     await fsp.rm(work, { recursive: true, force: true }).catch(() => undefined);
+    await stopLibvirtd();
   }
 }
 

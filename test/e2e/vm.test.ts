@@ -33,6 +33,7 @@ if (missing !== undefined) {
 let azurite: RunningAzurite;
 let container: ContainerClient;
 let vmDir: string;
+let stopLibvirtd: (() => Promise<void>) | undefined;
 
 /** A mount as the README's libvirt section has it. */
 async function libvirtMount(): Promise<RunningMount> {
@@ -52,7 +53,7 @@ function expectBooted(report: BootReport): void {
 beforeAll(async () => {
   if (missing !== undefined && process.env.CI !== undefined) throw new Error(`${missing} is missing; .ci/run should have installed it`);
   if (missing !== undefined) return;
-  await ensureLibvirtd();
+  stopLibvirtd = await ensureLibvirtd();
   azurite = await startAzurite({ inMemory: true });
   container = await containerOn(azurite.connectionString, CONTAINER);
   vmDir = await makeTempDir('blobdisk-vm-files-');
@@ -63,6 +64,7 @@ afterAll(async () => {
   await stopAllMounts();
   await azurite?.stop();
   await removeTempDirs();
+  await stopLibvirtd?.();
 });
 
 itVm('virt-xml-validate accepts every libvirt XML in examples/', async () => {

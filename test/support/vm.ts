@@ -1,7 +1,8 @@
 /* Drives examples/vm/boot-vm.sh, the script a user runs to boot a tiny guest under libvirt
  * from an image in a blobdisk mount, and reads what it reports. Used by the end-to-end VM
  * test and by the VM benchmark, so both exercise exactly what the example does. Also
- * starts libvirtd and virtlogd where no service manager did (CI, containers). */
+ * starts libvirtd and virtlogd where no service manager did (CI, containers), and stops
+ * them again afterwards. */
 
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -38,12 +39,29 @@ async function running(name: string): Promise<boolean> {
   return (await sh('pgrep', ['-x', name])).code === 0;
 }
 
-/** Starts virtlogd and libvirtd unless they run, and waits until virsh reaches libvirtd. */
-export async function ensureLibvirtd(): Promise<void> {
-  if (!(await running('virtlogd'))) await sh('virtlogd', ['-d']);
-  if (!(await running('libvirtd'))) await sh('libvirtd', ['-d']);
+/** Starts virtlogd and libvirtd unless they run, and waits until virsh reaches libvirtd.
+ *  Returns a function that stops again exactly the daemons this call started. */
+export async function ensureLibvirtd(): Promise<() => Promise<void>> {
+  const started: number[] = [];
+  for (const daemon of ['virtlogd', 'libvirtd']) {
+    if (await running(daemon)) continue;
+    const r = await sh(daemon, ['-d']);
+    if (r.code !== 0) throw new Error(`${daemon} -d failed: ${r.stderr.trim()}`);
+    const pid = Number((await sh('pgrep', ['-x', '-n', daemon])).stdout.trim());
+    if (pid > 0) started.push(pid);
+  }
   const up = await waitFor(async () => (await sh('virsh', ['-q', '-c', 'qemu:///system', 'version'], { timeoutMs: 10_000 })).code === 0, 30_000, 300);
   if (!up) throw new Error('libvirtd did not answer virsh within 30 s');
+  return async () => {
+    for (const pid of started.reverse()) {
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        continue;
+      }
+      await waitFor(async () => (await sh('kill', ['-0', String(pid)])).code !== 0, 15_000, 200);
+    }
+  };
 }
 
 function field(stdout: string, key: string): string[] | undefined {
