@@ -264,7 +264,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
           const dirty = flusher.dirtyOf(image);
           const c = image.counters;
           return {
-            path: options.container === undefined ? `${image.ref.container}/${image.ref.name}` : image.ref.name,
+            path: `${options.container === undefined ? `${image.ref.container}/${image.ref.name}` : image.ref.name}${image.ref.snapshot !== undefined ? ` (snapshot ${image.ref.snapshot})` : ''}`,
             kind: image.kind,
             size: image.size,
             cachedBytes: image.cachedBytes(),
