@@ -132,8 +132,8 @@ export class Namespace {
     if (entry.type !== 'dir') throw new BlobdiskError('not-directory', `${path} is a file`);
     const [names, snaps] = await Promise.all([
       this.listing(loc.container, loc.name).then((l) => [...l.entries.keys()]),
-      // A directory without a listing of its snapshots (Azure slow) just shows no .snapshots.
-      this.snapshots.inDir(loc.container, loc.name).catch(() => new Map()),
+      // While Azure is slow or failing to list its snapshots, a directory shows no .snapshots.
+      answerWithin(this.snapshots.inDir(loc.container, loc.name).catch(() => new Map()), this.tunables.staleAnswerMs, this.clock, () => new Map()),
     ]);
     return snaps.size > 0 && !names.includes(SNAPSHOTS_DIR) ? [...names, SNAPSHOTS_DIR] : names;
   }

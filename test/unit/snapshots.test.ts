@@ -15,6 +15,8 @@ import { entryNames, snapshotPath } from '../../lib/namespace/snapshots';
 import type { SnapshotInfo } from '../../lib/store/types';
 import { harness, type Harness } from '../support/image-harness';
 import { MemoryStore } from '../support/memory-store';
+import { FaultyStore } from '../../lib/store/faulty';
+import { DEFAULT_TUNABLES } from '../../lib/tunables';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -209,5 +211,29 @@ describe('snapshots through the namespace', () => {
     await rejectsWith(backups.diff('/vm/notes.txt', 'x', 'auto', 5000, () => undefined), 'not-supported');
     await rejectsWith(backups.diff('/vm/disk.img', 'nope', 'auto', 5000, () => undefined), 'not-found');
     await expect(diffPageBlob(store, { container: 'c', name: 'vm/disk.img' }, 4 * MiB, 'nope', 4 * MiB, 'service')).rejects.toThrow();
+  });
+});
+
+describe('snapshots while Azure does not answer', () => {
+  it('ls of a directory does not wait for its snapshot listing: it shows no .snapshots meanwhile', async () => {
+    const memory = new MemoryStore({ containers: ['c'] });
+    const store = new FaultyStore(memory);
+    const h = harness(store);
+    const ns = new Namespace(store, h.images, { container: 'c', attrTtlMs: 0, readOnly: false, pageBlobPatterns: ['*.img'] }, silentLogger);
+    try {
+      await memory.createPageBlob({ container: 'c', name: 'vm/disk.img' }, MiB);
+      await memory.createSnapshot({ container: 'c', name: 'vm/disk.img' });
+      expect(await ns.readdir('/vm')).toEqual(['disk.img', '.snapshots']);
+      store.inject({ ops: ['listSnapshots'], times: Infinity, action: { kind: 'hang' } });
+      await new Promise((r) => setTimeout(r, 5)); // past the listing's TTL of 0
+      const started = Date.now();
+      expect(await ns.readdir('/vm')).toEqual(['disk.img']);
+      expect(Date.now() - started).toBeLessThan(DEFAULT_TUNABLES.staleAnswerMs + 2000);
+      store.heal();
+      expect(await ns.readdir('/vm')).toEqual(['disk.img', '.snapshots']);
+    } finally {
+      store.heal();
+      await h.close();
+    }
   });
 });
