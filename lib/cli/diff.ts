@@ -1,8 +1,9 @@
 /* `blobdisk diff <mountpoint> <image> --since <snapshot> [--json] [--compare M]`: the byte
- * ranges of a page blob that changed since one of its snapshots, for incremental backups,
+ * ranges of an image that changed since one of its snapshots, for incremental backups,
  * after flushing the image. The answer says which method found them (lib/namespace/diff.ts):
- * Azure's page-range diff (service), the two page-range listings (listings), or those plus
- * a byte comparison of the ranges both hold (bytes; the default on Azurite). */
+ * for a page blob Azure's page-range diff (service), the two page-range listings (listings),
+ * or those plus a byte comparison of the ranges both hold (bytes; the default on Azurite);
+ * for a block blob its committed block lists (blocks), or bytes. */
 
 import path from 'node:path';
 import { formatSize } from '../units';

@@ -84,16 +84,16 @@ function withBackupCommands<T>(parser: yargs.Argv<T>, io: Io, run: (command: Pro
     )
     .command(
       'diff <mountpoint> <image>',
-      'list the byte ranges of a page blob changed since one of its snapshots',
+      'list the byte ranges of an image changed since one of its snapshots',
       (y) =>
         y
           .positional('mountpoint', { type: 'string', demandOption: true })
           .positional('image', { type: 'string', demandOption: true })
           .option('since', { type: 'string', demandOption: true, describe: 'the snapshot (its name under .snapshots, or its time)' })
-          .option('compare', { type: 'string', choices: ['auto', 'service', 'listings', 'bytes'], default: 'auto', describe: "service: Azure's page-range diff; listings: compare the two page-range listings; bytes: listings, then compare the data both hold; auto: service on Azure, bytes on Azurite" })
+          .option('compare', { type: 'string', choices: ['auto', 'service', 'listings', 'bytes'], default: 'auto', describe: "service: Azure's page-range diff; listings: compare the two page-range listings; bytes: listings, then compare the data both hold; auto: service on Azure, bytes on Azurite; block blobs: by their block lists, or bytes" })
           .option('json', { type: 'boolean', describe: 'print JSON for scripts' })
           .option('timeout', timeout)
-          .example('$0 diff /mnt/blobs vms/disk.img --since nightly-1', 'lines "changed|cleared OFFSET LENGTH"')
+          .example('$0 diff /mnt/blobs vms/disk.img --since nightly-1', 'lines "changed|cleared|unverified OFFSET LENGTH"')
           .example('$0 diff /mnt/blobs vms/disk.img --since nightly-1 --json', 'the same as JSON, with the method used'),
       (a) => run(commands.diff().diffCommand(a, io)),
     )

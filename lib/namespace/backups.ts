@@ -10,7 +10,7 @@ import type { Logger } from '../log';
 import { logicalSize } from '../remote/remote';
 import type { BlobInfo, BlobRef, BlobStore, ByteRange, CopyStatus } from '../store/types';
 import { CLONE_SOURCE_KEY, cloneSourceText } from './clones';
-import { diffPageBlob, methodFor, type CompareChoice, type CompareMethod } from './diff';
+import { diffImage, methodFor, type CompareChoice, type CompareMethod } from './diff';
 import type { Namespace } from './namespace';
 import { parentAndBase } from './paths';
 import { SNAPSHOTS_DIR, SNAPSHOT_NAME_KEY, snapshotPath, snapshotRef } from './snapshots';
@@ -150,18 +150,15 @@ export class Backups {
     return { path: dest, status, source: from.snapshot ?? '', keptSnapshot: kept };
   }
 
-  /** What changed in the page blob at `path` since its snapshot `since`, after a flush. */
+  /** What changed in the image at `path` since its snapshot `since`, after a flush. */
   async diff(path: string, since: string, compare: CompareChoice, stallMs: number, progress: (p: unknown) => void): Promise<DiffReport> {
     const image = await this.ns.imageAt(path);
-    if (image.kind !== 'page') {
-      throw new BlobdiskError('not-supported', `${path} is a ${image.kind} blob; blobdisk diff works on page blobs only`);
-    }
+    const method = methodFor(compare, this.store, image.kind);
     if (image.conflict !== undefined) throw new BlobdiskError('conflict', image.conflict);
     await this.flush(image, stallMs, progress);
     const found = await this.ns.snapshots.find(image.ref.container, image.ref.name, since);
     const info = await this.store.getInfo(image.ref);
-    const method = methodFor(compare, this.store);
-    const d = await diffPageBlob(this.store, image.ref, info.size, found.snap.snapshot, found.snap.size, method, (compared, of) => progress({ compared, of }));
+    const d = await diffImage(this.store, image.ref, image.kind, info.size, found.snap.snapshot, found.snap.size, method, (compared, of) => progress({ compared, of }));
     return {
       path, since: found.snap.snapshot, sinceEntry: found.entry, method,
       size: logicalSize(info), sinceSize: logicalSize(found.snap),

@@ -1,5 +1,5 @@
-/* `blobdisk diff`: what changed in a page blob since one of its snapshots, for incremental
- * backups. Three ways to find out, and the answer always says which one it used:
+/* `blobdisk diff`: what changed in an image since one of its snapshots, for incremental
+ * backups. For a page blob, three ways to find out, and the answer always says which:
  *   service   Get Page Ranges with prevsnapshot: Azure's own diff, pages written or cleared
  *             since the snapshot. Exact on Azure; Azurite ignores the snapshot (DESIGN.md).
  *   listings  the page ranges of the image and of the snapshot, compared: ranges only the
@@ -7,13 +7,15 @@
  *             have are `unverified` (a backup must copy them too). Two listings, no data.
  *   bytes     as listings, then the ranges both have are read from both and compared in
  *             512-byte pages: exact, at the cost of reading both.
- * auto picks service on Azure and bytes on Azurite (an emulator endpoint). */
+ * auto picks service on Azure and bytes on Azurite (an emulator endpoint). A block blob is
+ * diffed by its committed block lists (blocks: blobdisk restages only the blocks a write
+ * touches, so a block id at the same offset holds the same bytes), or by bytes. */
 
 import { BlobdiskError } from '../errors';
-import type { BlobRef, BlobStore, ByteRange } from '../store/types';
+import type { BlobKind, BlobRef, BlobStore, BlockInfo, ByteRange } from '../store/types';
 import { differing, intersect, merge, subtract, total } from './ranges';
 
-export type CompareMethod = 'service' | 'listings' | 'bytes';
+export type CompareMethod = 'service' | 'listings' | 'bytes' | 'blocks';
 export const COMPARE_CHOICES = ['auto', 'service', 'listings', 'bytes'] as const;
 export type CompareChoice = (typeof COMPARE_CHOICES)[number];
 
@@ -33,9 +35,37 @@ export interface DiffResult {
 const COMPARE_CHUNK = 4 * 1024 * 1024;
 const PAGE = 512;
 
-export function methodFor(choice: CompareChoice, store: BlobStore): CompareMethod {
+export function methodFor(choice: CompareChoice, store: BlobStore, kind: BlobKind): CompareMethod {
+  if (kind === 'append') throw new BlobdiskError('not-supported', 'blobdisk diff works on page and block blobs, not append blobs');
+  if (kind === 'block') {
+    if (choice === 'service' || choice === 'listings') throw new BlobdiskError('invalid', `--compare ${choice} is for page blobs; a block blob is compared by blocks (auto) or bytes`);
+    return choice === 'bytes' ? 'bytes' : 'blocks';
+  }
   if (choice !== 'auto') return choice;
   return store.emulator ? 'bytes' : 'service';
+}
+
+/** Committed blocks with their byte ranges. */
+function placed(blocks: readonly BlockInfo[]): { key: string; start: number; end: number }[] {
+  let at = 0;
+  return blocks.map((b) => {
+    const start = at;
+    at += b.size;
+    return { key: `${start}:${b.size}:${b.id}`, start, end: at };
+  });
+}
+
+/** A block blob against its snapshot by the committed block lists. A blob written in one Put
+ *  Blob has no block list: then nothing can be told and all of it is unverified. */
+async function diffBlocks(store: BlobStore, ref: BlobRef, size: number, since: string, sinceSize: number): Promise<DiffResult> {
+  const [now, then] = await Promise.all([store.blockList(ref), store.blockList({ ...ref, snapshot: since })]);
+  const cleared = sinceSize > size ? [{ start: size, end: sinceSize }] : [];
+  if ((now.length === 0 && size > 0) || (then.length === 0 && sinceSize > 0)) {
+    return { method: 'blocks', changed: [], cleared, unverified: size > 0 ? [{ start: 0, end: size }] : [], bytesCompared: 0 };
+  }
+  const old = new Set(placed(then).map((b) => b.key));
+  const changed = placed(now).filter((b) => !old.has(b.key)).map(({ start, end }) => ({ start, end }));
+  return { method: 'blocks', changed: merge(changed), cleared, unverified: [], bytesCompared: 0 };
 }
 
 async function readAll(store: BlobStore, ref: BlobRef, offset: number, length: number): Promise<Buffer> {
@@ -44,10 +74,11 @@ async function readAll(store: BlobStore, ref: BlobRef, offset: number, length: n
   return Buffer.concat(parts);
 }
 
-/** Diffs page blob `ref` (physical size `size`) against its snapshot `since` (of `sinceSize`). */
-export async function diffPageBlob(
+/** Diffs image `ref` (page or block blob of physical size `size`) against its snapshot `since` (of `sinceSize`). */
+export async function diffImage(
   store: BlobStore,
   ref: BlobRef,
+  kind: BlobKind,
   size: number,
   since: string,
   sinceSize: number,
@@ -55,14 +86,16 @@ export async function diffPageBlob(
   onProgress: (compared: number, of: number) => void = () => undefined,
 ): Promise<DiffResult> {
   const old: BlobRef = { ...ref, snapshot: since };
+  if (method === 'blocks') return diffBlocks(store, ref, size, since, sinceSize);
   if (method === 'service') {
     const d = await store.pageRangesDiff(ref, since, 0, size);
     // Pages past the image's end are gone however Azure reports them.
     const cut = sinceSize > size ? [{ start: size, end: sinceSize }] : [];
     return { method, changed: d.changed, cleared: merge([...d.cleared, ...intersect(cut, await store.pageRanges(old, size, sinceSize))]), unverified: [], bytesCompared: 0 };
   }
-  const now = await store.pageRanges(ref, 0, size);
-  const then = await store.pageRanges(old, 0, sinceSize);
+  // A block blob holds every byte of its size.
+  const now = kind === 'page' ? await store.pageRanges(ref, 0, size) : size > 0 ? [{ start: 0, end: size }] : [];
+  const then = kind === 'page' ? await store.pageRanges(old, 0, sinceSize) : sinceSize > 0 ? [{ start: 0, end: sinceSize }] : [];
   const added = subtract(now, then);
   const cleared = subtract(then, now);
   const both = intersect(now, then);

@@ -11,7 +11,7 @@
 import type { ContainerClient } from '@azure/storage-blob';
 import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../../lib/azurite';
-import { cliEnv, lines, randomData, removeTempDirs, runCli, sh, sleep, statOf, stopAllMounts, uploadPageBlob, type RunningMount } from '../support/mount';
+import { cliEnv, lines, randomData, removeTempDirs, runCli, sh, sleep, statOf, stopAllMounts, uploadBlockBlob, uploadPageBlob, type RunningMount } from '../support/mount';
 import { KiB, MiB, containerOn, ddWrite, expectBytes, freshCacheDir, mountOn, ok, readAll, sdkDownload, unmountClean } from '../support/write-helpers';
 
 const CONTAINER = 'snaps';
@@ -45,6 +45,7 @@ beforeAll(async () => {
   container = await containerOn(azurite.connectionString, CONTAINER);
   await uploadPageBlob(container, DISK.name, DISK.size, DISK.ranges);
   await uploadPageBlob(container, DIFF.name, DIFF.size, DIFF.ranges);
+  await uploadBlockBlob(container, 'diff/b.bin', [randomData(2 * MiB), randomData(2 * MiB), randomData(2 * MiB)]);
   for (const name of ['del/a.img', 'del/b.img']) await uploadPageBlob(container, name, 4 * MiB, [{ offset: 0, data: randomData(MiB) }]);
   mount = await mountOn(azurite.connectionString, CONTAINER, await freshCacheDir(), ['--dir-cache-time', String(TTL_SECONDS)]);
 });
@@ -197,8 +198,20 @@ describe('snapshots through the mount', () => {
       `unverified ${8 * MiB} ${MiB}`,
     ]);
     expect(listings.stderr).toContain('by listings');
-    const block = await cli(['diff', mount.mnt, 'vm/nothing.bin', '--since', 'base']);
-    expect(block.code).toBe(1);
+    const unknown = await cli(['diff', mount.mnt, DIFF.name, '--since', 'nothing']);
+    expect({ code: unknown.code, says: /no snapshot nothing/.test(unknown.stderr) }).toEqual({ code: 1, says: true });
+  });
+
+  test('diff of a block blob by its committed block lists', async () => {
+    ok(await cli(['snapshot', mount.mnt, 'diff/b.bin', '--name', 'base']), 'snapshot base');
+    ok(await ddWrite(at('diff/b.bin'), 2 * MiB + 100 * KiB, randomData(4 * KiB)), 'a patch in the second block');
+    const r = ok(await cli(['diff', mount.mnt, 'diff/b.bin', '--since', 'base', '--json']), 'diff of a block blob');
+    const report = JSON.parse(r.stdout) as { method: string; changed: { start: number; end: number }[]; cleared: unknown[]; unverified: unknown[] };
+    expect({ method: report.method, cleared: report.cleared, unverified: report.unverified }).toEqual({ method: 'blocks', cleared: [], unverified: [] });
+    // Only the restaged block(s) around the patch: not the first block, not the last.
+    expect(report.changed.length).toBeGreaterThan(0);
+    expect(report.changed.some((c) => c.start <= 2 * MiB + 100 * KiB && c.end >= 2 * MiB + 104 * KiB)).toBe(true);
+    expect(report.changed.every((c) => c.start >= 2 * MiB && c.end <= 4 * MiB)).toBe(true);
   });
 });
 

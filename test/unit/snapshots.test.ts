@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import { isBlobdiskError, type ErrorKind } from '../../lib/errors';
 import { silentLogger } from '../../lib/log';
 import { Backups } from '../../lib/namespace/backups';
-import { diffPageBlob } from '../../lib/namespace/diff';
+import { diffImage } from '../../lib/namespace/diff';
 import { Namespace } from '../../lib/namespace/namespace';
 import { differing, intersect, subtract } from '../../lib/namespace/ranges';
 import { entryNames, snapshotPath } from '../../lib/namespace/snapshots';
@@ -206,11 +206,23 @@ describe('snapshots through the namespace', () => {
     expect((await backups.diff('/vm/disk.img', 'base', 'auto', 5000, () => undefined)).method).toBe('bytes');
   });
 
-  it('diff is refused for block blobs and for a snapshot it does not know', async () => {
-    await store.createBlockBlob({ container: 'c', name: 'vm/notes.txt' });
-    await rejectsWith(backups.diff('/vm/notes.txt', 'x', 'auto', 5000, () => undefined), 'not-supported');
+  it('diff of a block blob by its committed block lists; refused for an unknown snapshot', async () => {
+    const ref = { container: 'c', name: 'vm/data.bin' };
+    const id = (n: number): string => Buffer.from(`block-${n}`).toString('base64');
+    for (const n of [1, 2, 3]) await store.stageBlock(ref, id(n), crypto.randomBytes(MiB));
+    await store.commitBlockList(ref, [id(1), id(2), id(3)]);
+    await backups.snapshot('/vm/data.bin', 'base', 5000, () => undefined);
+    await store.stageBlock(ref, id(4), crypto.randomBytes(MiB));
+    await store.commitBlockList(ref, [id(1), id(4)]); // block 2 replaced, block 3 cut off
+    const d = await backups.diff('/vm/data.bin', 'base', 'auto', 5000, () => undefined);
+    expect({ method: d.method, changed: d.changed, cleared: d.cleared, unverified: d.unverified }).toEqual({
+      method: 'blocks', changed: [{ start: MiB, end: 2 * MiB }], cleared: [{ start: 2 * MiB, end: 3 * MiB }], unverified: [],
+    });
+    const bytes = await backups.diff('/vm/data.bin', 'base', 'bytes', 5000, () => undefined);
+    expect({ method: bytes.method, changed: bytes.changed, cleared: bytes.cleared }).toEqual({ method: 'bytes', changed: [{ start: MiB, end: 2 * MiB }], cleared: [{ start: 2 * MiB, end: 3 * MiB }] });
+    await rejectsWith(backups.diff('/vm/data.bin', 'base', 'service', 5000, () => undefined), 'invalid');
     await rejectsWith(backups.diff('/vm/disk.img', 'nope', 'auto', 5000, () => undefined), 'not-found');
-    await expect(diffPageBlob(store, { container: 'c', name: 'vm/disk.img' }, 4 * MiB, 'nope', 4 * MiB, 'service')).rejects.toThrow();
+    await expect(diffImage(store, { container: 'c', name: 'vm/disk.img' }, 'page', 4 * MiB, 'nope', 4 * MiB, 'service')).rejects.toThrow();
   });
 });
 
