@@ -16,7 +16,7 @@ import { uploadProgress } from './progress';
 export function mountPath(mountpoint: string, file: string, what = 'image'): string {
   const rel = path.isAbsolute(file) ? path.relative(mountpoint, file) : path.normalize(file);
   if (rel === '' || rel === '.' || rel.startsWith('..') || path.isAbsolute(rel)) {
-    throw new UsageError(`${file} is not a ${what} inside ${mountpoint}; give its path in the mount, e.g. vms/disk.img`);
+    throw new UsageError(`${file} is not inside ${mountpoint}; give the ${what} as a path in the mount, e.g. vms/disk.img`);
   }
   return `/${rel.replace(/\/+$/, '')}`;
 }

@@ -101,7 +101,7 @@ export class Namespace {
 
   async getattr(path: string): Promise<Attributes> {
     const entry = await this.lookup(path);
-    if (entry.type === 'dir') return { type: 'dir', size: 4096, blocks: 8, mtime: entry.mtime, writable: !this.options.readOnly };
+    if (entry.type === 'dir') return { type: 'dir', size: 4096, blocks: 8, mtime: entry.mtime, writable: !this.options.readOnly && snapshotPath(this.locate(path)) === undefined };
     const info = entry.info;
     const loc = this.locate(path);
     const snapshot = 'snapshot' in info && typeof info.snapshot === 'string' ? info.snapshot : undefined;

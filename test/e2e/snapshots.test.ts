@@ -76,6 +76,7 @@ describe('snapshots through the mount', () => {
     expect(listed.stdout).toContain(' before\n');
     expect(listed.stdout).toContain(` ${bySdk}\n`);
     expect(listed.stdout).toMatch(/^-r--r--r-- .* 16777216 .* before$/m);
+    expect(ok(await sh('ls', ['-la', at('vm/.snapshots')]), 'ls -la .snapshots').stdout).toMatch(/^dr-xr-xr-x .* disk\.img$/m);
     expect(lines(ok(await sh('ls', [at('vm')]), 'ls').stdout)).toEqual(['disk.img']);
     expect(lines(ok(await sh('ls', ['-a', at('vm')]), 'ls -a').stdout)).toEqual(['.', '..', '.snapshots', 'disk.img']);
     expect(await statOf(at('vm/.snapshots/disk.img/before'), '%s')).toBe(String(DISK.size));

@@ -102,6 +102,8 @@ describe('snapshots through the namespace', () => {
     expect(await ns.readdir('/vm')).toEqual(['disk.img', '.snapshots']);
     expect(await ns.readdir('/vm/.snapshots')).toEqual(['disk.img']);
     expect(await ns.readdir('/vm/.snapshots/disk.img')).toEqual(['before']);
+    expect((await ns.getattr('/vm/.snapshots')).writable).toBe(false);
+    expect((await ns.getattr('/vm/.snapshots/disk.img')).writable).toBe(false);
     const attrs = await ns.getattr('/vm/.snapshots/disk.img/before');
     expect({ size: attrs.size, writable: attrs.writable, type: attrs.type }).toEqual({ size: 4 * MiB, writable: false, type: 'file' });
     const snap = await ns.open('/vm/.snapshots/disk.img/before');
