@@ -167,6 +167,7 @@ export class Namespace {
     if (from.container === to.container && from.name === to.name) return;
     const blob = (r: { container: string; name: string }): BlobRef => ({ container: r.container, name: r.name });
     const source = await this.lookup(path);
+    await this.snapshots.checkMovable(from.container, from.name, source.type === 'dir');
     await this.parentIsDirectory(to.container, to.parent);
     const target = await this.lookup(dest).catch((e: unknown) => {
       if (isBlobdiskError(e) && e.kind === 'not-found') return undefined;

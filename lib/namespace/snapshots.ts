@@ -119,6 +119,15 @@ export class Snapshots {
     throw new BlobdiskError('not-found', `${container}/${name} has no snapshot ${entry}${known.length > 0 ? ` (it has: ${known.slice(0, 5).join(', ')}${known.length > 5 ? ', ...' : ''})` : ' (it has none)'}`);
   }
 
+  /** A rename copies the blob and deletes the old one, which takes its snapshots along: busy
+   *  when the file at `name` (or a file under the directory `name`) has snapshots. */
+  async checkMovable(container: string, name: string, isDir: boolean): Promise<void> {
+    const snaps = isDir ? await this.store.listSnapshots(container, `${name}/`) : [...(await this.of(container, name)).values()];
+    if (snaps.length === 0) return;
+    const which = isDir ? `${snaps[0]?.name ?? name}, under ${name},` : name;
+    throw new BlobdiskError('busy', `${which} has snapshots, which cannot be moved (Azure keeps them with the blob); clone it to the new name (blobdisk clone), or delete its snapshots first`);
+  }
+
   /** Forgets what is known of the snapshots in `dir` (one was taken or deleted here). */
   forget(container: string, dir: string): void {
     this.listed.delete(`${container}\0${dir}`);

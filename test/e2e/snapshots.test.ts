@@ -139,6 +139,10 @@ describe('snapshots through the mount', () => {
     await sleep(TTL_SECONDS * 1000 + 200);
     expect(lines(ok(await sh('ls', [at('del/.snapshots/b.img')]), 'ls').stdout)).toEqual(['two']);
     expect((await sh('rm', [at('del/b.img')])).code).not.toBe(0);
+    // mv copies and deletes the blob, which would take the snapshots along: refused too.
+    const moved = await sh('mv', [at('del/b.img'), at('del/c.img')]);
+    expect({ code: moved.code === 0 ? 0 : 'failed', busy: /Device or resource busy/.test(moved.stderr) }).toEqual({ code: 'failed', busy: true });
+    expect(await container.getBlobClient('del/b.img').exists()).toBe(true);
     const missing = await cli(['snapshot', '--delete', mount.mnt, 'del/b.img', 'one']);
     expect({ code: missing.code, says: /no snapshot one/.test(missing.stderr) }).toEqual({ code: 1, says: true });
     ok(await cli(['snapshot', '--delete', mount.mnt, 'del/b.img', 'two']), 'snapshot --delete two');

@@ -119,6 +119,10 @@ describe('snapshots through the namespace', () => {
     await rejectsWith(ns.rename('/vm/disk.img', '/vm/.snapshots/disk.img/x'), 'read-only');
     await rejectsWith(ns.create('/vm/.snapshots/new.img'), 'read-only');
     await rejectsWith(ns.lookup('/vm/.snapshots/disk.img/nope'), 'not-found');
+    // A rename would delete the snapshots with the old blob.
+    expect(await rejectsWith(ns.rename('/vm/disk.img', '/vm/moved.img'), 'busy')).toContain('blobdisk clone');
+    await rejectsWith(ns.rename('/vm', '/vm2'), 'busy');
+    await rejectsWith(backups.snapshot('/vm/disk.img', 'caf\u00e9', 5000, () => undefined), 'invalid');
     await rejectsWith(ns.lookup('/vm/.snapshots/other.img'), 'not-found');
   });
 
