@@ -9,9 +9,10 @@
  * store (test/unit/snapshots.test.ts). Needs root, /dev/fuse and libfuse2. */
 
 import type { ContainerClient } from '@azure/storage-blob';
+import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../../lib/azurite';
-import { cliEnv, lines, randomData, removeTempDirs, runCli, sh, sleep, statOf, stopAllMounts, uploadBlockBlob, uploadPageBlob, type RunningMount } from '../support/mount';
+import { cliEnv, lines, makeTempDir, randomData, removeTempDirs, runCli, sh, sleep, statOf, stopAllMounts, uploadBlockBlob, uploadPageBlob, type RunningMount } from '../support/mount';
 import { KiB, MiB, containerOn, ddWrite, expectBytes, freshCacheDir, mountOn, ok, readAll, sdkDownload, unmountClean } from '../support/write-helpers';
 
 const CONTAINER = 'snaps';
@@ -103,12 +104,17 @@ describe('snapshots through the mount', () => {
     ok(await cli(['snapshot', mount.mnt, DISK.name, '--name', 'moment']), 'blobdisk snapshot');
     const id = (await snapshotIds('vm/')).find((s) => s.label === 'moment')?.snapshot ?? '';
     const expected = await sdkSnapshot(DISK.name, id);
-    // The writer rewrites the whole image three times, with fsyncs, while the reader reads
-    // the snapshot, never read before (so every grain is fetched while the writes go on).
-    const writer = sh('sh', ['-c', 'for i in 1 2 3; do dd if=/dev/urandom of="$1" bs=1M count=16 conv=notrunc,fsync status=none || exit 1; done', 'sh', at(DISK.name)], { timeoutMs: 180_000 });
+    // The writer rewrites the whole image, with fsyncs, until told to stop, while the reader
+    // reads the snapshot, never read before (so every grain is fetched while the writes go on).
+    const stop = path.join(await makeTempDir('blobdisk-stop-'), 'stop');
+    const script = 'n=0; while [ ! -e "$2" ]; do dd if=/dev/urandom of="$1" bs=1M count=16 conv=notrunc,fsync status=none || exit 1; n=$((n+1)); done; echo $n';
+    const writer = sh('sh', ['-c', script, 'sh', at(DISK.name), stop], { timeoutMs: 180_000 });
+    await sleep(300);
     const first = await readAll(at('vm/.snapshots/disk.img/moment'));
     const second = await readAll(at('vm/.snapshots/disk.img/moment'));
-    ok(await writer, 'the writer');
+    await fsp.writeFile(stop, '');
+    const rewrites = Number(ok(await writer, 'the writer').stdout.trim());
+    expect(rewrites).toBeGreaterThanOrEqual(1);
     expectBytes(first, expected, 'the snapshot read during the writes');
     expectBytes(second, expected, 'the snapshot read again');
     ok(await sh('sync', [at(DISK.name)]), 'sync');
