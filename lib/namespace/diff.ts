@@ -33,6 +33,8 @@ export interface DiffResult {
 
 /** How much of each side one comparison reads (a Put Page's worth). */
 const COMPARE_CHUNK = 4 * 1024 * 1024;
+/** Chunks compared at once (two GETs each). */
+const COMPARE_PARALLEL = 4;
 const PAGE = 512;
 
 export function methodFor(choice: CompareChoice, store: BlobStore, kind: BlobKind): CompareMethod {
@@ -102,16 +104,21 @@ export async function diffImage(
   if (method === 'listings') return { method, changed: added, cleared, unverified: both, bytesCompared: 0 };
   if (method !== 'bytes') throw new BlobdiskError('invalid', `unknown compare method ${String(method)}`);
   const changed: ByteRange[] = [...added];
+  const chunks: ByteRange[] = [];
+  for (const r of both) for (let at = r.start; at < r.end; at += COMPARE_CHUNK) chunks.push({ start: at, end: Math.min(r.end, at + COMPARE_CHUNK) });
   const of = total(both);
   let compared = 0;
-  for (const r of both) {
-    for (let at = r.start; at < r.end; at += COMPARE_CHUNK) {
-      const length = Math.min(COMPARE_CHUNK, r.end - at);
-      const [a, b] = await Promise.all([readAll(store, ref, at, length), readAll(store, old, at, length)]);
-      changed.push(...differing(a, b, at, PAGE));
+  let next = 0;
+  // A few chunks at a time: one GET after another leaves Azure (and Azurite) mostly idle.
+  const worker = async (): Promise<void> => {
+    for (let c = chunks[next++]; c !== undefined; c = chunks[next++]) {
+      const length = c.end - c.start;
+      const [a, b] = await Promise.all([readAll(store, ref, c.start, length), readAll(store, old, c.start, length)]);
+      changed.push(...differing(a, b, c.start, PAGE));
       compared += length;
       onProgress(compared, of);
     }
-  }
+  };
+  await Promise.all(Array.from({ length: COMPARE_PARALLEL }, worker));
   return { method, changed: merge(changed), cleared, unverified: [], bytesCompared: 2 * compared };
 }
