@@ -92,7 +92,7 @@ export class Snapshots {
       const byImage = new Map<string, SnapshotInfo[]>();
       for (const snap of all) {
         const base = snap.name.slice(prefix.length);
-        if (base === '' || base.includes('/')) continue;
+        if (base === '') continue;
         byImage.set(base, [...(byImage.get(base) ?? []), snap]);
       }
       return byImage;
@@ -102,11 +102,11 @@ export class Snapshots {
     return snaps;
   }
 
-  /** The snapshots of blob `name`, by entry name, asked of Azure now. */
+  /** The snapshots of blob `name`, by entry name, asked of Azure now (a listing of the names
+   *  that start with it, not of its whole directory). */
   async of(container: string, name: string): Promise<Map<string, SnapshotInfo>> {
-    const slash = name.lastIndexOf('/');
-    const byImage = await this.inDir(container, slash < 0 ? '' : name.slice(0, slash), true);
-    return entryNames(byImage.get(name.slice(slash + 1)) ?? []);
+    const snaps = (await this.store.listSnapshots(container, name)).filter((s) => s.name === name);
+    return entryNames(snaps);
   }
 
   /** The snapshot of blob `name` that `entry` names: an entry name or Azure's id. not-found otherwise. */
@@ -122,7 +122,7 @@ export class Snapshots {
   /** A rename copies the blob and deletes the old one, which takes its snapshots along: busy
    *  when the file at `name` (or a file under the directory `name`) has snapshots. */
   async checkMovable(container: string, name: string, isDir: boolean): Promise<void> {
-    const snaps = isDir ? await this.store.listSnapshots(container, `${name}/`) : [...(await this.of(container, name)).values()];
+    const snaps = isDir ? await this.store.listSnapshots(container, `${name}/`, true) : [...(await this.of(container, name)).values()];
     if (snaps.length === 0) return;
     const which = isDir ? `${snaps[0]?.name ?? name}, under ${name},` : name;
     throw new BlobdiskError('busy', `${which} has snapshots, which cannot be moved (Azure keeps them with the blob); clone it to the new name (blobdisk clone), or delete its snapshots first`);

@@ -77,8 +77,8 @@ export abstract class StoreDecorator implements BlobStore {
   createSnapshot(ref: BlobRef, metadata?: Record<string, string>): Promise<string> {
     return this.around('createSnapshot', ref, () => this.inner.createSnapshot(ref, metadata));
   }
-  listSnapshots(container: string, prefix: string): Promise<SnapshotInfo[]> {
-    return this.around('listSnapshots', { container }, () => this.inner.listSnapshots(container, prefix));
+  listSnapshots(container: string, prefix: string, deep?: boolean): Promise<SnapshotInfo[]> {
+    return this.around('listSnapshots', { container }, () => this.inner.listSnapshots(container, prefix, deep));
   }
   startCopy(source: BlobRef, target: BlobRef, metadata?: Record<string, string>): Promise<CopyStatus> {
     return this.around('startCopy', target, () => this.inner.startCopy(source, target, metadata));

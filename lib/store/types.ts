@@ -148,9 +148,10 @@ export interface BlobStore {
   /** Takes a snapshot of the blob, carrying `metadata` when given (else the blob's own).
    *  Returns the snapshot's id. */
   createSnapshot(ref: BlobRef, metadata?: Record<string, string>): Promise<string>;
-  /** Snapshots of every blob whose name starts with `prefix` (a flat listing, any depth,
-   *  all pages), sorted by blob name, then by snapshot id (oldest first). */
-  listSnapshots(container: string, prefix: string): Promise<SnapshotInfo[]>;
+  /** Snapshots of the blobs whose names start with `prefix`: one directory level (no '/'
+   *  after the prefix), or with `deep` at any depth; all pages, sorted by blob name, then by
+   *  snapshot id (oldest first). */
+  listSnapshots(container: string, prefix: string, deep?: boolean): Promise<SnapshotInfo[]>;
   /** Starts a server-side copy of `source` (a blob or a snapshot) to `target`, which gets
    *  `metadata` (the source's when absent); resolves with the copy's state right after the
    *  start: success when Azure finished at once, else pending (getInfo follows it). */

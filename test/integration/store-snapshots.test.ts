@@ -74,8 +74,13 @@ describe.each(implementations)('BlobStore snapshots: %s', (_label, make) => {
     expect(info.size).toBe(4 * MiB);
     expect(info.metadata.blobdisk_snapshot).toBe('before');
 
+    // One level, or with `deep` also what lies in subdirectories.
+    await store.createPageBlob(ref('d/sub/deeper.img'), 512);
+    const deeper = await store.createSnapshot(ref('d/sub/deeper.img'));
     const listed = await store.listSnapshots(C, 'd/');
     expect(listed.map((s) => [s.name, s.snapshot, s.metadata.blobdisk_snapshot])).toEqual([['d/one.img', id, 'before']]);
+    expect((await store.listSnapshots(C, 'd/', true)).map((s) => [s.name, s.snapshot])).toEqual([['d/one.img', id], ['d/sub/deeper.img', deeper]]);
+    expect((await store.listSnapshots(C, 'd/one')).map((s) => s.name)).toEqual(['d/one.img']);
     // The blob itself is not in the snapshot listing.
     expect(listed.every((s) => s.snapshot !== '')).toBe(true);
 

@@ -359,11 +359,11 @@ export class MemoryStore implements BlobStore {
     return id;
   }
 
-  async listSnapshots(container: string, prefix: string): Promise<SnapshotInfo[]> {
+  async listSnapshots(container: string, prefix: string, deep = false): Promise<SnapshotInfo[]> {
     await this.enter('listSnapshots');
     const out: SnapshotInfo[] = [];
     for (const [name, b] of [...this.container('listSnapshots', container)].sort(([a], [z]) => (a < z ? -1 : 1))) {
-      if (!name.startsWith(prefix)) continue;
+      if (!name.startsWith(prefix) || (!deep && name.includes('/', prefix.length))) continue;
       for (const [id, snap] of [...(b.snapshots ?? [])].sort(([x], [y]) => (x < y ? -1 : 1))) out.push({ ...this.info(name, snap), snapshot: id, leased: false });
     }
     return out;

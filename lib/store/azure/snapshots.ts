@@ -2,8 +2,8 @@
  * (store.ts) that issue #15 added, through the same call()/eachPage() funnel. A snapshot is
  * addressed by BlobRef.snapshot (store.ts's blob() binds the client to it). */
 
-import type { BlobClient, ContainerClient } from '@azure/storage-blob';
-import { BlobdiskError } from '../../errors';
+import type { BlobClient, BlobItem, ContainerClient } from '@azure/storage-blob';
+import { BlobdiskError, isKind } from '../../errors';
 import { PAGE_SIZE, type BlobRef, type ByteRange, type CopyStatus, type PageDiff, type SnapshotInfo } from '../types';
 import { invalid, kindOf, lowerKeys, mergeRanges, quoteEtag } from './convert';
 import type { ErrorContext } from './errors';
@@ -22,6 +22,8 @@ export interface StoreIo {
   container(name: string): ContainerClient;
   blob(ref: BlobRef): BlobClient;
   ctx(op: string, ref: BlobRef): Ctx;
+  /** What the store learned of the service (see listSnapshots). */
+  readonly memo: { flatSnapshots: boolean };
 }
 
 /** Writes to a snapshot would reach Azure only to be refused: refuse them here. */
@@ -38,27 +40,46 @@ export async function createSnapshot(io: StoreIo, ref: BlobRef, metadata?: Recor
   return r.snapshot;
 }
 
-export async function listSnapshots(io: StoreIo, container: string, prefix: string): Promise<SnapshotInfo[]> {
+function snapshotOf(item: BlobItem): SnapshotInfo {
+  return {
+    name: item.name,
+    snapshot: item.snapshot,
+    kind: kindOf(item.properties.blobType),
+    size: item.properties.contentLength ?? 0,
+    etag: quoteEtag(item.properties.etag),
+    lastModified: item.properties.lastModified,
+    metadata: lowerKeys(item.metadata),
+  };
+}
+
+/** One level is listed by hierarchy (include=snapshots with delimiter '/'), so a directory's
+ *  listing does not walk its subdirectories; a service that refuses that combination (400)
+ *  is asked flat from then on, and what lies deeper is filtered out here. */
+export async function listSnapshots(io: StoreIo, container: string, prefix: string, deep: boolean): Promise<SnapshotInfo[]> {
   const out: SnapshotInfo[] = [];
   const client = io.container(container);
-  await io.eachPage(
-    { op: 'listSnapshots', container },
-    (settings, abortSignal) => client.listBlobsFlat({ prefix, includeSnapshots: true, includeMetadata: true, abortSignal }).byPage(settings),
-    (page) => {
-      for (const item of page.segment.blobItems) {
-        if (item.snapshot === undefined || item.snapshot === '') continue;
-        out.push({
-          name: item.name,
-          snapshot: item.snapshot,
-          kind: kindOf(item.properties.blobType),
-          size: item.properties.contentLength ?? 0,
-          etag: quoteEtag(item.properties.etag),
-          lastModified: item.properties.lastModified,
-          metadata: lowerKeys(item.metadata),
-        });
-      }
-    },
-  );
+  const ctx = { op: 'listSnapshots', container };
+  const each = (items: readonly BlobItem[]): void => {
+    for (const item of items) {
+      // The SDK types it as a string, but base blobs come without one.
+      if (!item.snapshot || (!deep && item.name.includes('/', prefix.length))) continue;
+      out.push(snapshotOf(item));
+    }
+  };
+  const options = { prefix, includeSnapshots: true, includeMetadata: true };
+  const flat = (): Promise<void> => io.eachPage(ctx, (settings, abortSignal) => client.listBlobsFlat({ ...options, abortSignal }).byPage(settings), (page) => each(page.segment.blobItems));
+  if (deep || io.memo.flatSnapshots) {
+    await flat();
+  } else {
+    try {
+      await io.eachPage(ctx, (settings, abortSignal) => client.listBlobsByHierarchy('/', { ...options, abortSignal }).byPage(settings), (page) => each(page.segment.blobItems));
+    } catch (e) {
+      if (!isKind(e, 'invalid')) throw e;
+      io.memo.flatSnapshots = true;
+      out.length = 0;
+      await flat();
+    }
+  }
   return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.snapshot < b.snapshot ? -1 : a.snapshot > b.snapshot ? 1 : 0));
 }
 

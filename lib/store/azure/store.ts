@@ -81,6 +81,7 @@ export class AzureStore implements BlobStore {
     container: (name) => this.container(name),
     blob: (ref) => this.blob(ref),
     ctx: (op, ref) => this.ctx(op, ref),
+    memo: { flatSnapshots: false },
   };
 
   /** Runs one SDK request: bounded by the deadline, errors translated. */
@@ -354,7 +355,7 @@ export class AzureStore implements BlobStore {
 
   // Snapshots, copies and the page-range diff live in snapshots.ts, through the same funnel.
   createSnapshot = (ref: BlobRef, metadata?: Record<string, string>): Promise<string> => createSnapshot(this.io, ref, metadata);
-  listSnapshots = (container: string, prefix: string): Promise<SnapshotInfo[]> => listSnapshots(this.io, container, prefix);
+  listSnapshots = (container: string, prefix: string, deep = false): Promise<SnapshotInfo[]> => listSnapshots(this.io, container, prefix, deep);
   startCopy = (source: BlobRef, target: BlobRef, metadata?: Record<string, string>): Promise<CopyStatus> => startCopy(this.io, source, target, metadata);
   pageRangesDiff = (ref: BlobRef, since: string, start: number, end: number): Promise<PageDiff> => pageRangesDiff(this.io, ref, since, start, end);
 
