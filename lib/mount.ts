@@ -26,6 +26,8 @@ import { AzureStore } from './store/azure';
 import { MeteredStore } from './store/metered';
 import { Credentials, accountOf } from './store/credentials';
 import { buildStack, type Stack } from './stack';
+import { Backups } from './namespace/backups';
+import { backupRequest } from './namespace/requests';
 import { Metrics, MetricsServer, type MetricsSnapshot } from './prometheus';
 
 /** How often the mount looks whether someone unmounted it from outside (fusermount -u). */
@@ -262,7 +264,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
           const dirty = flusher.dirtyOf(image);
           const c = image.counters;
           return {
-            path: options.container === undefined ? `${image.ref.container}/${image.ref.name}` : image.ref.name,
+            path: `${options.container === undefined ? `${image.ref.container}/${image.ref.name}` : image.ref.name}${image.ref.snapshot !== undefined ? ` (snapshot ${image.ref.snapshot})` : ''}`,
             kind: image.kind,
             size: image.size,
             cachedBytes: image.cachedBytes(),
@@ -321,7 +323,11 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       });
       return unmounting;
     };
+    // blobdisk snapshot, clone, diff and rm (lib/namespace/backups.ts).
+    const backups = new Backups(ns, store, images, (image, stallMs, onProgress) => flusher.flush([image], { stallMs, onProgress }), log);
     const control = await ControlServer.listen(controlSocketPath(options.mountpoint), async (request, progress) => {
+      const backup = backupRequest(backups, request, progress, options.write.drainTimeoutMs);
+      if (backup !== undefined) return backup;
       if (request.op === 'status') return status();
       if (request.op === 'flush') {
         // Never forever: give up when nothing could be uploaded for the asked time (or --drain-timeout).

@@ -14,6 +14,10 @@ const commands = {
   unmount: (): typeof import('./unmount') => require('./unmount') as typeof import('./unmount'),
   flush: (): typeof import('./flush') => require('./flush') as typeof import('./flush'),
   status: (): typeof import('./status') => require('./status') as typeof import('./status'),
+  snapshot: (): typeof import('./snapshot') => require('./snapshot') as typeof import('./snapshot'),
+  clone: (): typeof import('./clone') => require('./clone') as typeof import('./clone'),
+  diff: (): typeof import('./diff') => require('./diff') as typeof import('./diff'),
+  rm: (): typeof import('./rm') => require('./rm') as typeof import('./rm'),
 };
 
 /** `blobdisk mount`'s flags from lib/cli/flags.ts, grouped as in the help, with examples. */
@@ -44,10 +48,72 @@ function mountFlags<T>(y: yargs.Argv<T>) {
     .example('$0 mount /mnt/blobs --config /etc/blobdisk.yaml --print-config', 'show the settings a config file gives');
 }
 
+/** snapshot, clone, diff and rm: requests to a running mount (README: Snapshots, clones and backups). */
+function withBackupCommands<T>(parser: yargs.Argv<T>, io: Io, run: (command: Promise<number>) => Promise<void>): yargs.Argv<T> {
+  const timeout = { type: 'number', describe: 'give up flushing when nothing could be uploaded for this many seconds', defaultDescription: "the mount's --drain-timeout" } as const;
+  return parser
+    .command(
+      'snapshot <mountpoint> <image> [snapshot]',
+      'flush an image and take an Azure snapshot of it (or --delete one)',
+      (y) =>
+        y
+          .positional('mountpoint', { type: 'string', demandOption: true })
+          .positional('image', { type: 'string', demandOption: true, describe: 'the image, as a path in the mount' })
+          .positional('snapshot', { type: 'string', describe: 'with --delete: the snapshot (its name under .snapshots, or its time)' })
+          .option('name', { type: 'string', describe: 'name the snapshot (shown under .snapshots); default its UTC time' })
+          .option('delete', { type: 'boolean', describe: 'delete the snapshot given instead of taking one' })
+          .option('timeout', timeout)
+          .option('json', { type: 'boolean', describe: 'print JSON for scripts' })
+          .example('$0 snapshot /mnt/blobs vms/disk.img --name before-upgrade', 'then read /mnt/blobs/vms/.snapshots/disk.img/before-upgrade')
+          .example('$0 snapshot --delete /mnt/blobs vms/disk.img before-upgrade', 'delete that snapshot'),
+      (a) => run(commands.snapshot().snapshotCommand(a, io)),
+    )
+    .command(
+      'clone <mountpoint> <source> <target>',
+      'make a new image by a server-side copy of a snapshot or an image',
+      (y) =>
+        y
+          .positional('mountpoint', { type: 'string', demandOption: true })
+          .positional('source', { type: 'string', demandOption: true, describe: 'a snapshot (…/.snapshots/<image>/<name>) or an image' })
+          .positional('target', { type: 'string', demandOption: true, describe: 'the new image, as a path in the mount' })
+          .option('timeout', timeout)
+          .option('json', { type: 'boolean', describe: 'print JSON for scripts' })
+          .example('$0 clone /mnt/blobs vms/.snapshots/disk.img/before-upgrade vms/test.img', 'a writable copy of a snapshot')
+          .example('$0 clone /mnt/blobs vms/golden.img vms/vm7.img', 'a copy of an image as it is now (snapshot, then copy)'),
+      (a) => run(commands.clone().cloneCommand(a, io)),
+    )
+    .command(
+      'diff <mountpoint> <image>',
+      'list the byte ranges of an image changed since one of its snapshots',
+      (y) =>
+        y
+          .positional('mountpoint', { type: 'string', demandOption: true })
+          .positional('image', { type: 'string', demandOption: true })
+          .option('since', { type: 'string', demandOption: true, describe: 'the snapshot (its name under .snapshots, or its time)' })
+          .option('compare', { type: 'string', choices: ['auto', 'service', 'listings', 'bytes'], default: 'auto', describe: "service: Azure's page-range diff; listings: compare the two page-range listings; bytes: listings, then compare the data both hold; auto: service on Azure, bytes on Azurite; block blobs: by their block lists, or bytes" })
+          .option('json', { type: 'boolean', describe: 'print JSON for scripts' })
+          .option('timeout', timeout)
+          .example('$0 diff /mnt/blobs vms/disk.img --since nightly-1', 'lines "changed|cleared|unverified OFFSET LENGTH"')
+          .example('$0 diff /mnt/blobs vms/disk.img --since nightly-1 --json', 'the same as JSON, with the method used'),
+      (a) => run(commands.diff().diffCommand(a, io)),
+    )
+    .command(
+      'rm <mountpoint> <image>',
+      'delete an image (refused while it has snapshots, unless --with-snapshots)',
+      (y) =>
+        y
+          .positional('mountpoint', { type: 'string', demandOption: true })
+          .positional('image', { type: 'string', demandOption: true })
+          .option('with-snapshots', { type: 'boolean', describe: 'delete its snapshots too' })
+          .example('$0 rm /mnt/blobs vms/old.img --with-snapshots', 'the image and all its snapshots'),
+      (a) => run(commands.rm().rmCommand(a, io)),
+    );
+}
+
 export async function main(argv: string[], io: Io = { stdout: process.stdout, stderr: process.stderr, env: process.env }): Promise<number> {
   let exitCode = 0;
   const run = (command: Promise<number>): Promise<void> => command.then((code) => void (exitCode = code));
-  const parser = yargs(argv)
+  const commandsBefore = yargs(argv)
     .scriptName('blobdisk')
     .usage('$0 <command> [options]\n\nMounts Azure Storage page and block blobs as local disk-image files.')
     .command(
@@ -89,11 +155,12 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
           .example('$0 status /mnt/blobs', 'cache use, dirty data and traffic per image')
           .example('$0 status /mnt/blobs --watch 1', 'the same, redrawn every second'),
       (args) => run(commands.status().statusCommand(args.mountpoint, args.json === true, io, args.watch)),
-    )
+    );
+  const parser = withBackupCommands(commandsBefore, io, run)
     .example('$0 mount /mnt/blobs', 'mount on the embedded Azurite (no credentials given)')
     .example('$0 mount /mnt/blobs --help', "every flag of mount, grouped, with its default")
     .epilogue("Each command's own --help lists its flags and examples. Docs: README.md")
-    .demandCommand(1, 'give a command: mount, unmount, flush or status')
+    .demandCommand(1, 'give a command: mount, unmount, flush, status, snapshot, clone, diff or rm')
     .strict()
     .help()
     .version()

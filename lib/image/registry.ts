@@ -6,7 +6,7 @@ import { BlobdiskError, isBlobdiskError } from '../errors';
 import { BlobInfo, BlobRef, WriteConditions } from '../store/types';
 import { Image, ImageDeps } from './image';
 
-const keyOf = (ref: BlobRef): string => `${ref.container}/${ref.name}`;
+const keyOf = (ref: BlobRef): string => `${ref.container}/${ref.name}${ref.snapshot !== undefined ? `\0${ref.snapshot}` : ''}`;
 
 export class Images {
   private readonly images = new Map<string, Promise<Image>>();

@@ -14,7 +14,9 @@ import { Logger } from '../log';
 import { logicalSize } from '../remote/remote';
 import { BlobRef, BlobStore } from '../store/types';
 import { Entry, FOLDER_KEY, Listed, Listings, answerWithin, isFolderMarker } from './listings';
-import { Location, blobComponentProblem, isShowableComponent, locate, parentAndBase } from './paths';
+import { Location, blobComponentProblem, globToRegExp, isShowableComponent, locate, parentAndBase } from './paths';
+import { SNAPSHOTS_DIR, Snapshots, snapshotPath, snapshotRef } from './snapshots';
+import { cloneSource } from './clones';
 
 export interface NamespaceOptions {
   readonly container: string | undefined;
@@ -24,11 +26,7 @@ export interface NamespaceOptions {
   readonly pageBlobPatterns: readonly string[];
 }
 
-/** '*.img' → /^.*\.img$/i: '*' any run, '?' one character, matched against the file name. */
-export function globToRegExp(glob: string): RegExp {
-  const body = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
-  return new RegExp(`^${body}$`, 'i');
-}
+export { globToRegExp };
 
 const MAX_BLOB_NAME = 1024;
 
@@ -51,6 +49,8 @@ export class Namespace {
   private readonly slow = new Set<string>();
   private readonly started: Date;
   private readonly pagePatterns: RegExp[];
+  /** The `.snapshots` trees (snapshots.ts). */
+  readonly snapshots: Snapshots;
 
   constructor(
     private readonly store: BlobStore,
@@ -63,6 +63,7 @@ export class Namespace {
     this.started = new Date(clock.now());
     this.listings = new Listings(store, { attrTtlMs: options.attrTtlMs, staleAnswerMs: tunables.staleAnswerMs, started: this.started }, log, clock);
     this.pagePatterns = options.pageBlobPatterns.map(globToRegExp);
+    this.snapshots = new Snapshots(store, images, options.attrTtlMs, clock, this.started);
   }
 
   private locate(path: string): Location {
@@ -81,6 +82,11 @@ export class Namespace {
   async lookup(path: string): Promise<Entry> {
     const loc = this.locate(path);
     if (loc.container === undefined) return { type: 'dir', mtime: this.started };
+    const sp = snapshotPath(loc);
+    if (sp !== undefined) {
+      if (sp.dir !== '' && (await this.lookup(this.pathOf(sp.container, sp.dir))).type !== 'dir') throw new BlobdiskError('not-found', `${sp.dir} is a file`);
+      return this.snapshots.lookup(sp);
+    }
     if (loc.name === '') {
       if (this.options.container === undefined && !(await this.containerNames()).includes(loc.container)) {
         throw new BlobdiskError('not-found', `no container ${loc.container}`);
@@ -95,11 +101,12 @@ export class Namespace {
 
   async getattr(path: string): Promise<Attributes> {
     const entry = await this.lookup(path);
-    if (entry.type === 'dir') return { type: 'dir', size: 4096, blocks: 8, mtime: entry.mtime, writable: !this.options.readOnly };
+    if (entry.type === 'dir') return { type: 'dir', size: 4096, blocks: 8, mtime: entry.mtime, writable: !this.options.readOnly && snapshotPath(this.locate(path)) === undefined };
     const info = entry.info;
     const loc = this.locate(path);
-    const writable = !this.options.readOnly && info.kind !== 'append';
-    const ref = { container: loc.container ?? '', name: loc.name };
+    const snapshot = 'snapshot' in info && typeof info.snapshot === 'string' ? info.snapshot : undefined;
+    const writable = !this.options.readOnly && info.kind !== 'append' && snapshot === undefined;
+    const ref = snapshot !== undefined ? { container: loc.container ?? '', name: info.name, snapshot } : { container: loc.container ?? '', name: loc.name };
     const image = (await this.images.peek(ref)) ?? (info.kind === 'page' ? await this.images.get(ref, info, false) : undefined);
     if (image) {
       // The listing is at most attrTtlMs old. When it was asked for after the image last
@@ -119,13 +126,21 @@ export class Namespace {
   async readdir(path: string): Promise<string[]> {
     const loc = this.locate(path);
     if (loc.container === undefined) return (await this.containerNames()).slice();
+    const sp = snapshotPath(loc);
+    if (sp !== undefined) return this.snapshots.readdir(sp);
     const entry = await this.lookup(path);
     if (entry.type !== 'dir') throw new BlobdiskError('not-directory', `${path} is a file`);
-    return [...(await this.listing(loc.container, loc.name)).entries.keys()];
+    const [names, snaps] = await Promise.all([
+      this.listing(loc.container, loc.name).then((l) => [...l.entries.keys()]),
+      // While Azure is slow or failing to list its snapshots, a directory shows no .snapshots.
+      answerWithin(this.snapshots.inDir(loc.container, loc.name).catch(() => new Map()), this.tunables.staleAnswerMs, this.clock, () => new Map()),
+    ]);
+    return snaps.size > 0 && !names.includes(SNAPSHOTS_DIR) ? [...names, SNAPSHOTS_DIR] : names;
   }
 
   private checkWritable(path: string): void {
     if (this.options.readOnly) throw new BlobdiskError('read-only', `the mount is read-only (${path})`);
+    if (snapshotPath(this.locate(path)) !== undefined) throw new BlobdiskError('read-only', `${path}: snapshots are read-only; clone one to write (blobdisk clone)`);
   }
 
   /** Mode, owner and times are not kept in Azure: accepted (and ignored) on a writable
@@ -142,6 +157,7 @@ export class Namespace {
    *  some blobs are under the new name and the rest under the old, none lost. */
   async rename(path: string, dest: string): Promise<void> {
     this.checkWritable(path);
+    this.checkWritable(dest);
     for (const p of [path, dest]) {
       const loc = this.locate(p);
       if (loc.container === undefined || loc.name === '') throw new BlobdiskError('not-permitted', `${p}: containers cannot be renamed; move the files inside instead`);
@@ -151,6 +167,7 @@ export class Namespace {
     if (from.container === to.container && from.name === to.name) return;
     const blob = (r: { container: string; name: string }): BlobRef => ({ container: r.container, name: r.name });
     const source = await this.lookup(path);
+    await this.snapshots.checkMovable(from.container, from.name, source.type === 'dir');
     await this.parentIsDirectory(to.container, to.parent);
     const target = await this.lookup(dest).catch((e: unknown) => {
       if (isBlobdiskError(e) && e.kind === 'not-found') return undefined;
@@ -195,7 +212,8 @@ export class Namespace {
     return names;
   }
 
-  private forgetListings(container: string): void {
+  /** Forgets the listings of `container` (blobs were made or deleted there). */
+  forgetListings(container: string): void {
     this.listings.forgetContainer(container);
   }
 
@@ -243,10 +261,14 @@ export class Namespace {
     return image;
   }
 
-  /** The image at `path`, leased to us for writing (busy when another host holds it). */
+  /** The image at `path`, leased to us for writing (busy when another host holds it, or
+   *  while it is a clone Azure is still copying). */
   async openForWrite(path: string): Promise<Image> {
     this.checkWritable(path);
     const image = await this.open(path);
+    if (image.ref.snapshot !== undefined) {
+      throw new BlobdiskError('busy', `${path} is a clone Azure is still copying: it reads from its source now and can be written once the copy is done`);
+    }
     await image.remote.takeLease();
     return image;
   }
@@ -256,13 +278,44 @@ export class Namespace {
     await image.truncate(size);
   }
 
-  /** Deletes the file at `path`: its blob, and whatever the cache holds of it. */
-  async unlink(path: string): Promise<void> {
+  /** Deletes the file at `path`: its blob, and whatever the cache holds of it. busy when
+   *  the image has snapshots, unless `withSnapshots` (then they go too). */
+  async unlink(path: string, withSnapshots = false): Promise<void> {
     this.checkWritable(path);
-    const image = await this.open(path);
-    const { container, parent, base } = this.newRef(path);
+    const image = await this.open(path, false);
+    const { container, name, parent, base } = this.newRef(path);
+    const snaps = await this.snapshots.of(container, name);
+    if (snaps.size > 0 && !withSnapshots) {
+      throw new BlobdiskError('busy', `${path} has ${snaps.size} snapshot(s); delete them with blobdisk snapshot --delete, or remove the image and its snapshots with blobdisk rm --with-snapshots`);
+    }
+    for (const snap of snaps.values()) {
+      const open = await this.images.peek(snapshotRef(container, snap));
+      if (open) await this.images.remove(open);
+    }
     await this.images.remove(image);
+    this.snapshots.forget(container, parent);
     this.remember(container, parent, base, undefined);
+  }
+
+  /** The image at `path` (not a snapshot), for the snapshot, clone, diff and rm commands. */
+  async imageAt(path: string): Promise<Image> {
+    if (snapshotPath(this.locate(path)) !== undefined) throw new BlobdiskError('invalid', `${path} is a snapshot; give the image it belongs to`);
+    return this.open(path, false);
+  }
+
+  /** Where a new file at `path` goes: refused when the mount is read-only, the parent is no
+   *  directory or something is there already. */
+  async newFile(path: string): Promise<{ ref: BlobRef; parent: string }> {
+    this.checkWritable(path);
+    const { container, name, parent } = this.newRef(path);
+    await this.parentIsDirectory(container, parent);
+    if (await this.lookup(path).then(() => true, (e: unknown) => !isKind(e, 'not-found'))) throw new BlobdiskError('exists', `${path} exists`);
+    return { ref: { container, name }, parent };
+  }
+
+  /** The container and blob name (or directory) at `path`. */
+  where(path: string): Location {
+    return this.locate(path);
   }
 
   /** Creates a directory: a marker blob (hdi_isfolder=true), or a container at the account root. */
@@ -309,16 +362,21 @@ export class Namespace {
    *  ours), and one it knows is answered from what it knows when Azure is slow to answer
    *  (the check goes on and updates it). Only an image the mount has not seen waits for
    *  Azure, within --io-timeout. */
-  async open(path: string): Promise<Image> {
+  async open(path: string, serveClones = true): Promise<Image> {
     const loc = this.locate(path);
     if (loc.container === undefined || loc.name === '') throw new BlobdiskError('is-directory', `${path} is a directory`);
+    const sp = snapshotPath(loc);
+    if (sp !== undefined) return this.snapshots.open(sp);
     const ref = { container: loc.container, name: loc.name };
     const known = await this.images.peek(ref);
     if (known?.remote.leaseId !== undefined) return known;
     const entry = await this.lookup(path);
     if (entry.type === 'dir') throw new BlobdiskError('is-directory', `${path} is a directory`);
-    const asked = this.store.getInfo(ref).then((info) => {
+    const asked = this.store.getInfo(ref).then(async (info) => {
       this.slow.delete(`${ref.container}/${ref.name}`);
+      // A clone Azure is still copying reads from its source until the copy is done.
+      const source = serveClones ? cloneSource(info) : undefined;
+      if (source !== undefined) return this.images.get(source, await this.store.getInfo(source), false);
       return this.images.get(ref, info, true);
     });
     if (!known) return asked;

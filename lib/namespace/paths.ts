@@ -35,3 +35,9 @@ export function parentAndBase(name: string): { parent: string; base: string } {
   const i = name.lastIndexOf('/');
   return i < 0 ? { parent: '', base: name } : { parent: name.slice(0, i), base: name.slice(i + 1) };
 }
+
+/** '*.img' → /^.*\.img$/i: '*' any run, '?' one character, matched against the file name. */
+export function globToRegExp(glob: string): RegExp {
+  const body = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+  return new RegExp(`^${body}$`, 'i');
+}

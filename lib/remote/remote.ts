@@ -101,7 +101,8 @@ export class RemoteBlob {
    *  (created when new); cached grains past the row's size are dropped. Call revalidate()
    *  with `info` once the listeners are in place. */
   static async open(deps: RemoteDeps, account: string, ref: BlobRef, info: BlobInfo): Promise<RemoteBlob> {
-    const row = deps.map.ensureImage(account, ref.container, ref.name, info.kind, logicalSize(info));
+    // A snapshot has its own row (and cached grains): NUL cannot be part of a blob name.
+    const row = deps.map.ensureImage(account, ref.container, ref.snapshot === undefined ? ref.name : `${ref.name}\0${ref.snapshot}`, info.kind, logicalSize(info));
     await deps.cache.clipPast(row.id, row.size);
     return new RemoteBlob(deps, ref, row, info);
   }

@@ -2,10 +2,10 @@
  * passes every call through one method, around(), which sees the operation and the blob.
  * Stacked like s3backer's layers: new MeteredStore(new FaultyStore(new AzureStore(...))). */
 
-import type { BlobInfo, BlobRef, BlobStore, BlockInfo, ByteRange, Listing, ReadOptions, WriteConditions } from './types';
+import type { BlobInfo, BlobRef, BlobStore, BlockInfo, ByteRange, CopyStatus, Listing, PageDiff, ReadOptions, SnapshotInfo, WriteConditions } from './types';
 
 /** The operations of a store (its methods but close()). */
-export type StoreOp = Exclude<keyof BlobStore, 'close'>;
+export type StoreOp = Exclude<keyof BlobStore, 'close' | 'emulator'>;
 
 /** The blob (or container) a call is about, as far as it names one. */
 export interface Target {
@@ -73,6 +73,21 @@ export abstract class StoreDecorator implements BlobStore {
   }
   copyBlob(source: BlobRef, target: BlobRef): Promise<string> {
     return this.around('copyBlob', target, () => this.inner.copyBlob(source, target));
+  }
+  createSnapshot(ref: BlobRef, metadata?: Record<string, string>): Promise<string> {
+    return this.around('createSnapshot', ref, () => this.inner.createSnapshot(ref, metadata));
+  }
+  listSnapshots(container: string, prefix: string, deep?: boolean): Promise<SnapshotInfo[]> {
+    return this.around('listSnapshots', { container }, () => this.inner.listSnapshots(container, prefix, deep));
+  }
+  startCopy(source: BlobRef, target: BlobRef, metadata?: Record<string, string>): Promise<CopyStatus> {
+    return this.around('startCopy', target, () => this.inner.startCopy(source, target, metadata));
+  }
+  pageRangesDiff(ref: BlobRef, since: string, start: number, end: number): Promise<PageDiff> {
+    return this.around('pageRangesDiff', ref, () => this.inner.pageRangesDiff(ref, since, start, end));
+  }
+  get emulator(): boolean {
+    return this.inner.emulator;
   }
   acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string, ifMatch?: string): Promise<string> {
     return this.around('acquireLease', ref, () => this.inner.acquireLease(ref, durationSeconds, proposedLeaseId, ifMatch));

@@ -16,6 +16,9 @@ export type BlobKind = 'page' | 'block' | 'append';
 export interface BlobRef {
   readonly container: string;
   readonly name: string;
+  /** A snapshot of the blob, by Azure's id (its UTC timestamp); absent for the blob itself.
+   *  A snapshot reads like its blob; writes to it are refused (invalid). */
+  readonly snapshot?: string;
 }
 
 export interface BlobInfo {
@@ -30,6 +33,24 @@ export interface BlobInfo {
   readonly metadata: Readonly<Record<string, string>>;
   /** True when someone (maybe us) holds an active lease on the blob; only getInfo reports it. */
   readonly leased?: boolean;
+  /** The state of the server-side copy that made the blob, if one did; only getInfo reports it. */
+  readonly copyStatus?: CopyStatus;
+}
+
+/** A server-side copy: pending until Azure has copied everything, then success (or failed, aborted). */
+export type CopyStatus = 'pending' | 'success' | 'failed' | 'aborted';
+
+/** One snapshot of a blob, as a listing describes it (metadata: the snapshot's own). */
+export interface SnapshotInfo extends BlobInfo {
+  /** Azure's id of the snapshot: the UTC time it was taken, e.g. 2026-12-07T12:00:00.1234567Z. */
+  readonly snapshot: string;
+}
+
+/** What Get Page Ranges with prevsnapshot reports: pages written since the snapshot, and pages
+ *  cleared since (both sorted, merged, half-open). */
+export interface PageDiff {
+  readonly changed: ByteRange[];
+  readonly cleared: ByteRange[];
 }
 
 export interface Listing {
@@ -118,10 +139,29 @@ export interface BlobStore {
   commitBlockList(ref: BlobRef, blockIds: string[], options?: WriteConditions & { metadata?: Record<string, string> }): Promise<string>;
   /** Replaces the blob's metadata. Returns the ETag. */
   setMetadata(ref: BlobRef, metadata: Record<string, string>, conditions?: WriteConditions): Promise<string>;
-  /** Deletes the blob (and its snapshots). not-found when absent. */
+  /** Deletes the blob (and its snapshots); with `ref.snapshot`, that one snapshot only.
+   *  not-found when absent. */
   deleteBlob(ref: BlobRef, conditions?: WriteConditions): Promise<void>;
   /** Server-side copy within the account; resolves when the copy has completed. Returns the new ETag. */
   copyBlob(source: BlobRef, target: BlobRef): Promise<string>;
+
+  /** Takes a snapshot of the blob, carrying `metadata` when given (else the blob's own).
+   *  Returns the snapshot's id. */
+  createSnapshot(ref: BlobRef, metadata?: Record<string, string>): Promise<string>;
+  /** Snapshots of the blobs whose names start with `prefix`: one directory level (no '/'
+   *  after the prefix), or with `deep` at any depth; all pages, sorted by blob name, then by
+   *  snapshot id (oldest first). */
+  listSnapshots(container: string, prefix: string, deep?: boolean): Promise<SnapshotInfo[]>;
+  /** Starts a server-side copy of `source` (a blob or a snapshot) to `target`, which gets
+   *  `metadata` (the source's when absent); resolves with the copy's state right after the
+   *  start: success when Azure finished at once, else pending (getInfo follows it). */
+  startCopy(source: BlobRef, target: BlobRef, metadata?: Record<string, string>): Promise<CopyStatus>;
+  /** Get Page Ranges with prevsnapshot: the pages of a page blob written or cleared since its
+   *  snapshot `since`, within [start, end). Azurite answers it wrongly (see `emulator`). */
+  pageRangesDiff(ref: BlobRef, since: string, start: number, end: number): Promise<PageDiff>;
+  /** True when the service is the Azurite emulator (a path-style endpoint, like
+   *  http://127.0.0.1:10000/devstoreaccount1), whose page-range diff ignores the snapshot. */
+  readonly emulator: boolean;
 
   /** Acquires a lease (15–60 s, or -1 for infinite). busy when someone else holds one. Returns
    *  the lease id. With `ifMatch`, only while the blob's ETag is that (stale otherwise), in

@@ -10,7 +10,7 @@ import { BlobdiskError } from '../../lib/errors';
 import {
   MAX_COMMITTED_BLOCKS, MAX_PAGE_BLOB_BYTES, MAX_PUT_PAGE_BYTES, PAGE_SIZE,
   type BlobInfo, type BlobKind, type BlobRef, type BlobStore, type BlockInfo, type ByteRange,
-  type Listing, type ReadOptions, type WriteConditions,
+  type CopyStatus, type Listing, type PageDiff, type ReadOptions, type SnapshotInfo, type WriteConditions,
 } from '../../lib/store/types';
 
 /** Tests may change these at any time through `store.settings`. */
@@ -25,6 +25,10 @@ export interface MemoryStoreOptions {
   containers?: readonly string[];
   /** Time for Last-Modified and lease expiry (the real clock by default). */
   clock?: Clock;
+  /** startCopy leaves copies pending (the target has no content yet) until finishCopies(). */
+  copiesPending?: boolean;
+  /** What `emulator` reports (false: the service's page-range diff is exact here). */
+  emulator?: boolean;
 }
 
 interface Lease { id: string; expiresAt: number }
@@ -38,6 +42,10 @@ interface MemBlob {
   lastModified: Date;
   metadata: Record<string, string>;
   lease?: Lease;
+  copyStatus?: CopyStatus;
+  /** Snapshots by id (page buffers are shared with the blob until it writes them again, so
+   *  an identical buffer means "not written since"). */
+  snapshots?: Map<string, MemBlob>;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((done) => setTimeout(done, ms));
@@ -47,6 +55,8 @@ export class MemoryStore implements BlobStore {
   private readonly staged = new Map<string, Map<string, Buffer>>();
   private seq = 0;
   private closed = false;
+  /** Copies left pending (settings.copiesPending): what finishCopies() completes. */
+  private readonly pendingCopies: (() => void)[] = [];
 
   private readonly now = (): number => this.settings.clock?.now() ?? Date.now();
 
@@ -79,7 +89,19 @@ export class MemoryStore implements BlobStore {
     return c;
   }
 
-  private find = (op: string, ref: BlobRef): MemBlob | undefined => this.container(op, ref.container).get(ref.name);
+  private find = (op: string, ref: BlobRef): MemBlob | undefined => {
+    const b = this.container(op, ref.container).get(ref.name);
+    return ref.snapshot === undefined ? b : b?.snapshots?.get(ref.snapshot);
+  };
+
+  get emulator(): boolean {
+    return this.settings.emulator === true;
+  }
+
+  /** Completes the copies startCopy left pending. */
+  finishCopies(): void {
+    for (const finish of this.pendingCopies.splice(0)) finish();
+  }
 
   private get(op: string, ref: BlobRef, kind?: BlobKind): MemBlob {
     const b = this.find(op, ref);
@@ -92,6 +114,7 @@ export class MemoryStore implements BlobStore {
 
   /** Azure's rules for a write: the lease id must match an active lease, If-Match the ETag. */
   private checkWrite(op: string, ref: BlobRef, b: MemBlob, c: WriteConditions | undefined): void {
+    if (ref.snapshot !== undefined) throw this.fail('invalid', op, ref, 'a snapshot is read-only');
     const lease = this.activeLease(b);
     if (lease !== undefined && c?.leaseId === undefined) throw this.fail('busy', op, ref, 'the blob is leased and no lease id was given');
     if (lease !== undefined && c?.leaseId !== lease.id) throw this.fail('busy', op, ref, 'the lease id does not match');
@@ -124,6 +147,7 @@ export class MemoryStore implements BlobStore {
 
   private info = (name: string, b: MemBlob): BlobInfo => ({
     name, kind: b.kind, size: b.size, etag: b.etag, lastModified: b.lastModified, metadata: { ...b.metadata }, leased: this.activeLease(b) !== undefined,
+    ...(b.copyStatus !== undefined ? { copyStatus: b.copyStatus } : {}),
   });
 
   private create(op: string, ref: BlobRef, blob: MemBlob, overwrite: boolean | undefined): string {
@@ -301,6 +325,10 @@ export class MemoryStore implements BlobStore {
   async deleteBlob(ref: BlobRef, conditions?: WriteConditions): Promise<void> {
     await this.enter('deleteBlob');
     const b = this.get('deleteBlob', ref);
+    if (ref.snapshot !== undefined) {
+      this.container('deleteBlob', ref.container).get(ref.name)?.snapshots?.delete(ref.snapshot);
+      return;
+    }
     this.checkWrite('deleteBlob', ref, b, conditions);
     this.container('deleteBlob', ref.container).delete(ref.name);
     this.staged.delete(key(ref));
@@ -316,6 +344,72 @@ export class MemoryStore implements BlobStore {
     copy.blocks = s.blocks.map((x) => ({ id: x.id, data: Buffer.from(x.data) }));
     this.container('copyBlob', target.container).set(target.name, copy);
     return copy.etag;
+  }
+
+  async createSnapshot(ref: BlobRef, metadata?: Record<string, string>): Promise<string> {
+    await this.enter('createSnapshot');
+    const b = this.get('createSnapshot', ref);
+    if (ref.snapshot !== undefined) throw this.fail('invalid', 'createSnapshot', ref, 'a snapshot is read-only');
+    // Azure's ids are UTC times with 7 fraction digits; the sequence keeps them unique here.
+    const id = new Date(this.now()).toISOString().replace(/Z$/, `${String(++this.seq % 10000).padStart(4, '0')}Z`);
+    const snap: MemBlob = { ...b, pages: new Map(b.pages), blocks: b.blocks.map((x) => ({ ...x })), metadata: metadata !== undefined ? lower(metadata) : { ...b.metadata } };
+    delete snap.lease;
+    delete snap.snapshots;
+    (b.snapshots ??= new Map()).set(id, snap);
+    return id;
+  }
+
+  async listSnapshots(container: string, prefix: string, deep = false): Promise<SnapshotInfo[]> {
+    await this.enter('listSnapshots');
+    const out: SnapshotInfo[] = [];
+    for (const [name, b] of [...this.container('listSnapshots', container)].sort(([a], [z]) => (a < z ? -1 : 1))) {
+      if (!name.startsWith(prefix) || (!deep && name.includes('/', prefix.length))) continue;
+      for (const [id, snap] of [...(b.snapshots ?? [])].sort(([x], [y]) => (x < y ? -1 : 1))) out.push({ ...this.info(name, snap), snapshot: id, leased: false });
+    }
+    return out;
+  }
+
+  async startCopy(source: BlobRef, target: BlobRef, metadata?: Record<string, string>): Promise<CopyStatus> {
+    await this.enter('startCopy');
+    const s = this.get('startCopy', source);
+    const t = this.find('startCopy', target);
+    if (target.snapshot !== undefined) throw this.fail('invalid', 'startCopy', target, 'a snapshot is read-only');
+    if (t !== undefined && this.activeLease(t) !== undefined) throw this.fail('busy', 'startCopy', target, 'the target is leased');
+    const copy = this.newBlob(s.kind, s.size, metadata ?? s.metadata);
+    const pages = new Map([...s.pages].map(([p, d]) => [p, Buffer.from(d)]));
+    const blocks = s.blocks.map((x) => ({ id: x.id, data: Buffer.from(x.data) }));
+    const finish = (): void => {
+      copy.pages = pages;
+      copy.blocks = blocks;
+      copy.copyStatus = 'success';
+      this.touch(copy);
+    };
+    copy.copyStatus = 'pending';
+    this.container('startCopy', target.container).set(target.name, copy);
+    if (this.settings.copiesPending === true) this.pendingCopies.push(finish);
+    else finish();
+    return copy.copyStatus;
+  }
+
+  async pageRangesDiff(ref: BlobRef, since: string, start: number, end: number): Promise<PageDiff> {
+    await this.enter('pageRangesDiff');
+    const b = this.get('pageRangesDiff', ref, 'page');
+    const old = this.get('pageRangesDiff', { ...ref, snapshot: since }, 'page');
+    const inWindow = (p: number): boolean => (p + 1) * PAGE_SIZE > start && p * PAGE_SIZE < end;
+    const changed = [...b.pages].filter(([p, d]) => inWindow(p) && old.pages.get(p) !== d).map(([p]) => p);
+    const cleared = [...old.pages.keys()].filter((p) => inWindow(p) && !b.pages.has(p));
+    const ranges = (pages: number[]): ByteRange[] => {
+      const out: { start: number; end: number }[] = [];
+      for (const p of pages.sort((x, y) => x - y)) {
+        const s = Math.max(start, p * PAGE_SIZE);
+        const e = Math.min(end, (p + 1) * PAGE_SIZE);
+        const last = out[out.length - 1];
+        if (last !== undefined && last.end === s) last.end = e;
+        else out.push({ start: s, end: e });
+      }
+      return out;
+    };
+    return { changed: ranges(changed), cleared: ranges(cleared) };
   }
 
   async acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string, ifMatch?: string): Promise<string> {

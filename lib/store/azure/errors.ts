@@ -27,9 +27,9 @@ const SIGN_IN_ERRORS = new Set(['AuthenticationError', 'AggregateAuthenticationE
 /** What a store operation needs permission to do, in the words of SAS permissions and roles. */
 function needed(op: string): string {
   if (op === 'listContainers') return 'listing containers';
-  if (op === 'list' || op === 'listBlobs') return 'listing blobs';
+  if (op === 'list' || op === 'listBlobs' || op === 'listSnapshots') return 'listing blobs';
   if (/^delete/.test(op)) return 'deleting blobs';
-  if (/^(getInfo|read|pageRanges|blockList|checkContainer)$/.test(op)) return 'reading blobs';
+  if (/^(getInfo|read|pageRanges|pageRangesDiff|blockList|checkContainer)$/.test(op)) return 'reading blobs';
   return 'writing blobs';
 }
 

@@ -20,23 +20,22 @@ import {
   type BlobStore,
   type BlockInfo,
   type ByteRange,
+  type CopyStatus,
   type Listing,
+  type PageDiff,
+  type SnapshotInfo,
   type ReadOptions,
   type WriteConditions,
 } from '../types';
 import { resolve } from './connection';
 import { checkAligned, checkPageBlobSize, conditionsOf, etagOf, invalid, kindOf, lowerKeys, mergeRanges, quoteEtag } from './convert';
 import { azureCode, toBlobdiskError, type ErrorContext } from './errors';
+import { copyBlob, createSnapshot, listSnapshots, pageRangesDiff, startCopy, type StoreIo } from './snapshots';
 
 /** Clear Pages is split into calls of at most this size (Azure would accept more; keep calls bounded). */
 export const MAX_CLEAR_PAGES_BYTES = MAX_PUT_PAGE_BYTES;
 const RETRY_DELAY_MS = 200;
 const MAX_RETRY_DELAY_MS = 2000;
-const COPY_POLL_MS = [200, 500, 1000, 2000] as const;
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((done) => setTimeout(done, ms));
-}
 
 export class AzureStore implements BlobStore {
   private readonly service: BlobServiceClient;
@@ -48,11 +47,14 @@ export class AzureStore implements BlobStore {
   private readonly deadlineMs: number;
   private readonly maxTries: number;
   private closed = false;
+  /** Azure's endpoints name the account in the host; Azurite's in the path. */
+  readonly emulator: boolean;
 
   /** Throws BlobdiskError('invalid') for malformed credentials, never echoing them. */
   constructor(options: StoreOptions) {
     const { url, credential } = resolve(options.credentials);
     this.host = new URL(url).host;
+    this.emulator = new URL(url).pathname.replace(/\/+$/, '') !== '';
     this.signIn = options.credentials.kind;
     this.maxTries = Math.max(1, Math.floor(options.maxTries));
     this.deadlineMs = options.deadlineMs ?? this.maxTries * options.tryTimeoutMs + (this.maxTries - 1) * MAX_RETRY_DELAY_MS;
@@ -71,6 +73,16 @@ export class AzureStore implements BlobStore {
     };
     this.service = new BlobServiceClient(url, credential, pipeline);
   }
+
+  /** What snapshots.ts uses of this store. */
+  private readonly io: StoreIo = {
+    call: (ctx, fn, signal) => this.call(ctx, fn, signal),
+    eachPage: (ctx, byPage, each, signal) => this.eachPage(ctx, byPage, each, signal),
+    container: (name) => this.container(name),
+    blob: (ref) => this.blob(ref),
+    ctx: (op, ref) => this.ctx(op, ref),
+    memo: { flatSnapshots: false },
+  };
 
   /** Runs one SDK request: bounded by the deadline, errors translated. */
   private async call<T>(ctx: Omit<ErrorContext, 'host'>, fn: (signal: AbortSignal) => Promise<T>, callerSignal?: AbortSignal): Promise<T> {
@@ -113,11 +125,12 @@ export class AzureStore implements BlobStore {
   }
 
   private blob(ref: BlobRef): BlobClient {
-    return this.container(ref.container).getBlobClient(ref.name);
+    const client = this.container(ref.container).getBlobClient(ref.name);
+    return ref.snapshot === undefined ? client : client.withSnapshot(ref.snapshot);
   }
 
   private ctx(op: string, ref: BlobRef): { op: string; container: string; blob: string } {
-    return { op, container: ref.container, blob: ref.name };
+    return { op, container: ref.container, blob: ref.snapshot === undefined ? ref.name : `${ref.name} (snapshot ${ref.snapshot})` };
   }
 
   async listContainers(): Promise<string[]> {
@@ -174,6 +187,7 @@ export class AzureStore implements BlobStore {
       lastModified: p.lastModified ?? new Date(0),
       metadata: lowerKeys(p.metadata),
       leased: p.leaseState === 'leased',
+      ...(p.copyStatus !== undefined ? { copyStatus: p.copyStatus } : {}),
     };
   }
 
@@ -329,29 +343,21 @@ export class AzureStore implements BlobStore {
 
   async deleteBlob(ref: BlobRef, conditions?: WriteConditions): Promise<void> {
     await this.call(this.ctx('deleteBlob', ref), (abortSignal) =>
-      this.blob(ref).delete({ deleteSnapshots: 'include', conditions: conditionsOf(conditions), abortSignal }),
+      // A snapshot is deleted alone; Azure refuses deleteSnapshots on one.
+      this.blob(ref).delete({ ...(ref.snapshot === undefined ? { deleteSnapshots: 'include' as const } : {}), conditions: conditionsOf(conditions), abortSignal }),
     );
   }
 
   async copyBlob(source: BlobRef, target: BlobRef): Promise<string> {
-    // Within one account Copy Blob authorizes the source by our Shared Key; with a SAS the
-    // source URL carries it. The copy may finish at once or stay pending: poll until done.
-    const sourceUrl = this.blob(source).url;
-    const dest = this.blob(target);
-    const ctx = { op: `copyBlob ${source.container}/${source.name} to`, container: target.container, blob: target.name };
-    const started = await this.call(ctx, async (abortSignal) => {
-      const poller = await dest.beginCopyFromURL(sourceUrl, { abortSignal });
-      return poller.getOperationState();
-    });
-    let status = started.result?.copyStatus ?? 'pending';
-    for (let i = 0; status === 'pending'; i++) {
-      await sleep(COPY_POLL_MS[Math.min(i, COPY_POLL_MS.length - 1)] ?? 2000);
-      const p = await this.call(ctx, (abortSignal) => dest.getProperties({ abortSignal }));
-      status = p.copyStatus ?? 'success';
-    }
-    if (status !== 'success') throw new BlobdiskError('failed', `${ctx.op} ${target.container}/${target.name} failed: the server-side copy ended as ${status}`);
+    await copyBlob(this.io, source, target);
     return (await this.getInfo(target)).etag;
   }
+
+  // Snapshots, copies and the page-range diff live in snapshots.ts, through the same funnel.
+  createSnapshot = (ref: BlobRef, metadata?: Record<string, string>): Promise<string> => createSnapshot(this.io, ref, metadata);
+  listSnapshots = (container: string, prefix: string, deep = false): Promise<SnapshotInfo[]> => listSnapshots(this.io, container, prefix, deep);
+  startCopy = (source: BlobRef, target: BlobRef, metadata?: Record<string, string>): Promise<CopyStatus> => startCopy(this.io, source, target, metadata);
+  pageRangesDiff = (ref: BlobRef, since: string, start: number, end: number): Promise<PageDiff> => pageRangesDiff(this.io, ref, since, start, end);
 
   async acquireLease(ref: BlobRef, durationSeconds: number, proposedLeaseId?: string, ifMatch?: string): Promise<string> {
     if (durationSeconds !== -1 && !(Number.isInteger(durationSeconds) && durationSeconds >= 15 && durationSeconds <= 60)) {
