@@ -7,7 +7,9 @@
  *     after it (never older, never zeros, never torn within a sector);
  *   - uploading what the reopened cache holds dirty puts only such sectors into Azure;
  *   - and afterwards a cached sector reads as Azure has it.
- * Seeded: POWER_SEED=<n> replays one round; a failure names its seed. */
+ * A quarter of the rounds are a kill -9 instead (everything written survives, same boot):
+ * there every write that returned must read back. Seeded: POWER_SEED=<n> replays one
+ * round; a failure names its seed. */
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -124,11 +126,19 @@ async function round(seed: number): Promise<string[]> {
 
   const crashed = path.join(base, 'crashed');
   fs.mkdirSync(crashed);
-  w.disk.crashInto(crashed, rng, { keep: rng(), leakSqlite: rng() < 0.5 });
+  // A quarter of the rounds end in a kill -9 of the process alone: everything written stays
+  // (the page cache survives), the boot is the same, and every returned write must be there.
+  const killed = rng() < 0.25;
+  if (killed) {
+    w.disk.crashInto(crashed, () => 0.999999, { keep: 1, leakSqlite: true });
+    for (let i = 0; i < IMAGES.length; i++) acked[i] = (history[i] as number[][]).map((h) => h.length - 1);
+  } else {
+    w.disk.crashInto(crashed, rng, { keep: rng(), leakSqlite: rng() < 0.5 });
+  }
   await w.cache.close();
   w.map.close();
 
-  const r = open(crashed, { ...NODE_DISK, bootId: () => 'boot-2' } as unknown as CrashDisk);
+  const r = open(crashed, { ...NODE_DISK, bootId: () => (killed ? 'boot-1' : 'boot-2') } as unknown as CrashDisk);
   const readSector = async (i: number, s: number): Promise<Buffer> => {
     const id = r.ids[i] as number;
     const g = Math.floor(s / 8);
@@ -195,12 +205,17 @@ describe('power loss', () => {
   it('keeps every acknowledged sector and never uploads what did not survive, over many crash points', async () => {
     const started = Date.now();
     const only = process.env.POWER_SEED;
-    const seeds = only ? [Number(only)] : Array.from({ length: 250 }, (_, k) => 1000 + k);
+    const seeds = only ? [Number(only)] : Array.from({ length: 200 }, (_, k) => 1000 + k);
     const problems: string[] = [];
+    let rounds = 0;
     for (const seed of seeds) {
       problems.push(...(await round(seed)));
-      if (problems.length > 20 || Date.now() - started > 45_000) break;
+      rounds++;
+      // A bound on a slow, shared machine: fewer crash points rather than a timeout.
+      if (problems.length > 20 || Date.now() - started > 40_000) break;
     }
+    console.log(`power loss: ${rounds} crash points in ${Date.now() - started} ms`);
     expect(problems).toEqual([]);
+    expect(rounds).toBeGreaterThanOrEqual(Math.min(seeds.length, 50));
   }, 60_000);
 });
