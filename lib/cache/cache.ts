@@ -321,8 +321,7 @@ export class GrainCache {
    *  (failed, no-space) when the local disk does; the next call syncs the same again. */
   async sync(imageId?: number): Promise<void> {
     const pending = [...this.index.values()].filter((e) => e.unsynced && (imageId === undefined || e.imageId === imageId));
-    const records = await syncGrains(this.index, this.files, pending);
-    this.map.durable(records);
+    await syncGrains(this.index, this.files, pending, (records) => this.map.durable(records));
   }
 
   private remove(key: string, entry: Entry): void {

@@ -31,10 +31,10 @@ export function diskError(what: string, e: unknown): BlobdiskError {
   return new BlobdiskError(full ? 'no-space' : 'failed', `${what} in the cache directory failed: ${code ?? String(e)}${full ? ' (the disk of --cache-dir is full)' : ''}`);
 }
 
-/** Makes `pending` (grains written since the last fsync) durable on local disk and returns
- *  what the grain map must record of the dirty ones (see the file's header). Throws a
- *  BlobdiskError when a file cannot be synced: the grains stay unsynced. */
-export async function syncGrains(index: GrainIndex, files: GrainFiles, pending: Entry[]): Promise<SyncedRow[]> {
+/** Makes `pending` (grains written since the last fsync) durable on local disk, then has
+ *  `commit` make the rows durable with the records of the dirty ones (see the file's
+ *  header). Throws when a file cannot be synced or `commit` throws: the grains stay unsynced. */
+export async function syncGrains(index: GrainIndex, files: GrainFiles, pending: Entry[], commit: (records: SyncedRow[]) => void): Promise<void> {
   const gens = new Map<Entry, number>();
   const records = new Map<Entry, SyncedRow>();
   for (const e of pending) {
@@ -48,13 +48,12 @@ export async function syncGrains(index: GrainIndex, files: GrainFiles, pending: 
   } catch (err) {
     throw diskError('fdatasync', err);
   }
-  // Only now, and only for grains not written meanwhile: a failed fdatasync leaves them
-  // unsynced, so the next fsync syncs them again.
+  const kept = [...records].filter(([e]) => live(e));
+  commit(kept.map(([, r]) => r));
+  // Only now, and only for grains not written meanwhile: a failed fdatasync or commit
+  // leaves them unsynced, so the next fsync syncs them again.
   for (const e of pending) if (e.gen === gens.get(e)) e.unsynced = false;
-  return [...records].filter(([e]) => live(e)).map(([e, r]) => {
-    e.recorded = true;
-    return r;
-  });
+  for (const [e] of kept) e.recorded = true;
 }
 
 /** What recover() did. */
