@@ -168,6 +168,42 @@ async function round(seed: number): Promise<string[]> {
 }
 
 describe('power loss', () => {
+  it('after a reboot keeps what fsync acknowledged, drops what it never covered, and says so', async () => {
+    const base = fs.mkdtempSync(path.join(os.tmpdir(), 'blobdisk-power-'));
+    const live = path.join(base, 'live');
+    fs.mkdirSync(live);
+    const w = open(live, new CrashDisk(live));
+    const id = w.ids[0] as number;
+    await w.cache.write(id, 0, 0, content(1, 0), 0);
+    await w.cache.sync(id);
+    await w.cache.write(id, 0, 3 * S, content(2, 3), 0); // not fsynced
+    await w.cache.write(id, 1, 0, content(3, 8), 0); // not fsynced
+    const crashed = path.join(base, 'crashed');
+    fs.mkdirSync(crashed);
+    // Everything reached the disk this time, but the machine restarted: no row is trusted.
+    w.disk.crashInto(crashed, () => 0.999999, { keep: 1, leakSqlite: true });
+    await w.cache.close();
+    w.map.close();
+
+    const lines: string[] = [];
+    const map = GrainMap.open(path.join(crashed, 'grainmap.db'), G, undefined, { disk: { ...NODE_DISK, bootId: () => 'boot-2' } });
+    const cache = new GrainCache({ dir: crashed, sizeBytes: 64 * G, grainSize: G }, map, { ...silentLogger, warn: (m) => lines.push(m) });
+    expect(cache.state(id, 0)?.dirty).toEqual(Buffer.from([0b1]));
+    expect(cache.state(id, 0)?.valid).toEqual(Buffer.from([0b1]));
+    expect(cache.has(id, 1)).toBe(false);
+    expect(lines).toEqual([expect.stringMatching(/machine restarted.*1 grains .* kept as far as fsync acknowledged them, 1 dropped/)]);
+    await cache.close();
+    map.close();
+    // The next open in the same boot has nothing to do.
+    const again = GrainMap.open(path.join(crashed, 'grainmap.db'), G, undefined, { disk: { ...NODE_DISK, bootId: () => 'boot-2' } });
+    const quiet = new GrainCache({ dir: crashed, sizeBytes: 64 * G, grainSize: G }, again, { ...silentLogger, warn: (m) => lines.push(m) });
+    expect(lines).toHaveLength(1);
+    expect(quiet.state(id, 0)?.dirty).toEqual(Buffer.from([0b1]));
+    await quiet.close();
+    again.close();
+    fs.rmSync(base, { recursive: true, force: true });
+  });
+
   it('a grain file made anew after its upload never stands in for the one an fsync recorded', async () => {
     // Written and fsynced, uploaded, evicted, then written elsewhere in a new file; the power
     // fails with every directory change and write kept but SQLite as of its last FULL commit.
