@@ -90,8 +90,8 @@ export class GrainWrites {
     entry.valid = null;
     if (!entry.dirty) entry.checksum = crc32(await this.parts.readWhole(imageId, idx));
     entry.verified = true;
-    // Newly valid sectors of a dirty grain are part of what its next fsync records.
-    entry.unsynced = true;
+    // Newly valid sectors of a dirty grain are part of what its next fsync syncs.
+    if (entry.dirty) entry.unsynced = true;
     this.parts.persist(entry);
     return true;
   }

@@ -9,7 +9,8 @@
  *     when `leakSqlite` says so, everything it committed (a checkpoint or write-back ran).
  * Everything else passes through to the real files, which the live cache keeps using.
  * It also injects local disk errors: fail() makes the next writeSync (after `partial`
- * bytes), datasync or syncDir throw an errno. */
+ * bytes), datasync or syncDir throw an errno, or the report of SQLite's next FULL commit
+ * (as a commit whose fsync failed would). */
 
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -28,7 +29,7 @@ interface Model {
   pending: FileOp[];
 }
 
-export type FaultOp = 'writeSync' | 'datasync' | 'syncDir';
+export type FaultOp = 'writeSync' | 'datasync' | 'syncDir' | 'commit';
 
 interface Fault {
   op: FaultOp;
@@ -266,6 +267,8 @@ export class CrashDisk implements Disk {
   }
 
   committed(file: string): void {
+    const f = this.fault('commit');
+    if (f) throw errnoError(f.code);
     const wal = `${file}-wal`;
     this.sqlite = { db: fs.readFileSync(file), wal: fs.existsSync(wal) ? fs.readFileSync(wal) : undefined };
     this.sqliteFile = file;
