@@ -28,7 +28,8 @@ import { Entry, GrainIndex, keyOf } from './grain-index';
 export function diskError(what: string, e: unknown): BlobdiskError {
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
   const full = code === 'ENOSPC' || code === 'EDQUOT';
-  return new BlobdiskError(full ? 'no-space' : 'failed', `${what} in the cache directory failed: ${code ?? String(e)}${full ? ' (the disk of --cache-dir is full)' : ''}`);
+  const hint = full ? ': the disk of --cache-dir is full; free space there or give a --cache-dir on a larger disk' : '';
+  return new BlobdiskError(full ? 'no-space' : 'failed', `${what} in the cache directory failed: ${code ?? String(e)}${hint}`);
 }
 
 /** Makes `pending` (grains written since the last fsync) durable on local disk, then has
