@@ -64,6 +64,7 @@ interface Native {
   mount(mountpoint: string, options: string, writeback: boolean, maxRequest: number, dispatch: (...args: never[]) => void): object;
   unmount(session: object): void;
   join(session: object): number;
+  unref(session: object): void;
   reply(request: object, result: number, value?: unknown): void;
 }
 
@@ -189,10 +190,17 @@ export class Fuse3 {
   }
 
   /** Detaches the mount and ends the session loop; resolves once libfuse's threads are
-   *  gone. Requests already handed to JavaScript are still answered. */
-  async unmount(): Promise<void> {
+   *  gone. Requests already handed to JavaScript are still answered. When the loop has not
+   *  ended after `waitMs` (someone still holds a file of the detached mount open), resolves
+   *  false and lets the process exit without it. */
+  async unmount(waitMs = 5000): Promise<boolean> {
     this.binding.unmount(this.session);
-    await this.ended;
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), waitMs)));
+    const ended = await Promise.race([this.ended.then(() => true), timedOut]);
+    clearTimeout(timer);
+    if (!ended) this.binding.unref(this.session);
+    return ended;
   }
 
   /** Resolves when the session loop ends, also when someone else unmounted. */
