@@ -147,7 +147,7 @@ async function mountFuse3(mountpoint: string, ops: Operations): Promise<() => Pr
   const writeback = process.env['BAREFS_WRITEBACK'] === '1';
   const fuse = await Fuse3.mount(mountpoint, ops, { options: ['fsname=barerw', 'subtype=barerw'], writeback });
   process.stderr.write(`barerw: libfuse 3, requests up to ${fuse.connection.maxWrite} bytes, writeback cache ${fuse.connection.writeback ? 'on' : 'off'}\n`);
-  return () => fuse.unmount();
+  return async () => void (await fuse.unmount());
 }
 
 /** blobdisk's former FUSE options on fuse-native: big_writes through fsname, 1 MiB max_read,

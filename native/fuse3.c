@@ -559,11 +559,24 @@ static napi_value join(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* unref(session): lets the process exit although the loop has not ended (a lazily
+ * detached mount still held open by someone sends no more requests to end it). */
+static napi_value unref(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s;
+  CHECK(env, napi_get_value_external(env, argv[0], (void **)&s));
+  if (!s->joined) napi_unref_threadsafe_function(env, s->tsfn);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mount", NULL, mount, NULL, NULL, NULL, napi_default, NULL},
       {"unmount", NULL, unmount, NULL, NULL, NULL, napi_default, NULL},
       {"join", NULL, join, NULL, NULL, NULL, napi_default, NULL},
+      {"unref", NULL, unref, NULL, NULL, NULL, napi_default, NULL},
       {"reply", NULL, reply, NULL, NULL, NULL, napi_default, NULL},
   };
   CHECK(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
