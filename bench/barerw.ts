@@ -1,8 +1,9 @@
 /* The bare-FUSE baseline of the peers benchmark: a minimal filesystem of read-write files
  * kept in memory in 1 MiB chunks (absent chunks read as zeros, so a sparse file costs no
  * memory), mounted with blobdisk's FUSE options. It is what a FUSE binding on this machine
- * serves at best, for reads, writes and fio alike: blobdisk's own libfuse 3 binding
- * (lib/fuse/fuse3.ts, the default) or fuse-native (BAREFS_BINDING=fuse-native).
+ * serves at best, for reads, writes and fio alike: fuse-native (the default, the peers
+ * benchmark's "bare fuse-native" column) or blobdisk's own libfuse 3 binding
+ * (BAREFS_BINDING=fuse3, lib/fuse/fuse3.ts; bench/fuse3/compare.sh runs both).
  *
  *   node dist/bench/barerw.js <mountpoint> [name=datafile | name=size] ...
  * A preload `name=datafile` holds the file's bytes; `name=1073741824` makes a sparse file.
@@ -133,7 +134,7 @@ async function main(argv: string[]): Promise<void> {
       cb(0);
     },
   };
-  const unmount = process.env['BAREFS_BINDING'] === 'fuse-native' ? await mountFuseNative(mountpoint, ops) : await mountFuse3(mountpoint, ops);
+  const unmount = process.env['BAREFS_BINDING'] === 'fuse3' ? await mountFuse3(mountpoint, ops) : await mountFuseNative(mountpoint, ops);
   process.stderr.write(`barerw: mounted ${mountpoint}\n`);
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', resolve);

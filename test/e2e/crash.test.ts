@@ -5,7 +5,7 @@
  * SIGKILL in the middle of it. After `umount` (fusermount3 -u) of the dead mount, a new mount on the
  * same cache directory takes the leases back and uploads what was dirty; after `blobdisk
  * flush` the view through that mount equals a direct SDK download, and that download holds
- * every fsynced byte. Needs root, /dev/fuse and libfuse2. */
+ * every fsynced byte. Needs root, /dev/fuse and libfuse3. */
 
 import type { ContainerClient } from '@azure/storage-blob';
 import fsp from 'node:fs/promises';
