@@ -77,14 +77,20 @@ test('fallocate --punch-hole on a page blob reads zeros at once and clears its p
   expect(await sdkPageBytes(container, PAGE.name)).toBe(before - (clearTo - clearFrom));
 }, 120_000);
 
-test('other fallocate modes: allocating within the size changes nothing, collapse-range is not supported', async () => {
-  const want = punched(PAGE.data, 3 * MiB + 1000, 5 * MiB + 3000);
+test('other fallocate modes: allocate within the size changes nothing and past it grows, zero-range zeroes, collapse-range is not supported', async () => {
+  let want = punched(PAGE.data, 3 * MiB + 1000, 5 * MiB + 3000);
   ok(await sh('fallocate', ['--offset', '0', '--length', String(MiB), at(PAGE.name)]), 'fallocate (allocate) within the size');
   expect(await statOf(at(PAGE.name), '%s')).toBe(String(PAGE.data.length));
   const r = await sh('fallocate', ['--collapse-range', '--offset', '0', '--length', String(MiB), at(PAGE.name)]);
   expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 1, stderr: expect.stringMatching(/Operation not supported/) });
+  ok(await sh('fallocate', ['--zero-range', '--keep-size', '--offset', String(12 * MiB), '--length', String(MiB + 512), at(PAGE.name)]), 'fallocate --zero-range');
+  want = punched(want, 12 * MiB, MiB + 512);
   expectBytes(await readAll(at(PAGE.name)), want, 'the image after the other modes');
-}, 60_000);
+  ok(await sh('fallocate', ['--offset', String(16 * MiB), '--length', String(MiB), at(PAGE.name)]), 'fallocate (allocate) past the end');
+  expect(await statOf(at(PAGE.name), '%s')).toBe(String(17 * MiB));
+  ok(await flushCli(mount, at(PAGE.name)), 'blobdisk flush');
+  expectBytes(await sdkDownload(container, PAGE.name), Buffer.concat([want, Buffer.alloc(MiB)]), 'the blob in Azure after the other modes');
+}, 90_000);
 
 test('blkdiscard on a loop device over the image shrinks the page blob\'s page ranges', async () => {
   const loop = ok(await sh('losetup', ['--find', '--show', at(LOOP.name)]), 'losetup').stdout.trim();
