@@ -3,14 +3,15 @@
  * device over the image, which the loop driver turns into the same fallocate) reads back
  * as zeros at once, the data around it stays, and after `blobdisk flush` the page blob's
  * page ranges (listed by the SDK) no longer cover the hole: Clear Pages, not zeros put.
- * On a block blob the hole is uploaded as zeros. Other fallocate modes: allocating within
+ * `fstrim` of ext4 on such a loop device frees a removed file's
+ * pages. On a block blob the hole is uploaded as zeros. Other fallocate modes: allocating within
  * the size changes nothing, unsupported modes fail with "Operation not supported".
  * Needs root, /dev/fuse, libfuse3 and a free loop device. */
 
 import type { ContainerClient } from '@azure/storage-blob';
 import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../../lib/azurite';
-import { randomData, removeTempDirs, sh, statOf, stopAllMounts, uploadBlockBlob, uploadPageBlob, type RunningMount } from '../support/mount';
+import { makeTempDir, randomData, removeTempDirs, sh, statOf, stopAllMounts, uploadBlockBlob, uploadPageBlob, type RunningMount } from '../support/mount';
 import { KiB, MiB, containerOn, expectBytes, flushCli, freshCacheDir, mountOn, ok, readAll, sdkDownload, sdkPageBytes, unmountClean } from '../support/write-helpers';
 
 const CONTAINER = 'discard';
@@ -106,6 +107,36 @@ test('blkdiscard on a loop device over the image shrinks the page blob\'s page r
   expect(await sdkPageBytes(container, LOOP.name)).toBe(8 * MiB);
   expectBytes(await sdkDownload(container, LOOP.name), want, 'the blob in Azure after the flush');
 }, 120_000);
+
+test('fstrim on ext4 over a loop device frees the pages of a removed file in Azure', async () => {
+  const name = 'vm/ext4.img';
+  ok(await sh('truncate', ['-s', String(64 * MiB), at(name)]), 'truncate');
+  const loop = ok(await sh('losetup', ['--find', '--show', at(name)]), 'losetup').stdout.trim();
+  const dir = await makeTempDir('blobdisk-ext4-');
+  let mounted = false;
+  try {
+    ok(await sh('mkfs.ext4', ['-q', '-F', loop]), 'mkfs.ext4');
+    ok(await sh('mount', [loop, dir]), 'mount ext4');
+    mounted = true;
+    ok(await sh('dd', ['if=/dev/urandom', `of=${dir}/data`, 'bs=1M', 'count=16', 'conv=fsync', 'status=none']), 'dd into ext4');
+    ok(await flushCli(mount, at(name)), 'blobdisk flush');
+    const withFile = await sdkPageBytes(container, name);
+    expect(withFile).toBeGreaterThanOrEqual(16 * MiB);
+    ok(await sh('rm', [`${dir}/data`]), 'rm');
+    // ext4 frees a removed file's blocks when its journal commits; fstrim skips them before.
+    ok(await sh('sync', ['-f', dir]), 'sync');
+    const trimmed = ok(await sh('fstrim', ['-v', dir]), 'fstrim').stdout;
+    expect(trimmed).toMatch(/trimmed/);
+    ok(await sh('umount', [dir]), 'umount ext4');
+    mounted = false;
+    ok(await flushCli(mount, at(name)), 'blobdisk flush');
+    expect(await sdkPageBytes(container, name)).toBeLessThanOrEqual(withFile - 15 * MiB);
+  } finally {
+    if (mounted) await sh('umount', [dir]);
+    ok(await sh('losetup', ['--detach', loop]), `losetup --detach ${loop}`);
+  }
+  ok(await sh('e2fsck', ['-fn', at(name)]), 'e2fsck of the image after fstrim');
+}, 180_000);
 
 test('a hole punched into a block blob is uploaded as zeros', async () => {
   const data = Buffer.concat(BLOCKS.blocks);
