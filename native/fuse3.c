@@ -532,7 +532,7 @@ static napi_value unmount(napi_env env, napi_callback_info info) {
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   session_t *s;
   CHECK(env, napi_get_value_external(env, argv[0], (void **)&s));
-  if (!s->unmounted) {
+  if (!s->unmounted && !s->joined) { /* after join() libfuse's state is gone */
     s->unmounted = 1;
     fuse_exit(s->fuse);
     fuse_unmount(s->fuse);

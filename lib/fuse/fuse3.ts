@@ -149,7 +149,12 @@ export class Fuse3 {
     private readonly binding: Native,
     private readonly session: object,
     private readonly ended: Promise<number>,
-  ) {}
+  ) {
+    void ended.then(() => (this.loopEnded = true));
+  }
+
+  /** Set once libfuse's loop has ended and its state is freed (also after an outside umount). */
+  private loopEnded = false;
 
   /** Mounts `ops` at `mountpoint`; resolves once the kernel has completed INIT, so requests
    *  are served. Rejects with the reason when the binding is missing or the kernel refuses. */
@@ -194,6 +199,7 @@ export class Fuse3 {
    *  ended after `waitMs` (someone still holds a file of the detached mount open), resolves
    *  false and lets the process exit without it. */
   async unmount(waitMs = 5000): Promise<boolean> {
+    if (this.loopEnded) return true;
     this.binding.unmount(this.session);
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), waitMs)));

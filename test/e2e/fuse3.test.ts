@@ -7,7 +7,8 @@
 
 import path from 'node:path';
 import { Fuse3, type Operations, type Stat } from '../../lib/fuse/fuse3';
-import { isMounted, newMountpoint, randomData, removeTempDirs, sh, sleep } from '../support/mount';
+import { unmountCommands } from '../../lib/fuse/clear';
+import { isMounted, newMountpoint, randomData, removeTempDirs, sh, sleep, within } from '../support/mount';
 import { expectBytes, ok, readAll, scratchFile } from '../support/write-helpers';
 import fsp from 'node:fs/promises';
 
@@ -129,6 +130,16 @@ test('requests are served side by side: slow reads from 6 readers are in flight 
   slowReadsMs = 0;
   expect(mostInFlight).toBeGreaterThanOrEqual(2);
 }, 60_000);
+
+test('an outside unmount ends the session; unmount() after it resolves at once', async () => {
+  const other = await newMountpoint('blobdisk-fuse3-');
+  const second = await Fuse3.mount(other, ops, { options: [], writeback: false });
+  const [cmd, args] = unmountCommands(other)[0] ?? ['umount', [other]];
+  ok(await sh(cmd, args), 'outside unmount');
+  expect(await within(second.closed.then(() => 'ended'), 10_000, 'still running')).toBe('ended');
+  expect(await second.unmount()).toBe(true);
+  expect(await isMounted(other)).toBe(false);
+}, 30_000);
 
 test('unmount lets go of the mountpoint; mounting on a missing directory fails with a reason', async () => {
   const t0 = Date.now();
