@@ -30,7 +30,7 @@ import { Backups } from './namespace/backups';
 import { backupRequest } from './namespace/requests';
 import { Metrics, MetricsServer, type MetricsSnapshot } from './prometheus';
 
-/** How often the mount looks whether someone unmounted it from outside (fusermount -u). */
+/** How often the mount looks whether someone unmounted it from outside (umount, fusermount3 -u). */
 const MOUNT_WATCH_MS = 2_000;
 
 export interface ImageStatus {
@@ -237,7 +237,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       log,
     );
     const session = await FuseSession.mount(options.mountpoint, ops, { allowOther: access.allowOther }, log);
-    // After an outside unmount (umount, fusermount -u) the kernel has nothing left to let go.
+    // After an outside unmount (umount, fusermount3 -u) the kernel has nothing left to let go.
     cleanup.push(async () => {
       if ((await mountPoints()).has(options.mountpoint)) await session.unmount();
     });
