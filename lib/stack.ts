@@ -13,6 +13,7 @@ import { GrainMap } from './grainmap/grainmap';
 import { FetchBudget } from './image/image';
 import { Images } from './image/registry';
 import type { Logger } from './log';
+import type { CheckpointOptions } from './remote/checkpoint';
 import { Namespace, type NamespaceOptions } from './namespace/namespace';
 import type { BlobStore } from './store/types';
 import { SYSTEM_TIMING, type Timing } from './tunables';
@@ -34,6 +35,8 @@ export interface StackOptions {
   /** The storage account, to tell apart blobs of accounts that share a cache directory. */
   readonly account: string;
   readonly timing?: Timing;
+  /** Crash-consistent checkpoints (--checkpoints); absent or keep 0: none. */
+  readonly checkpoints?: CheckpointOptions;
 }
 
 export interface Stack {
@@ -66,6 +69,7 @@ export function buildStack(store: BlobStore, o: StackOptions, log: Logger): Stac
       ...(o.ioTimeoutMs !== undefined ? { syncStallMs: o.ioTimeoutMs } : {}),
       uploads: flusher,
       timing,
+      ...(o.checkpoints !== undefined ? { checkpoints: o.checkpoints } : {}),
     },
     o.account,
   );

@@ -11,6 +11,7 @@ import { Image } from '../../lib/image/image';
 import { Images } from '../../lib/image/registry';
 import { silentLogger } from '../../lib/log';
 import { SyncMode } from '../../lib/config';
+import type { CheckpointOptions } from '../../lib/remote/checkpoint';
 import { BlobRef, BlobStore } from '../../lib/store/types';
 import { buildStack } from '../../lib/stack';
 import { SYSTEM_TIMING, type Timing } from '../../lib/tunables';
@@ -37,6 +38,8 @@ export interface HarnessOptions {
   ioTimeoutMs?: number;
   /** The clock and tunables every layer gets (the system's by default). */
   timing?: Timing;
+  /** --checkpoints and --checkpoint-interval (none by default). */
+  checkpoints?: CheckpointOptions;
 }
 
 export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
@@ -56,6 +59,7 @@ export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
       account: 'acct',
       host: 'test-host',
       timing: o.timing ?? SYSTEM_TIMING,
+      ...(o.checkpoints !== undefined ? { checkpoints: o.checkpoints } : {}),
     },
     silentLogger,
   );
