@@ -8,7 +8,7 @@
 import type { ContainerClient } from '@azure/storage-blob';
 import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../../lib/azurite';
-import { forceUnmount, makeTempDir, removeTempDirs, sh, stopAllMounts, type RunningMount } from '../support/mount';
+import { forceUnmount, makeTempDir, waitFor, removeTempDirs, sh, stopAllMounts, type RunningMount } from '../support/mount';
 import { MiB, containerOn, freshCacheDir, mountOn, ok } from '../support/write-helpers';
 
 const CONTAINER = 'checkpoints';
@@ -95,6 +95,12 @@ test('every checkpoint taken before a kill -9 in an ext4 copy workload passes e2
         break;
       }
       await copy();
+      if (b === 0) {
+        // `blobdisk status` shows the image's last checkpoint once one was taken after the sync.
+        const m = mount;
+        const shown = await waitFor(async () => ((await m.status()).images.find((i) => i.path === IMAGE)?.lastCheckpoint ?? '') > madeAt, 20_000);
+        expect(shown).toBe(true);
+      }
     }
     if (!mount.child.killed) mount.child.kill('SIGKILL');
     await mount.exited;
