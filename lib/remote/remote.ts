@@ -28,6 +28,7 @@ import { GrainMap, ImageRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { BlobInfo, BlobKind, BlobRef, BlobStore, WriteConditions } from '../store/types';
 import { SYSTEM_TIMING, Timing } from '../tunables';
+import { HolderIdentity, holderText, writeHolder } from './holder';
 import { Lease } from './lease';
 import { PageMap } from './pagemap';
 
@@ -59,6 +60,8 @@ export interface RemoteDeps {
   readonly leaseId: string;
   /** The clock and tunables (the system's when absent). */
   readonly timing?: Timing;
+  /** This mount, written into a blob's metadata when it takes the lease (holder.ts). */
+  readonly holder?: HolderIdentity;
 }
 
 export class RemoteBlob {
@@ -94,7 +97,7 @@ export class RemoteBlob {
     this.timing = deps.timing ?? SYSTEM_TIMING;
     this.knownAt = this.timing.clock.now();
     const lease = { store: deps.store, log: deps.log, proposedId: deps.leaseId, clock: this.timing.clock, seconds: this.timing.tunables.leaseSeconds };
-    this.lease = new Lease(lease, () => this.where, (reason) => this.setConflict(reason), () => this.current.etag);
+    this.lease = new Lease(lease, () => this.where, (reason) => this.setConflict(reason), () => this.current.etag, (id) => this.noteHolder(id));
   }
 
   /** The remote state of `ref` as Azure described it in `info`, from the grain map's row
@@ -369,9 +372,18 @@ export class RemoteBlob {
 
   // ---- the lease -----------------------------------------------------------------------
 
-  /** Takes the blob's lease (once); busy when another host holds it. */
-  takeLease(): Promise<void> {
-    return this.lease.take();
+  /** Takes the blob's lease (once); busy when another host holds it; with `ifMatch`, stale
+   *  unless the blob still has that ETag. */
+  takeLease(ifMatch?: string): Promise<void> {
+    return this.lease.take(ifMatch);
+  }
+
+  /** Names this mount in the metadata of the blob just leased; the new ETag is ours. */
+  private async noteHolder(leaseId: string): Promise<void> {
+    if (this.deps.holder === undefined || this.where.snapshot !== undefined) return;
+    const info = await writeHolder(this.deps.store, this.where, this.current, leaseId, holderText(this.deps.holder, new Date(this.timing.clock.now())));
+    this.produced(info.etag);
+    this.uploaded(info);
   }
 
   /** Releases the lease (at unmount, after draining). */
