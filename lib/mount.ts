@@ -28,7 +28,10 @@ import { Credentials, accountOf } from './store/credentials';
 import { buildStack, type Stack } from './stack';
 import { Backups } from './namespace/backups';
 import { backupRequest } from './namespace/requests';
+import { Handoffs } from './namespace/handoff';
+import type { WarmProgress } from './image/warm';
 import { Metrics, MetricsServer, type MetricsSnapshot } from './prometheus';
+import { SYSTEM_TIMING } from './tunables';
 
 /** How often the mount looks whether someone unmounted it from outside (fusermount -u). */
 const MOUNT_WATCH_MS = 2_000;
@@ -48,6 +51,8 @@ export interface ImageStatus {
   readonly uploadsStopped: string | null;
   /** The image's Azure lease: held, lost (a renewal found it gone) or none. */
   readonly lease: 'held' | 'lost' | 'none';
+  /** Its warm-up from a handoff file (--warm-from), if it has one. */
+  readonly prefetch: WarmProgress | null;
   readonly counters: ImageCounters;
 }
 
@@ -218,6 +223,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
           namespace: { container: options.container, attrTtlMs: options.attrTtlMs, readOnly: options.readOnly, pageBlobPatterns: options.write.pageBlobPatterns },
           account,
           host: await hostIdentity(),
+          holder: { host: os.hostname(), mountpoint: options.mountpoint },
         },
         log,
       );
@@ -228,6 +234,13 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     const { map, cache, flusher, images, namespace: ns } = stack;
     cache.startWorker();
     const stuck = await recover(map, images, log);
+    // blobdisk handoff and --warm-from (lib/namespace/handoff.ts): leases first, warming in the background.
+    const handoffs = new Handoffs({
+      ns, store, images, cache, budget: stack.budget, log, clock: SYSTEM_TIMING.clock, grainSize: options.cache.grainSize, readOnly: options.readOnly, container: options.container,
+      flush: (image, stallMs, onProgress) => flusher.flush([image], { stallMs, onProgress }),
+    });
+    cleanup.push(() => handoffs.close());
+    for (const file of options.warmFrom) await handoffs.warmFrom(file);
     const handles = new Handles();
     const { access } = options;
     const ops = createOperations(
@@ -276,6 +289,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
             conflict: image.conflict ?? null,
             uploadsStopped: flusher.refusedOf(image) ?? null,
             lease: image.remote.lease.state,
+            prefetch: handoffs.progressOf(image) ?? null,
             counters: { ...c },
           };
         }),
@@ -329,6 +343,9 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       const backup = backupRequest(backups, request, progress, options.write.drainTimeoutMs);
       if (backup !== undefined) return backup;
       if (request.op === 'status') return status();
+      if (request.op === 'handoff' && typeof request.path === 'string') {
+        return handoffs.handoff(request.path, typeof request.timeoutMs === 'number' && request.timeoutMs > 0 ? request.timeoutMs : options.write.drainTimeoutMs, progress);
+      }
       if (request.op === 'flush') {
         // Never forever: give up when nothing could be uploaded for the asked time (or --drain-timeout).
         const stallMs = typeof request.timeoutMs === 'number' && request.timeoutMs > 0 ? request.timeoutMs : options.write.drainTimeoutMs;

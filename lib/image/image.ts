@@ -86,6 +86,11 @@ export class Image implements UploadSource {
     return this.reader.read(offset, length);
   }
 
+  /** Fetches grain `idx` into the cache unless it is there (see Reader.warm). */
+  warm(idx: number): Promise<boolean> {
+    return this.reader.warm(idx);
+  }
+
   /** The image's current bytes for an upload: like read(), without counting as a reader. */
   readForUpload(offset: number, length: number): Promise<Buffer> {
     return this.reader.readForUpload(offset, length);
