@@ -7,7 +7,7 @@ import path from 'node:path';
 import { GrainCache } from '../../lib/cache/cache';
 import { Flusher } from '../../lib/flusher/flusher';
 import { GrainMap } from '../../lib/grainmap/grainmap';
-import { Image } from '../../lib/image/image';
+import { FetchBudget, Image } from '../../lib/image/image';
 import { Images } from '../../lib/image/registry';
 import { silentLogger } from '../../lib/log';
 import { SyncMode } from '../../lib/config';
@@ -21,6 +21,8 @@ export interface Harness {
   readonly cache: GrainCache;
   readonly images: Images;
   readonly flusher: Flusher;
+  /** The mount's budget of ranged GETs in flight. */
+  readonly budget: FetchBudget;
   open(ref: BlobRef): Promise<Image>;
   close(): Promise<void>;
 }
@@ -61,7 +63,7 @@ export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
   );
   const { map, cache, images, flusher } = stack;
   return {
-    dir, map, cache, images, flusher,
+    dir, map, cache, images, flusher, budget: stack.budget,
     open: async (ref) => images.get(ref, await store.getInfo(ref), true),
     close: () => stack.close(),
   };
