@@ -224,6 +224,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
           account,
           host: await hostIdentity(),
           holder: { host: os.hostname(), mountpoint: options.mountpoint },
+          bootPrefetch: true,
         },
         log,
       );
@@ -289,7 +290,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
             conflict: image.conflict ?? null,
             uploadsStopped: flusher.refusedOf(image) ?? null,
             lease: image.remote.lease.state,
-            prefetch: handoffs.progressOf(image) ?? null,
+            prefetch: handoffs.progressOf(image) ?? image.bootPrefetch ?? null,
             counters: { ...c },
           };
         }),

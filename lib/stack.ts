@@ -37,6 +37,8 @@ export interface StackOptions {
   readonly timing?: Timing;
   /** This mount, named in a blob's metadata while it holds the lease (host name, mountpoint). */
   readonly holder?: HolderIdentity;
+  /** Images remember their first minute of reads and warm them at the next boot (lib/image/boot.ts). */
+  readonly bootPrefetch?: boolean;
 }
 
 export interface Stack {
@@ -73,6 +75,7 @@ export function buildStack(store: BlobStore, o: StackOptions, log: Logger): Stac
       uploads: flusher,
       timing,
       ...(o.holder !== undefined ? { holder: o.holder } : {}),
+      ...(o.bootPrefetch === true ? { bootDir: path.join(o.cache.dir, 'boot') } : {}),
     },
     o.account,
   );

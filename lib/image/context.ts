@@ -46,6 +46,8 @@ export interface ImageDeps {
   readonly timing?: Timing;
   /** This mount, named in a blob's metadata while it holds the lease. */
   readonly holder?: HolderIdentity;
+  /** Where images remember their first minute of reads for the next boot (boot.ts); off when absent. */
+  readonly bootDir?: string;
 }
 
 export class ImageContext {

@@ -219,6 +219,7 @@ export class Reader {
    *  doubled, and a reader of a grain being warmed shares its fetch. True when it fetched. */
   async warm(idx: number): Promise<boolean> {
     const g = this.ctx.deps.grainSize;
+    if (this.ctx.deps.cache.has(this.ctx.id, idx)) return false;
     if (this.fetchable(idx) === 'unknown') await this.ctx.remote.pages.ranges(idx * g, (idx + 1) * g);
     const under = this.fetcher.pending.get(idx);
     if (under) return under.finished.then(() => false);

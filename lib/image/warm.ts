@@ -16,6 +16,18 @@ export const WARM_CONCURRENCY = 4;
 /** How long a warm-up waits before looking again at a busy fetch budget. */
 const BUDGET_WAIT_MS = 20;
 
+/** The grains of `grainSize` holding the bytes of grains `list` of `listGrainSize`, in
+ *  order, once each (a list made with another --grain-size). */
+export function regrain(list: readonly number[], listGrainSize: number, grainSize: number): number[] {
+  const out = new Set<number>();
+  for (const i of list) {
+    const first = Math.floor((i * listGrainSize) / grainSize);
+    const last = Math.floor(((i + 1) * listGrainSize - 1) / grainSize);
+    for (let g = first; g <= last; g++) out.add(g);
+  }
+  return [...out];
+}
+
 export interface WarmProgress {
   /** Grains looked at (fetched, or found cached or empty), of `total`. */
   readonly done: number;

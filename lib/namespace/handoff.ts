@@ -13,7 +13,7 @@ import { BlobdiskError, isBlobdiskError } from '../errors';
 import type { FetchBudget } from '../image/context';
 import type { Image } from '../image/image';
 import type { Images } from '../image/registry';
-import { Warmer, type WarmProgress } from '../image/warm';
+import { Warmer, regrain, type WarmProgress } from '../image/warm';
 import type { Logger } from '../log';
 import { logicalSize } from '../remote/remote';
 import type { BlobRef, BlobStore } from '../store/types';
@@ -56,17 +56,6 @@ export function parseHandoff(text: string, where: string): HandoffFile {
     Array.isArray(o.hot) && o.hot.every((i) => Number.isSafeInteger(i) && (i as number) >= 0);
   if (!ok) throw new BlobdiskError('invalid', `${where} is not a handoff file of this blobdisk version; make a new one with blobdisk handoff`);
   return v as HandoffFile;
-}
-
-/** The grains of `grainSize` holding the bytes of `hot` grains of `fileGrainSize`, in order, once each. */
-export function hotGrainsIn(hot: readonly number[], fileGrainSize: number, grainSize: number): number[] {
-  const out = new Set<number>();
-  for (const i of hot) {
-    const first = Math.floor((i * fileGrainSize) / grainSize);
-    const last = Math.floor(((i + 1) * fileGrainSize - 1) / grainSize);
-    for (let g = first; g <= last; g++) out.add(g);
-  }
-  return [...out];
 }
 
 export interface HandoffDeps {
@@ -134,7 +123,7 @@ export class Handoffs {
           throw e;
         }
       }
-      const grains = hotGrainsIn(h.hot, h.grainSize, this.deps.grainSize);
+      const grains = regrain(h.hot, h.grainSize, this.deps.grainSize);
       log.info(`took over ${h.container}/${h.blob} from handoff ${file}; warming ${grains.length} grains in the background`);
       const warmer = new Warmer({ cache: this.deps.cache, budget: this.deps.budget, clock: this.deps.clock, log, grainSize: this.deps.grainSize }, image, grains);
       this.warmers.set(image, warmer);

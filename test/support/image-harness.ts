@@ -39,6 +39,8 @@ export interface HarnessOptions {
   ioTimeoutMs?: number;
   /** The clock and tunables every layer gets (the system's by default). */
   timing?: Timing;
+  /** Remember each image's first minute of reads and warm them at the next boot (lib/image/boot.ts). */
+  bootPrefetch?: boolean;
 }
 
 export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
@@ -58,6 +60,7 @@ export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
       account: 'acct',
       host: 'test-host',
       timing: o.timing ?? SYSTEM_TIMING,
+      ...(o.bootPrefetch === true ? { bootPrefetch: true } : {}),
     },
     silentLogger,
   );

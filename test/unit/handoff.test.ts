@@ -6,11 +6,11 @@
 import crypto from 'node:crypto';
 import { systemClock } from '../../lib/clock';
 import { isBlobdiskError } from '../../lib/errors';
-import { Warmer } from '../../lib/image/warm';
+import { Warmer, regrain } from '../../lib/image/warm';
 import { silentLogger, type Logger } from '../../lib/log';
 import { HOLDER_KEY, holderText } from '../../lib/remote/holder';
 import { Lease } from '../../lib/remote/lease';
-import { hotGrainsIn, parseHandoff } from '../../lib/namespace/handoff';
+import { parseHandoff } from '../../lib/namespace/handoff';
 import { MeteredStore } from '../../lib/store/metered';
 import { harness, type Harness } from '../support/image-harness';
 import { ManualClock } from '../support/manual-clock';
@@ -37,9 +37,9 @@ describe('holder and handoff file', () => {
     expect(() => parseHandoff('{', 'f')).toThrow('f is not JSON; give the file blobdisk handoff wrote');
     expect(() => parseHandoff(JSON.stringify({ ...good, hot: [-1] }), 'f')).toThrow('f is not a handoff file of this blobdisk version; make a new one with blobdisk handoff');
     expect(() => parseHandoff(JSON.stringify({ ...good, blobdiskHandoff: 2 }), 'f')).toThrow('not a handoff file');
-    expect(hotGrainsIn([3, 1, 2], G, G)).toEqual([3, 1, 2]);
-    expect(hotGrainsIn([3, 1, 2], G, 2 * G)).toEqual([1, 0]);
-    expect(hotGrainsIn([1], 2 * G, G)).toEqual([2, 3]);
+    expect(regrain([3, 1, 2], G, G)).toEqual([3, 1, 2]);
+    expect(regrain([3, 1, 2], G, 2 * G)).toEqual([1, 0]);
+    expect(regrain([1], 2 * G, G)).toEqual([2, 3]);
   });
 });
 
