@@ -5,7 +5,9 @@
  * the hot grains (reads after it need no GET; data equals SDK downloads); a handoff file of a
  * blob written since is refused with one log line; after kill -9 of a holder another host
  * takes the image once the lease ran out, and the killed host, mounted again, overwrites
- * nothing: its data not yet uploaded becomes a conflict. Needs root, /dev/fuse and libfuse2. */
+ * nothing: its data not yet uploaded becomes a conflict. Boot-time prefetch: the grains an
+ * image read first are warmed when the cache next holds nothing of it (here: after the blob
+ * changed elsewhere). Needs root, /dev/fuse and libfuse2. */
 
 import type { ContainerClient } from '@azure/storage-blob';
 import fsp from 'node:fs/promises';
@@ -23,6 +25,8 @@ const BASE = randomData(8 * MiB);
 /* Leases in main last 60 s; a mount that honours BLOBDISK_LEASE_SECONDS takes 15. */
 const LEASE_ENV = { BLOBDISK_LEASE_SECONDS: '15' };
 const LEASE_BOUND_MS = 60_000 + 30_000;
+const BOOT = 'vm/boot.img';
+const BOOT_DATA = randomData(16 * MiB);
 
 let azurite: RunningAzurite;
 let container: ContainerClient;
@@ -40,6 +44,7 @@ beforeAll(async () => {
   azurite = await startAzurite({ inMemory: true });
   container = await containerOn(azurite.connectionString, CONTAINER);
   await uploadPageBlob(container, DISK, SIZE, [{ offset: 0, data: BASE }]);
+  await uploadPageBlob(container, BOOT, 16 * MiB, [{ offset: 0, data: BOOT_DATA }]);
 });
 
 afterAll(async () => {
@@ -185,4 +190,26 @@ test('kill -9 of the holder: another host takes the image after the lease ran ou
   expect(status.images.find((i) => i.path === DISK)?.conflict ?? 'none').toMatch(/nothing was overwritten/);
   expect((await back.stop()).code).not.toBe(0);
   expectBytes(await sdkDownload(container, DISK), expected, 'blob after A came back');
+});
+
+test('boot-time prefetch: the grains first read are warmed when the cache next holds nothing of the image', async () => {
+  const cacheDir = await freshCacheDir();
+  const trace = [1, 5, 9];
+  const boot = await mount(cacheDir);
+  for (const g of trace) expectBytes(await readRange(path.join(boot.mnt, BOOT), g * MiB + 4096, 4096), BOOT_DATA.subarray(g * MiB + 4096, g * MiB + 8192), `boot read of grain ${g}`);
+  expect((await imageStatus(boot, BOOT)).prefetch).toBeNull();
+  await boot.stop();
+  // Changed elsewhere: the next mount drops what its cache held of the image.
+  const other = randomData(4096);
+  await container.getPageBlobClient(BOOT).uploadPages(other, 14 * MiB, other.length);
+  other.copy(BOOT_DATA, 14 * MiB);
+  const again = await mount(cacheDir);
+  expectBytes(await readRange(path.join(again.mnt, BOOT), 0, 4096), BOOT_DATA.subarray(0, 4096), 'first read after the change');
+  expect(await waitFor(async () => (await imageStatus(again, BOOT)).prefetch?.state === 'done', 30_000)).toBe(true);
+  const warm = await imageStatus(again, BOOT);
+  expect(warm.prefetch).toEqual({ done: 3, total: 3, fetched: 3, state: 'done' });
+  for (const g of trace) expectBytes(await readRange(path.join(again.mnt, BOOT), g * MiB, 8192), BOOT_DATA.subarray(g * MiB, g * MiB + 8192), `warm read of grain ${g}`);
+  const after = await imageStatus(again, BOOT);
+  expect({ misses: after.counters.misses, bytesDown: after.bytesDown }).toEqual({ misses: warm.counters.misses, bytesDown: warm.bytesDown });
+  await again.stop();
 });
