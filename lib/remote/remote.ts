@@ -180,9 +180,11 @@ export class RemoteBlob {
     if (this.row.etag !== null && this.needsUpload()) {
       // After a crash, uploads that were under way changed the ETag without our noting it.
       // If the blob is still leased, and to our lease id, nobody else can have written it.
+      const seen = this.current;
       if (info.leased === true && (await this.lease.take().then(() => true, () => false))) {
-        this.current = info;
-        this.setRow({ etag: info.etag });
+        // Unless the holder was just written (its ETag is then what Azure has, and ours).
+        if (this.current === seen) this.current = info;
+        this.setRow({ etag: this.current.etag });
         return;
       }
       this.setConflict(`${this.ref.container}/${this.ref.name} changed in Azure while this cache holds changes not yet uploaded; nothing was overwritten`);
@@ -372,8 +374,7 @@ export class RemoteBlob {
 
   // ---- the lease -----------------------------------------------------------------------
 
-  /** Takes the blob's lease (once); busy when another host holds it; with `ifMatch`, stale
-   *  unless the blob still has that ETag. */
+  /** Takes the blob's lease (once); busy when another holds it; with `ifMatch`, stale if the ETag moved. */
   takeLease(ifMatch?: string): Promise<void> {
     return this.lease.take(ifMatch);
   }
@@ -382,8 +383,7 @@ export class RemoteBlob {
   private async noteHolder(leaseId: string): Promise<void> {
     if (this.deps.holder === undefined || this.where.snapshot !== undefined) return;
     const info = await writeHolder(this.deps.store, this.where, this.current, leaseId, holderText(this.deps.holder, new Date(this.timing.clock.now())));
-    this.produced(info.etag);
-    this.uploaded(info);
+    this.uploaded({ ...info, etag: this.produced(info.etag) });
   }
 
   /** Releases the lease (at unmount, after draining). */
