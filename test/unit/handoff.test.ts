@@ -4,6 +4,10 @@
  * with a reader, waits while readers fill the fetch budget, and stops at cache room. */
 
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseMountOptions } from '../../lib/cli/options';
 import { systemClock } from '../../lib/clock';
 import { isBlobdiskError } from '../../lib/errors';
 import { Warmer, regrain } from '../../lib/image/warm';
@@ -41,6 +45,19 @@ describe('holder and handoff file', () => {
     expect(regrain([3, 1, 2], G, 2 * G)).toEqual([1, 0]);
     expect(regrain([1], 2 * G, G)).toEqual([2, 3]);
   });
+});
+
+test('--warm-from takes several files, repeated or comma-separated, and refuses one it cannot read', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blobdisk-warm-'));
+  const [a, b] = [path.join(dir, 'a.handoff'), path.join(dir, 'b.handoff')];
+  fs.writeFileSync(a, '{}');
+  fs.writeFileSync(b, '{}');
+  const env = { HOME: '/home/u' };
+  expect(parseMountOptions({ mountpoint: 'mnt' }, env).warmFrom).toEqual([]);
+  expect(parseMountOptions({ mountpoint: 'mnt', warmFrom: [`${a},${b}`] }, env).warmFrom).toEqual([a, b]);
+  expect(parseMountOptions({ mountpoint: 'mnt', warmFrom: [a, b] }, env).warmFrom).toEqual([a, b]);
+  expect(() => parseMountOptions({ mountpoint: 'mnt', warmFrom: [path.join(dir, 'c.handoff')] }, env)).toThrow(`--warm-from ${path.join(dir, 'c.handoff')}: cannot read it; give the file blobdisk handoff wrote on the other host`);
+  fs.rmSync(dir, { recursive: true });
 });
 
 describe('the lease and its holder', () => {
