@@ -17,6 +17,7 @@ import { FuseSession } from './fuse/session';
 import { FlushProgress } from './flusher/flusher';
 import { GrainMap } from './grainmap/grainmap';
 import { Images } from './image/registry';
+import { locate } from './namespace/paths';
 import { Logger } from './log';
 import { ImageCounters } from './metrics';
 import { MountOptions } from './config';
@@ -335,6 +336,16 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         return { flushed: true };
       }
       if (request.op === 'unmount') return unmount(progress);
+      if (request.op === 'recover') {
+        // `blobdisk recover`: save (with `to`) and drop the local version of one image.
+        const where = locate(typeof request.path === 'string' ? request.path : '', options.container);
+        if (where.container === undefined || where.name === '') throw new BlobdiskError('invalid', `${String(request.path)} is not an image of the mount`);
+        const ref = { container: where.container, name: where.name };
+        const result = await images.recoverLocal(ref, typeof request.to === 'string' ? request.to : undefined);
+        // Its data no longer waits in the cache: unmount need not report it.
+        if (result.outcome !== 'nothing') stuck.splice(0, stuck.length, ...stuck.filter((s) => s !== `${ref.container}/${ref.name}`));
+        return result;
+      }
       throw new BlobdiskError('invalid', `unknown request ${request.op}`);
     });
     const watch = setInterval(() => {

@@ -14,6 +14,7 @@ const commands = {
   unmount: (): typeof import('./unmount') => require('./unmount') as typeof import('./unmount'),
   flush: (): typeof import('./flush') => require('./flush') as typeof import('./flush'),
   status: (): typeof import('./status') => require('./status') as typeof import('./status'),
+  recover: (): typeof import('./recover') => require('./recover') as typeof import('./recover'),
 };
 
 /** `blobdisk mount`'s flags from lib/cli/flags.ts, grouped as in the help, with examples. */
@@ -90,10 +91,24 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
           .example('$0 status /mnt/blobs --watch 1', 'the same, redrawn every second'),
       (args) => run(commands.status().statusCommand(args.mountpoint, args.json === true, io, args.watch)),
     )
+    .command(
+      'recover <mountpoint> <image>',
+      'resolve an image whose local changes cannot go to Azure (changed elsewhere, deleted, refused)',
+      (y) =>
+        y
+          .positional('mountpoint', { type: 'string', demandOption: true })
+          .positional('image', { type: 'string', demandOption: true, describe: 'the image, as a path in the mount or relative to it' })
+          .option('to', { type: 'string', describe: "first save the local version as this new blob in the image's container (refused if it exists)" })
+          .option('discard', { type: 'boolean', describe: 'drop the local changes without saving them' })
+          .epilogue("Either way the image then shows Azure's current version and unmount can exit 0. Stop writers of the image first.")
+          .example('$0 recover /mnt/blobs vms/disk.img --to vms/disk-local.img', 'keep both: Azure\'s version as disk.img, ours as disk-local.img')
+          .example('$0 recover /mnt/blobs vms/disk.img --discard', 'throw the local changes away'),
+      (args) => run(commands.recover().recoverCommand(args.mountpoint, args.image, io, { ...(args.to !== undefined ? { to: args.to } : {}), ...(args.discard !== undefined ? { discard: args.discard } : {}) })),
+    )
     .example('$0 mount /mnt/blobs', 'mount on the embedded Azurite (no credentials given)')
     .example('$0 mount /mnt/blobs --help', "every flag of mount, grouped, with its default")
     .epilogue("Each command's own --help lists its flags and examples. Docs: README.md")
-    .demandCommand(1, 'give a command: mount, unmount, flush or status')
+    .demandCommand(1, 'give a command: mount, unmount, flush, status or recover')
     .strict()
     .help()
     .version()

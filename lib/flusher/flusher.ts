@@ -192,6 +192,11 @@ export class Flusher implements Uploads {
     this.log.warn(`uploading ${name} failed (${code}: ${(e as Error).message}); trying again in ${(wait / 1000).toFixed(1)} s (attempt ${b.failures})`);
   }
 
+  discarded(image: UploadSource): void {
+    this.forget(image);
+    this.refused.delete(image);
+  }
+
   /** Runs `fn` while no upload of `image` is under way or may start; uploads resume after. */
   async exclusive<T>(image: UploadSource, fn: () => Promise<T>): Promise<T> {
     if (this.held.has(image)) throw new BlobdiskError('busy', `${image.remote.ref.container}/${image.remote.ref.name} is being moved`);

@@ -20,6 +20,7 @@
  *            closing)                                        deletes the old blob with it, then take() = retake)
  *   held     release() (unmount, drained)           free     Release Lease; if that fails Azure expires it by itself
  *   lost     take()                                 taking   as free (the conflict stays: writes still fail)
+ *   lost     drop() (local changes discarded)       free     -
  *
  * The lease never changes the blob's ETag; the owner remembers that at release. */
 
@@ -117,6 +118,8 @@ export class Lease {
     this.timer?.cancel();
     this.timer = undefined;
     this.held = undefined;
+    this.lost = false;
+    this.renewFailed = false;
   }
 
   /** Releases the lease; false when none was held or Azure refused (it then expires by itself). */

@@ -1,0 +1,141 @@
+/* Saving the local version of an image as a new blob (`blobdisk recover --to`): what Azure
+ * holds of the image where the cache holds nothing, with every cached sector laid over it.
+ * A page blob starts as a server-side copy of Azure's blob (sparse, no bytes through this
+ * host), cut to what still belongs to the image, resized, then the cached sectors go up by
+ * Put Page; a block blob is built grain by grain as staged blocks (Azure's bytes read with
+ * If-Match, so a change under us fails instead of mixing versions) and committed once. The
+ * new blob is create-only: a name that exists is refused before anything is written.
+ * When Azure's blob changed elsewhere (a conflict) or is gone, its old bytes survive only
+ * in the cache: clean cached grains are then part of the local version too. */
+
+import { GrainCache } from '../cache/cache';
+import { SECTOR, runs, sectorsOf } from '../cache/sectors';
+import { BlobdiskError, isKind } from '../errors';
+import { BlobInfo, BlobKind, BlobRef, BlobStore, MAX_COMMITTED_BLOCKS, MAX_PUT_PAGE_BYTES } from '../store/types';
+import { LOGICAL_SIZE_KEY, logicalSizeText } from './remote';
+
+export interface LocalVersion {
+  /** The image's grain-map id. */
+  readonly id: number;
+  readonly ref: BlobRef;
+  readonly kind: BlobKind;
+  /** The image's size here. */
+  readonly size: number;
+  /** Bytes of Azure's blob that still belong to the image (a shrink here cut the rest). */
+  readonly remoteEnd: number;
+  /** Azure's blob now, or undefined when it is gone. */
+  readonly azure: BlobInfo | undefined;
+  /** Take clean cached grains too (Azure's blob changed: they hold the old bytes). */
+  readonly withClean: boolean;
+}
+
+export interface SaveDeps {
+  readonly store: BlobStore;
+  readonly cache: GrainCache;
+  readonly grainSize: number;
+}
+
+/** Writes `v` as the new blob `dest` (same container). Returns the bytes taken from the
+ *  cache. exists when `dest` exists; invalid for an append blob. */
+export async function saveLocalVersion(deps: SaveDeps, v: LocalVersion, dest: BlobRef): Promise<number> {
+  const { store } = deps;
+  if (v.kind === 'append') throw new BlobdiskError('invalid', `${v.ref.name} is an append blob, which blobdisk only reads: there is nothing local to save`);
+  try {
+    await store.getInfo(dest);
+    throw new BlobdiskError('exists', `${dest.container}/${dest.name} exists already; pick another name for --to`);
+  } catch (e) {
+    if (!isKind(e, 'not-found')) throw e;
+  }
+  const azureEnd = v.azure !== undefined && v.azure.kind === v.kind ? Math.min(v.remoteEnd, v.azure.size) : 0;
+  return v.kind === 'page' ? savePages(deps, v, dest, azureEnd) : saveBlocks(deps, v, dest, azureEnd);
+}
+
+/** The cached sectors of grain `idx` (clipped to the image's size) as [offset in the grain, bytes]. */
+async function cachedRuns(deps: SaveDeps, v: LocalVersion, idx: number): Promise<{ offset: number; data: Buffer }[]> {
+  const { cache, grainSize } = deps;
+  const state = cache.state(v.id, idx);
+  if (state === undefined || (state.dirty === null && !v.withClean)) return [];
+  const length = Math.min(grainSize, v.size - idx * grainSize);
+  if (length <= 0) return [];
+  const spans: [number, number][] = state.valid === null ? [[0, sectorsOf(length)]] : runs(state.valid, sectorsOf(length));
+  const out: { offset: number; data: Buffer }[] = [];
+  for (const [first, end] of spans) {
+    const offset = first * SECTOR;
+    const data = Buffer.alloc(Math.min(end * SECTOR, length) - offset);
+    // false: a clean grain failed its checksum and was dropped; Azure's bytes stay there.
+    if (!(await cache.read(v.id, idx, offset, data.length, data, 0))) return [];
+    out.push({ offset, data });
+  }
+  return out;
+}
+
+function grainCount(deps: SaveDeps, v: LocalVersion): number {
+  return Math.ceil(v.size / deps.grainSize);
+}
+
+async function savePages(deps: SaveDeps, v: LocalVersion, dest: BlobRef, azureEnd: number): Promise<number> {
+  const { store, grainSize } = deps;
+  const metadata: Record<string, string> = { ...(v.azure?.metadata ?? {}) };
+  delete metadata[LOGICAL_SIZE_KEY];
+  const text = logicalSizeText(v.size);
+  if (text !== undefined) metadata[LOGICAL_SIZE_KEY] = text;
+  const size = Math.ceil(v.size / SECTOR) * SECTOR;
+  if (azureEnd > 0 && v.azure !== undefined) {
+    await store.copyBlob(v.ref, dest);
+    // What lies past azureEnd in the copy is not the image's: zeros, as the image reads it.
+    const copied = v.azure.size;
+    const cut = Math.ceil(azureEnd / SECTOR) * SECTOR;
+    if (cut > azureEnd) {
+      const sector = Buffer.alloc(SECTOR);
+      let at = 0;
+      for await (const chunk of await store.read(dest, cut - SECTOR, SECTOR)) at += chunk.copy(sector, at);
+      sector.fill(0, azureEnd - (cut - SECTOR));
+      await store.putPages(dest, cut - SECTOR, sector);
+    }
+    const clearEnd = Math.min(copied, size);
+    if (cut < clearEnd) await store.clearPages(dest, cut, clearEnd - cut);
+    if (copied !== size) await store.resizePageBlob(dest, size);
+    await store.setMetadata(dest, metadata);
+  } else {
+    await store.createPageBlob(dest, size, { metadata });
+  }
+  let taken = 0;
+  for (let idx = 0; idx < grainCount(deps, v); idx++) {
+    for (const { offset, data } of await cachedRuns(deps, v, idx)) {
+      // Put Page takes whole sectors: the image's last partial sector is padded with zeros.
+      const padded = data.length % SECTOR === 0 ? data : Buffer.concat([data, Buffer.alloc(SECTOR - (data.length % SECTOR))]);
+      for (let at = 0; at < padded.length; at += MAX_PUT_PAGE_BYTES) {
+        await store.putPages(dest, idx * grainSize + offset + at, padded.subarray(at, at + MAX_PUT_PAGE_BYTES));
+      }
+      taken += data.length;
+    }
+  }
+  return taken;
+}
+
+async function saveBlocks(deps: SaveDeps, v: LocalVersion, dest: BlobRef, azureEnd: number): Promise<number> {
+  const { store, grainSize } = deps;
+  const count = grainCount(deps, v);
+  if (count > MAX_COMMITTED_BLOCKS) throw new BlobdiskError('too-large', `${v.ref.name} has ${count} grains, more than the ${MAX_COMMITTED_BLOCKS} blocks a block blob holds`);
+  const ids: string[] = [];
+  let taken = 0;
+  for (let idx = 0; idx < count; idx++) {
+    const start = idx * grainSize;
+    const grain = Buffer.alloc(Math.min(grainSize, v.size - start));
+    const fromAzure = Math.min(grain.length, azureEnd - start);
+    if (fromAzure > 0 && v.azure !== undefined) {
+      let at = 0;
+      for await (const chunk of await store.read(v.ref, start, fromAzure, { etag: v.azure.etag })) at += chunk.copy(grain, at);
+    }
+    for (const { offset, data } of await cachedRuns(deps, v, idx)) {
+      data.copy(grain, offset);
+      taken += data.length;
+    }
+    const id = Buffer.from(`recover-${String(idx).padStart(8, '0')}`).toString('base64');
+    await store.stageBlock(dest, id, grain);
+    ids.push(id);
+  }
+  if (ids.length === 0) await store.createBlockBlob(dest, { metadata: { ...(v.azure?.metadata ?? {}) } });
+  else await store.commitBlockList(dest, ids, { metadata: { ...(v.azure?.metadata ?? {}) } });
+  return taken;
+}
