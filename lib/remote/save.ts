@@ -1,9 +1,10 @@
 /* Saving the local version of an image as a new blob (`blobdisk recover --to`): what Azure
  * holds of the image where the cache holds nothing, with every cached sector laid over it.
- * A page blob starts as a server-side copy of Azure's blob (sparse, no bytes through this
- * host), cut to what still belongs to the image, resized, then the cached sectors go up by
- * Put Page; a block blob is built grain by grain as staged blocks (Azure's bytes read with
- * If-Match, so a change under us fails instead of mixing versions) and committed once. The
+ * A page blob is created empty and gets Azure's allocated pages (up to what still belongs to
+ * the image), then the cached sectors, by Put Page; a block blob is built grain by grain as
+ * staged blocks and committed once. Azure's bytes are read with If-Match, so a change under
+ * us fails instead of mixing versions. Not a server-side Copy Blob: on Azurite 3.35 Put Page
+ * into such a copy of a page blob also changed the source. The
  * new blob is create-only: a name that exists is refused before anything is written.
  * When Azure's blob changed elsewhere (a conflict) or is gone, its old bytes survive only
  * in the cache: clean cached grains are then part of the local version too. */
@@ -80,24 +81,19 @@ async function savePages(deps: SaveDeps, v: LocalVersion, dest: BlobRef, azureEn
   const text = logicalSizeText(v.size);
   if (text !== undefined) metadata[LOGICAL_SIZE_KEY] = text;
   const size = Math.ceil(v.size / SECTOR) * SECTOR;
+  await store.createPageBlob(dest, size, { metadata });
   if (azureEnd > 0 && v.azure !== undefined) {
-    await store.copyBlob(v.ref, dest);
-    // What lies past azureEnd in the copy is not the image's: zeros, as the image reads it.
-    const copied = v.azure.size;
-    const cut = Math.ceil(azureEnd / SECTOR) * SECTOR;
-    if (cut > azureEnd) {
-      const sector = Buffer.alloc(SECTOR);
-      let at = 0;
-      for await (const chunk of await store.read(dest, cut - SECTOR, SECTOR)) at += chunk.copy(sector, at);
-      sector.fill(0, azureEnd - (cut - SECTOR));
-      await store.putPages(dest, cut - SECTOR, sector);
+    // Azure's pages, read with If-Match: a change under us fails instead of mixing versions.
+    const etag = v.azure.etag;
+    for (const range of await store.pageRanges(v.ref, 0, azureEnd, { etag })) {
+      for (let at = range.start; at < range.end; at += MAX_PUT_PAGE_BYTES) {
+        const length = Math.min(MAX_PUT_PAGE_BYTES, range.end - at);
+        const data = Buffer.alloc(Math.ceil(length / SECTOR) * SECTOR);
+        let got = 0;
+        for await (const chunk of await store.read(v.ref, at, length, { etag })) got += chunk.copy(data, got);
+        await store.putPages(dest, at, data);
+      }
     }
-    const clearEnd = Math.min(copied, size);
-    if (cut < clearEnd) await store.clearPages(dest, cut, clearEnd - cut);
-    if (copied !== size) await store.resizePageBlob(dest, size);
-    await store.setMetadata(dest, metadata);
-  } else {
-    await store.createPageBlob(dest, size, { metadata });
   }
   let taken = 0;
   for (let idx = 0; idx < grainCount(deps, v); idx++) {
