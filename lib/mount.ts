@@ -28,6 +28,7 @@ import { MeteredStore } from './store/metered';
 import { Credentials, accountOf } from './store/credentials';
 import { buildStack, type Stack } from './stack';
 import { Metrics, MetricsServer, type MetricsSnapshot } from './prometheus';
+import { SYSTEM_TIMING, type Timing } from './tunables';
 
 /** How often the mount looks whether someone unmounted it from outside (fusermount -u). */
 const MOUNT_WATCH_MS = 2_000;
@@ -127,6 +128,17 @@ function snapshotOf(s: MountStatus): MetricsSnapshot {
   };
 }
 
+/** The lease duration: 60 s, or BLOBDISK_LEASE_SECONDS (15 to 60, Azure's bounds). A short
+ *  lease lets another host take a blob sooner after this mount died, at the price of more
+ *  renewals; it is no mount flag because almost nobody should change it. */
+export function leaseTiming(env: NodeJS.ProcessEnv): Timing {
+  const text = env.BLOBDISK_LEASE_SECONDS;
+  if (text === undefined || text === '') return SYSTEM_TIMING;
+  const seconds = Number(text);
+  if (!Number.isInteger(seconds) || seconds < 15 || seconds > 60) throw new UsageError(`BLOBDISK_LEASE_SECONDS=${text} is not a whole number of seconds from 15 to 60 (Azure's lease bounds)`);
+  return { clock: SYSTEM_TIMING.clock, tunables: { ...SYSTEM_TIMING.tunables, leaseSeconds: seconds } };
+}
+
 /** Turns a failure of the first request to Azure into one line that says what to do. */
 function accessError(e: unknown, options: MountOptions, where: string): Error {
   if (!isBlobdiskError(e)) return e instanceof Error ? e : new Error(String(e));
@@ -156,6 +168,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     }
   };
   try {
+    const timing = leaseTiming(process.env);
     await checkMountpoint(options.mountpoint);
     checkAllowOther(options.access, process.getuid?.() ?? 0, await fsp.readFile('/etc/fuse.conf', 'utf8').catch(() => ''));
     for (const dir of [options.dataDir, options.cache.dir]) {
@@ -210,13 +223,15 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
           cache: options.cache,
           read: options.read,
           sync: options.write.sync,
-          dirtyWaitMs: options.write.dirtyWaitMs,
+          // A write waiting for room waits on uploads to Azure: --io-timeout bounds it too.
+          dirtyWaitMs: Math.min(options.write.dirtyWaitMs, options.ioTimeoutMs),
           ioTimeoutMs: options.ioTimeoutMs,
           writeBackDelayMs: options.write.writeBackDelayMs,
           uploadConcurrency: options.write.uploadConcurrency,
           namespace: { container: options.container, attrTtlMs: options.attrTtlMs, readOnly: options.readOnly, pageBlobPatterns: options.write.pageBlobPatterns },
           account,
           host: await hostIdentity(),
+          timing,
         },
         log,
       );
