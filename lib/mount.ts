@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { CacheLock } from './cache/lock';
 import { ControlServer, controlSocketPath } from './control';
-import { BlobdiskError, UsageError, isBlobdiskError } from './errors';
+import { BlobdiskError, UsageError, isBlobdiskError, isKind } from './errors';
 import { createOperations } from './fuse/ops';
 import { Handles } from './fuse/handles';
 import { FuseSession } from './fuse/session';
@@ -66,6 +66,8 @@ export interface MountStatus {
   readonly hitRatio: number | null;
   /** When Azure stopped answering at all (ISO time), or null while it answers. */
   readonly azureUnreachableSince: string | null;
+  /** Images an earlier mount left with data not yet uploaded that could not be opened. */
+  readonly unopened: string[];
   readonly totals: ImageCounters;
   readonly images: ImageStatus[];
 }
@@ -89,7 +91,7 @@ export interface Mounted {
 
 /** After a crash: open every image that still holds dirty grains, so the flusher uploads them.
  *  Returns the names of those that could not be opened (their data stays in the cache). */
-async function recover(map: GrainMap, images: Images, log: Logger): Promise<string[]> {
+async function recover(map: GrainMap, images: Images, log: Logger, mountpoint: string): Promise<string[]> {
   const stuck: string[] = [];
   for (const row of map.imagesWithDirtyGrains()) {
     const ref = { container: row.container, name: row.name };
@@ -97,7 +99,10 @@ async function recover(map: GrainMap, images: Images, log: Logger): Promise<stri
       await images.recover(ref);
       log.info(`uploading what an earlier mount left dirty in ${row.container}/${row.name}`);
     } catch (e) {
-      log.error(`${row.container}/${row.name} holds data not yet uploaded, but cannot be opened (${isBlobdiskError(e) ? e.kind : 'error'}: ${(e as Error).message}); it stays in the cache`);
+      log.error(
+        `${row.container}/${row.name} holds data not yet uploaded, but cannot be opened (${isBlobdiskError(e) ? e.kind : 'error'}: ${(e as Error).message}); ` +
+          `it stays in the cache until blobdisk recover ${mountpoint} <image> --to <new-name> (or --discard) resolves it`,
+      );
       stuck.push(`${row.container}/${row.name}`);
     }
   }
@@ -241,7 +246,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     cleanup.push(() => stack.close());
     const { map, cache, flusher, images, namespace: ns } = stack;
     cache.startWorker();
-    const stuck = await recover(map, images, log);
+    const stuck = await recover(map, images, log, options.mountpoint);
     const handles = new Handles();
     const { access } = options;
     const ops = createOperations(
@@ -273,6 +278,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         dirtyBytes: all.reduce((n, i) => n + flusher.dirtyOf(i).bytes, 0),
         hitRatio: totals.hits + totals.misses > 0 ? totals.hits / (totals.hits + totals.misses) : null,
         azureUnreachableSince: store.unreachableSince !== null ? new Date(store.unreachableSince).toISOString() : null,
+        unopened: stuck.filter((name) => !all.some((i) => `${i.ref.container}/${i.ref.name}` === name)),
         totals,
         images: all.map((image) => {
           const dirty = flusher.dirtyOf(image);
@@ -313,7 +319,8 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         try {
           await flush(options.write.drainTimeoutMs, onProgress);
         } catch (e) {
-          result = { drained: false, dirtyBytes: cache.stats.dirtyBytes, reason: (e as Error).message };
+          const hint = isKind(e, 'conflict') ? '; blobdisk recover resolves it' : '';
+          result = { drained: false, dirtyBytes: cache.stats.dirtyBytes, reason: `${(e as Error).message}${hint}` };
         }
         // Writes that slipped in while draining, then the leases.
         if (result.drained) await flush(options.write.drainTimeoutMs, onProgress).catch(() => undefined);

@@ -139,12 +139,15 @@ test('a blob deleted in Azure: recover --to saves what the cache holds, and the 
   await container.getBlobClient(NAME).delete();
 
   const second = await mountOn(azurite.connectionString, CONTAINER, cacheDir, HOLD, { mnt: first.mnt });
-  expect(second.stderr()).toMatch(/recover\/gone\.img holds data not yet uploaded, but cannot be opened/);
+  expect(second.stderr()).toMatch(/recover\/gone\.img holds data not yet uploaded, but cannot be opened .*; it stays in the cache until blobdisk recover /);
+  const shown = await runCli(['status', second.mnt]);
+  expect(shown.stdout).toContain('recover/gone.img holds data not yet uploaded but cannot be opened: see blobdisk recover --help');
   const r = await recover(second, NAME, '--to', 'gone-saved.img');
   expect({ code: r.code, stderr: r.stderr }).toEqual({
     code: 0,
     stderr: `blobdisk: saved the local version of ${NAME} (1 MiB not yet in Azure) as gone-saved.img in the same container; ${NAME} no longer exists in Azure and is gone from the mount\n`,
   });
   expectBytes(await sdkDownload(container, 'gone-saved.img'), patched(Buffer.alloc(3 * MiB), MiB, local), 'the saved local version');
+  expect((await second.status()).unopened).toEqual([]);
   await unmountClean(second);
 }, 120_000);
