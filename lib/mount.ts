@@ -140,7 +140,7 @@ export function leaseTiming(env: NodeJS.ProcessEnv): Timing {
   const text = env.BLOBDISK_LEASE_SECONDS;
   if (text === undefined || text === '') return SYSTEM_TIMING;
   const seconds = Number(text);
-  if (!Number.isInteger(seconds) || seconds < 15 || seconds > 60) throw new UsageError(`BLOBDISK_LEASE_SECONDS=${text} is not a whole number of seconds from 15 to 60 (Azure's lease bounds)`);
+  if (!Number.isInteger(seconds) || seconds < 15 || seconds > 60) throw new UsageError(`BLOBDISK_LEASE_SECONDS=${text} is not a whole number of seconds from 15 to 60 (Azure's lease bounds); give e.g. 30, or unset it for 60`);
   return { clock: SYSTEM_TIMING.clock, tunables: { ...SYSTEM_TIMING.tunables, leaseSeconds: seconds } };
 }
 

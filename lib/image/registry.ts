@@ -1,5 +1,7 @@
 /* The open images of a mount, one Image per blob, created on first use and kept while
- * the mount runs (an Image is small: the grain data lives in the cache directory). */
+ * the mount runs (an Image is small: the grain data lives in the cache directory). Also
+ * what moves or drops an image as a whole: rename, remove, and `blobdisk recover`, which
+ * saves and drops the local version of an image whose changes cannot go to Azure. */
 
 import { ImageCounters, addCounters, newImageCounters } from '../metrics';
 import { BlobdiskError, isBlobdiskError, isKind } from '../errors';
