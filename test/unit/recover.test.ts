@@ -69,4 +69,45 @@ test.each([
   } finally {
     await h.close();
   }
-});
+}, 30_000);
+
+test('a lease lost while the mount runs (another writer broke it and wrote): --to saves ours, the image follows Azure and is writable again', async () => {
+  const clock = new ManualClock();
+  const memory = new MemoryStore({ containers: ['c'], clock });
+  const base = crypto.randomBytes(4 * G);
+  await memory.createPageBlob(page, base.length);
+  await memory.putPages(page, 0, base);
+  const h = harness(memory, { writeBackDelayMs: 600_000, timing: { clock, tunables: DEFAULT_TUNABLES } });
+  try {
+    const image = await h.open(page);
+    await image.remote.takeLease();
+    const ours = crypto.randomBytes(G);
+    await image.write(ours, G);
+    // Another host breaks the lease and writes; our next renewal finds the lease gone.
+    await memory.breakLease(page);
+    const theirs = crypto.randomBytes(G);
+    await memory.putPages(page, 2 * G, theirs);
+    await clock.advance((DEFAULT_TUNABLES.leaseSeconds * 1000) / 3);
+    await until(() => image.conflict !== undefined);
+    expect(image.remote.lease.state).toBe('lost');
+    await expect(image.write(ours, 0)).rejects.toMatchObject({ kind: 'conflict' });
+
+    expect(await h.images.recoverLocal(page, 'disk-local.img')).toEqual({ outcome: 'saved', dirtyBytes: G, gone: false });
+    const azureNow = Buffer.from(base);
+    theirs.copy(azureNow, 2 * G);
+    const saved = Buffer.from(azureNow);
+    ours.copy(saved, G);
+    expect((await readAll(memory, { container: 'c', name: 'disk-local.img' })).equals(saved)).toBe(true);
+    expect((await readAll(memory, page)).equals(azureNow)).toBe(true);
+    expect({ conflict: image.conflict, lease: image.remote.lease.state, dirty: h.cache.dirtyOf(image.id).bytes }).toEqual({ conflict: undefined, lease: 'none', dirty: 0 });
+    expect((await image.read(0, 4 * G)).equals(azureNow)).toBe(true);
+    // Writable again: the next upload takes a fresh lease.
+    await image.write(ours, 3 * G);
+    await h.flusher.pass(image);
+    expect(h.cache.dirtyOf(image.id).bytes).toBe(0);
+    ours.copy(azureNow, 3 * G);
+    expect((await readAll(memory, page)).equals(azureNow)).toBe(true);
+  } finally {
+    await h.close();
+  }
+}, 30_000);
