@@ -48,7 +48,13 @@ export async function saveLocalVersion(deps: SaveDeps, v: LocalVersion, dest: Bl
     if (!isKind(e, 'not-found')) throw e;
   }
   const azureEnd = v.azure !== undefined && v.azure.kind === v.kind ? Math.min(v.remoteEnd, v.azure.size) : 0;
-  return v.kind === 'page' ? savePages(deps, v, dest, azureEnd) : saveBlocks(deps, v, dest, azureEnd);
+  try {
+    return await (v.kind === 'page' ? savePages(deps, v, dest, azureEnd) : saveBlocks(deps, v, dest, azureEnd));
+  } catch (e) {
+    // A half-written copy must not stand in the way of the next try (its name would exist).
+    if (!isKind(e, 'exists')) await store.deleteBlob(dest).catch(() => undefined);
+    throw e;
+  }
 }
 
 /** The cached sectors of grain `idx` (clipped to the image's size) as [offset in the grain, bytes]. */

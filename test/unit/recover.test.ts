@@ -49,6 +49,13 @@ test.each([
     await until(() => h.flusher.refusedOf(image) !== undefined);
     heal(); // the new blob may be written (say, a SAS for another prefix)
 
+    // A save that fails half-way leaves no half-written blob behind, and drops nothing here.
+    const dest = { container: 'c', name: `${ref.name}.local` };
+    faulty.inject({ ops: ['putPages', 'stageBlock'], blob: dest, action: { kind: 'fail', error: new BlobdiskError('unavailable', 'Azure did not answer') } });
+    await expect(h.images.recoverLocal(ref, dest.name)).rejects.toMatchObject({ kind: 'unavailable' });
+    await expect(memory.getInfo(dest)).rejects.toMatchObject({ kind: 'not-found' });
+    expect(h.cache.dirtyOf(image.id).bytes).toBe(G / 2);
+
     const result = await h.images.recoverLocal(ref, `${ref.name}.local`);
     expect(result).toEqual({ outcome: 'saved', dirtyBytes: G / 2, gone: false });
     const saved = Buffer.from(base);
