@@ -20,6 +20,8 @@
  *   anything else (unavailable,           retried with backoff from minBackoffMs doubling up to
  *     failed)                             maxBackoffMs, for as long as Azure stays away; logged
  *   the image is held (a rename)          skipped; looked at again after heldRetryMs
+ *   its changes were dropped              discarded(): out of the queue, backoff and refusal forgotten
+ *     (`blobdisk recover`, while held)
  * The numbers are Tunables (lib/tunables.ts); time comes from the injected Clock. */
 
 import { GrainCache } from '../cache/cache';
