@@ -17,7 +17,7 @@
  *   revalidate: changed elsewhere,        unchanged   unchanged                              conflict: nothing is overwritten,
  *     something waiting for upload                                                           writes fail (unless our lease is
  *                                                                                            still on it: a crash's own uploads)
- *   discardLocal(info) (blobdisk recover) Azure's      all (none cut)                         none; every grain dropped, conflict and lease gone
+ *   discardLocal(info) (blobdisk recover) Azure's     all (none cut)                         none; every grain dropped, conflict and lease gone
  * In sync when Azure holds nothing past remoteEnd and its (logical) size is ours.
  * While we hold the lease every change of the blob is ours: descriptions of it from a
  * listing or a HEAD are ignored (they can only be older than what the flusher reported). */
