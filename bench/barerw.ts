@@ -1,14 +1,18 @@
-/* The bare-FUSE baseline of the peers benchmark: a minimal fuse-native filesystem of
- * read-write files kept in memory in 1 MiB chunks (absent chunks read as zeros, so a
- * sparse file costs no memory), mounted with blobdisk's FUSE options. It is what
- * fuse-native on this machine serves at best, for reads, writes and fio alike.
+/* The bare-FUSE baseline of the peers benchmark: a minimal filesystem of read-write files
+ * kept in memory in 1 MiB chunks (absent chunks read as zeros, so a sparse file costs no
+ * memory), mounted with blobdisk's FUSE options. It is what a FUSE binding on this machine
+ * serves at best, for reads, writes and fio alike: fuse-native (the default, the peers
+ * benchmark's "bare fuse-native" column) or blobdisk's own libfuse 3 binding
+ * (BAREFS_BINDING=fuse3, lib/fuse/fuse3.ts; bench/fuse3/compare.sh runs both).
  *
  *   node dist/bench/barerw.js <mountpoint> [name=datafile | name=size] ...
  * A preload `name=datafile` holds the file's bytes; `name=1073741824` makes a sparse file.
+ * BAREFS_WRITEBACK=1 asks the libfuse 3 binding for the kernel's writeback cache.
  * Prints "barerw: mounted <mountpoint>" on stderr when ready; SIGTERM or SIGINT unmounts. */
 
-import Fuse from 'fuse-native';
+import type Fuse from 'fuse-native';
 import { readFileSync } from 'node:fs';
+import { Fuse3, Operations, Stat } from '../lib/fuse/fuse3';
 
 const ENOENT = -2;
 const CHUNK = 1024 * 1024;
@@ -20,7 +24,7 @@ interface File {
 
 const files = new Map<string, File>();
 
-function stat(mode: number, size: number): Fuse.Stat {
+function stat(mode: number, size: number): Stat {
   const now = new Date();
   return { mode, uid: 0, gid: 0, size, nlink: 1, blocks: Math.ceil(size / 512), atime: now, mtime: now, ctime: now };
 }
@@ -78,7 +82,7 @@ async function main(argv: string[]): Promise<void> {
     const eq = p.indexOf('=');
     load(p.slice(0, eq), p.slice(eq + 1));
   }
-  const ops: Fuse.Operations = {
+  const ops: Operations = {
     init: (cb) => cb(0),
     getattr: (p, cb) => {
       if (p === '/') return cb(0, stat(0o040755, 4096));
@@ -121,16 +125,39 @@ async function main(argv: string[]): Promise<void> {
     release: (_p, _fd, cb) => cb(0),
     utimens: (_p, _a, _m, cb) => cb(0),
     chmod: (_p, _m, cb) => cb(0),
+    fallocate: (p, mode, offset, length, _fd, cb) => {
+      const f = files.get(p);
+      if (!f) return cb(ENOENT);
+      if (mode !== 3 /* PUNCH_HOLE|KEEP_SIZE */) return cb(-95);
+      const end = Math.min(f.size, offset + length);
+      if (end > offset) write(f, Buffer.alloc(end - offset), end - offset, offset);
+      cb(0);
+    },
   };
-  // blobdisk's FUSE options: big_writes through fsname, 1 MiB max_read, no timeout.
-  const fuse = new Fuse(mountpoint, ops, { fsname: 'barerw,big_writes', subtype: 'barerw', maxRead: 1024 * 1024, timeout: false });
-  await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
+  const unmount = process.env['BAREFS_BINDING'] === 'fuse3' ? await mountFuse3(mountpoint, ops) : await mountFuseNative(mountpoint, ops);
   process.stderr.write(`barerw: mounted ${mountpoint}\n`);
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);
   });
-  await new Promise<void>((resolve) => fuse.unmount(() => resolve()));
+  await unmount();
+}
+
+/** blobdisk's FUSE options on its libfuse 3 binding: 1 MiB requests are its default. */
+async function mountFuse3(mountpoint: string, ops: Operations): Promise<() => Promise<void>> {
+  const writeback = process.env['BAREFS_WRITEBACK'] === '1';
+  const fuse = await Fuse3.mount(mountpoint, ops, { options: ['fsname=barerw', 'subtype=barerw'], writeback });
+  process.stderr.write(`barerw: libfuse 3, requests up to ${fuse.connection.maxWrite} bytes, writeback cache ${fuse.connection.writeback ? 'on' : 'off'}\n`);
+  return async () => void (await fuse.unmount());
+}
+
+/** blobdisk's former FUSE options on fuse-native: big_writes through fsname, 1 MiB max_read,
+ *  no timeout (fuse-native is a devDependency kept for this baseline). */
+async function mountFuseNative(mountpoint: string, ops: Operations): Promise<() => Promise<void>> {
+  const FuseNative = (await import('fuse-native')).default;
+  const fuse = new FuseNative(mountpoint, ops as Fuse.Operations, { fsname: 'barerw,big_writes', subtype: 'barerw', maxRead: 1024 * 1024, timeout: false });
+  await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
+  return () => new Promise<void>((resolve) => fuse.unmount(() => resolve()));
 }
 
 main(process.argv.slice(2)).catch((e: unknown) => {

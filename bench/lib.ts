@@ -5,6 +5,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import fsp from 'node:fs/promises';
+import { unmountCommands } from '../lib/fuse/clear';
 
 export const MiB = 1024 * 1024;
 /** Throughput is reported in MB/s of 10^6 bytes, as dd and fio print it. */
@@ -150,7 +151,8 @@ export async function mountedPaths(): Promise<Set<string>> {
 /** Lazily unmounts `mnt` when it is still mounted (after a child died without unmounting). */
 export async function ensureUnmounted(mnt: string): Promise<boolean> {
   if (!(await mountedPaths()).has(mnt)) return false;
-  await run('fusermount', ['-u', '-z', mnt]);
+  const [cmd, args] = unmountCommands(mnt)[1] ?? ['umount', ['-l', mnt]];
+  await run(cmd, args);
   return true;
 }
 

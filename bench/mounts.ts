@@ -1,7 +1,7 @@
 /* The two filesystems under test, each mounted by a child process: blobdisk through its
  * own CLI (bin/blobdisk mount, exactly as a user runs it) and the bare fuse-native
  * baseline (barefs.ts). Both unmount on SIGTERM; a child that dies mounted is cleared
- * with fusermount -u -z so the benchmark never leaves a mount behind. */
+ * lazily (umount -l, or fusermount3 -uz) so the benchmark never leaves a mount behind. */
 
 import path from 'node:path';
 import { Daemon, ensureUnmounted, runOk, setFuseReadAhead } from './lib';
@@ -94,7 +94,7 @@ export class Mount {
     const code = await this.daemon.stop();
     const leftover = await ensureUnmounted(this.mountpoint);
     if (code !== 0) throw new Error(`${this.daemon.name} exited ${code} on SIGTERM: ${this.daemon.output.trim().slice(-500)}`);
-    if (leftover) throw new Error(`${this.daemon.name} exited but left ${this.mountpoint} mounted (cleared with fusermount -u -z)`);
+    if (leftover) throw new Error(`${this.daemon.name} exited but left ${this.mountpoint} mounted (cleared lazily)`);
   }
 
   /** Best effort for error paths: stop and clear, never throw. */

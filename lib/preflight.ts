@@ -32,7 +32,7 @@ export async function checkMountpoint(mountpoint: string): Promise<void> {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new UsageError(`mountpoint ${mountpoint} does not exist; create it first: mkdir -p ${mountpoint}`);
     if (code === 'ENOTCONN') {
-      throw new UsageError(`mountpoint ${mountpoint} is a dead FUSE mount (transport endpoint not connected); clear it with: fusermount -u ${mountpoint}`);
+      throw new UsageError(`mountpoint ${mountpoint} is a dead FUSE mount (transport endpoint not connected); clear it with: blobdisk unmount ${mountpoint}`);
     }
     throw new UsageError(`cannot use mountpoint ${mountpoint} (${code}); check that it exists and is readable`);
   }

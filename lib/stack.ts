@@ -59,7 +59,7 @@ export interface Stack {
 export function buildStack(store: BlobStore, o: StackOptions, log: Logger): Stack {
   const timing = o.timing ?? SYSTEM_TIMING;
   const grainSize = o.cache.grainSize;
-  const map = GrainMap.open(path.join(o.cache.dir, 'grainmap.db'), grainSize, timing);
+  const map = GrainMap.open(path.join(o.cache.dir, 'grainmap.db'), grainSize, timing, { log });
   const cache = new GrainCache(o.cache, map, log, timing);
   const flusher = new Flusher(store, cache, { grainSize, concurrency: o.uploadConcurrency, delayMs: o.writeBackDelayMs }, log, timing);
   const budget = new FetchBudget(o.read.fetchConcurrency);

@@ -4,10 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(fuse libfuse2)
-# The end-to-end tests drive disk tools, and boot a VM from a blob under libvirt.
+# blobdisk's FUSE binding builds against libfuse 3 in npm install (pkg-config, a C compiler).
+# fuse3 brings fusermount3 for mounts by other users than root; it replaces the package fuse
+# (apt removes that) and keeps a fusermount link, which fuse-native, the benchmark's
+# baseline, still calls.
+packages=(fuse3 libfuse3-dev pkg-config build-essential)
+# The end-to-end tests drive disk tools, and boot a VM from a blob under libvirt; the
+# benchmark's fuse-native baseline loads libfuse2.
 if [ "${1:-}" = "--test" ]; then
-  packages+=(qemu-utils fio e2fsprogs util-linux systemd openssl qemu-system-x86 libvirt-daemon-system libvirt-clients libxml2-utils linux-image-cloud-amd64 busybox-static cpio)
+  packages+=(libfuse2 qemu-utils fio e2fsprogs util-linux systemd openssl qemu-system-x86 libvirt-daemon-system libvirt-clients libxml2-utils linux-image-cloud-amd64 busybox-static cpio)
 fi
 
 missing=()

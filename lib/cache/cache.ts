@@ -17,10 +17,34 @@
  *   dirty            never evicted; dropped only by truncate or delete
  *
  * Clean grains carry a CRC-32, checked the first time this process reads the grain, so a
- * file torn by a crash is dropped and fetched again instead of served. Dirty grains are
- * never dropped: after a crash they are uploaded as they are (data written since the last
- * fsync may be either old or new, as on any disk). The index lives in memory, in LRU
- * order, rebuilt from the grain map at open; access times go back in batches.
+ * file torn by a crash is dropped and fetched again instead of served. The index lives in
+ * memory, in LRU order, rebuilt from the grain map at open; access times go back in batches.
+ *
+ * Durability (power.ts). Writes land in the page cache and the change log, never synced
+ * there: a kill -9 loses none of them, a power loss any. fsync (sync) syncs what it must:
+ *   unsynced  written or filled since the image's last fsync; sync fdatasyncs the file,
+ *             fsyncs the directories that gained entries (new grain directories, files
+ *             created or renamed into place), then commits the rows FULL together with the
+ *             grain's dirty bitmap as that fsync acknowledged it (its SyncedRow), and only
+ *             then clears the flag; a failed sync leaves it set and fails (EIO, ENOSPC).
+ *   recorded  a SyncedRow exists: the file is not cut or removed before the removal of the
+ *             row is durable (drop, truncate), so a record always names bytes of its file.
+ * fsync of one image syncs that image's grains only; rows of other images that the FULL
+ * commit (or any checkpoint, or the kernel's write-back) makes durable early are harmless,
+ * because the next open after a reboot trusts no dirty row, only the records:
+ *
+ *   at open, after a reboot      record             next state
+ *   clean grain                  -                  as its row says (its checksum decides)
+ *   dirty grain                  none               absent: never fsynced, nothing in it
+ *                                                   acknowledged; Azure's bytes are read
+ *   dirty grain                  dirty sectors D    valid = dirty = D: each holds what the
+ *                                                   fsync acknowledged or a later write;
+ *                                                   the rest is read from Azure again
+ * The rest cannot be trusted: a clean sector may have been overwritten by a write whose row
+ * was lost, or have become stale when a later write to it was uploaded and then lost
+ * locally; a dirty row may describe bytes that never reached the disk (uploading those as
+ * they read, zeros, over good data is what this prevents). Opening in the same boot (after a
+ * kill -9) trusts the rows: nothing was lost, and the dirty grains count as unsynced.
  *
  * A sequential reader's grains are served by readNow(): one synchronous pread straight
  * into the FUSE request's buffer, after prefetch() got the file into the page cache. That
@@ -28,10 +52,11 @@
  * trip, and reading a grain into memory ahead of the reader costs a second copy of it.
  *
  * The parts: grain-index.ts (the entries in LRU order, byte counts), files.ts (the grain
- * files), verify.ts (checksums before serving), room.ts (eviction and the bound). */
+ * files), verify.ts (checksums before serving), room.ts (eviction and the bound),
+ * writes.ts (the write side), power.ts (fsync and the open after a power loss). */
 
 import fs from 'node:fs';
-import fsp from 'node:fs/promises';
+import path from 'node:path';
 import { GrainMap, GrainRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { CacheOptions } from '../config';
@@ -39,6 +64,7 @@ import { Timer } from '../clock';
 import { SYSTEM_TIMING, Timing } from '../tunables';
 import { GrainFiles } from './files';
 import { CacheStats, Entry, GrainIndex, GrainState, keyOf } from './grain-index';
+import { recover, sweep, syncGrains } from './power';
 import { Room } from './room';
 import { Verifier } from './verify';
 import { GrainWrites } from './writes';
@@ -71,7 +97,7 @@ export class GrainCache {
     const { tunables } = timing;
     this.grainSize = options.grainSize;
     this.index = new GrainIndex(options.grainSize);
-    this.files = new GrainFiles(options.dir, options.grainSize, tunables.maxOpenFiles, tunables.maxReadFiles);
+    this.files = new GrainFiles(options.dir, options.grainSize, tunables.maxOpenFiles, tunables.maxReadFiles, map.disk);
     const drop = (entries: Entry[]): Promise<void> => this.drop(entries);
     this.verifier = new Verifier(this.index, this.files, options.grainSize, log, drop);
     this.room = new Room(this.index, options.sizeBytes, options.grainSize, drop, timing.clock, tunables.roomPollMs);
@@ -79,10 +105,15 @@ export class GrainCache {
       grainSize: options.grainSize, sizeBytes: options.sizeBytes, index: this.index, files: this.files, verifier: this.verifier, room: this.room, ahead: this.ahead,
       nextGen: () => this.nextGen(), persist: (e) => this.persist(e), now: () => timing.clock.now(), drop, readWhole: (imageId, idx) => this.readWhole(imageId, idx),
     });
-    for (const row of map.allGrains()) {
+    const recorded = recover(map, map.disk, (row) => this.files.fileOf(row.imageId, row.idx), log);
+    const rows = map.allGrains();
+    sweep(map.disk, path.join(options.dir, 'grains'), rows);
+    for (const row of rows) {
       this.index.insert({
         imageId: row.imageId, idx: row.idx, checksum: row.checksum, valid: row.valid, dirty: row.dirty,
-        gen: 0, uploadedGen: -1, verified: false, unsynced: false, dirtySince: row.dirty ? row.lastAccess : 0,
+        // A dirty grain left by another process: its next fsync syncs and records it again.
+        gen: 0, uploadedGen: -1, verified: false, unsynced: row.dirty !== null, dirtySince: row.dirty ? row.lastAccess : 0,
+        recorded: recorded.has(keyOf(row.imageId, row.idx)),
       });
     }
     this.timer = timing.clock.interval(() => this.flushTouches(), tunables.touchFlushMs);
@@ -280,6 +311,8 @@ export class GrainCache {
   /** The image now ends at `size`: grains past it go (dirty or not), the grain holding the
    *  end is cut there. */
   truncate(imageId: number, size: number): Promise<void> {
+    // The new size durable before any grain file is cut (see power.ts).
+    this.map.durable();
     return this.writes.truncate(imageId, size);
   }
 
@@ -288,12 +321,12 @@ export class GrainCache {
     return this.writes.clipPast(imageId, size);
   }
 
-  /** Makes the image's written grains durable on local disk (--sync local fsync). */
-  async sync(imageId: number): Promise<void> {
-    const pending = [...this.index.values()].filter((e) => e.imageId === imageId && e.unsynced);
-    for (const e of pending) e.unsynced = false;
-    await Promise.all(pending.map((e) => this.files.withFile(e.imageId, e.idx, (handle) => handle.datasync())));
-    this.map.durable();
+  /** Makes what was written to the image (every image: none given) durable on local disk,
+   *  grain data before the rows that describe it (--sync local fsync; see power.ts). Fails
+   *  (failed, no-space) when the local disk does; the next call syncs the same again. */
+  async sync(imageId?: number): Promise<void> {
+    const pending = [...this.index.values()].filter((e) => e.unsynced && (imageId === undefined || e.imageId === imageId));
+    await syncGrains(this.index, this.files, pending, (records) => this.map.durable(records));
   }
 
   private remove(key: string, entry: Entry): void {
@@ -306,6 +339,8 @@ export class GrainCache {
   private async drop(entries: Entry[]): Promise<void> {
     for (const e of entries) this.remove(keyOf(e.imageId, e.idx), e);
     this.map.deleteGrains(entries);
+    // Dirty data, or a record of an fsync: gone for good before the file goes (see power.ts).
+    if (entries.some((e) => e.dirty || e.recorded)) this.map.durable();
     await Promise.all(entries.map((e) => this.files.remove(keyOf(e.imageId, e.idx), this.files.fileOf(e.imageId, e.idx))));
   }
 
@@ -326,7 +361,7 @@ export class GrainCache {
     }
     const dir = this.files.dirOf(imageId);
     this.files.forgetDir(dir);
-    await fsp.rm(dir, { recursive: true, force: true });
+    await this.files.disk.rm(dir);
   }
 
   /** Bytes of an image held in the cache. */
@@ -349,11 +384,13 @@ export class GrainCache {
   async close(): Promise<void> {
     this.timer.cancel();
     this.flushTouches();
+    // Data left dirty (Azure unreachable at unmount) must survive a power loss before the next mount.
+    await this.sync().catch((e: unknown) => this.log.warn(`could not sync the cache at close: ${(e as Error).message}`));
     await this.files.closeAll();
     // Files opened ahead of a writer who stopped before reaching them (still empty).
     const unused = [...this.ahead].filter(([key]) => !this.index.has(key));
     this.ahead.clear();
-    await Promise.all(unused.map(([, file]) => fsp.rm(file, { force: true }).catch(() => undefined)));
+    await Promise.all(unused.map(([, file]) => this.files.disk.rm(file).catch(() => undefined)));
     await this.verifier.crc.close();
   }
 }

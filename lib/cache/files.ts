@@ -1,11 +1,12 @@
 /* The grain files of the cache directory: grains/<image id>/<grain index>, each up to
  * grain-size bytes (holes and a missing tail read as zeros). Open files are kept, at most
  * maxOpenFiles, most recently used last; a file closes once it left them and nobody
- * uses it. Removal of a dropped grain's file is ordered before any new open of it. */
+ * uses it. Removal of a dropped grain's file is ordered before any new open of it. Every
+ * write goes through the Disk (lib/grainmap/disk.ts); directories that may have gained an
+ * entry are remembered until syncDirs() fsyncs them. */
 
-import fs from 'node:fs';
-import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { Disk, GrainHandle } from '../grainmap/disk';
 import { Entry } from './grain-index';
 
 /** An open grain file. It closes once it has left the open files and nobody uses it: a
@@ -13,7 +14,7 @@ import { Entry } from './grain-index';
  *  one kept open for long after would pile up under a random writer (thousands of opens a
  *  second). */
 interface OpenFile {
-  readonly handle: Promise<fsp.FileHandle>;
+  readonly handle: Promise<GrainHandle>;
   users: number;
   closing: boolean;
 }
@@ -41,6 +42,8 @@ export class GrainFiles {
   private readonly dirs = new Set<string>();
   /** Closes under way in the thread pool. */
   private readonly closing = new Set<Promise<void>>();
+  /** Directories that may hold entries (new files, renamed ones, new directories) not yet fsynced. */
+  private readonly unsyncedDirs = new Set<string>();
 
   constructor(
     /** The cache directory. */
@@ -50,8 +53,10 @@ export class GrainFiles {
     private readonly maxOpenFiles: number,
     /** Files prefetch() opens for readNow(), at most: a few read-ahead windows. */
     private readonly maxReadFiles: number,
+    readonly disk: Disk,
   ) {
-    fs.mkdirSync(path.join(dir, 'grains'), { recursive: true });
+    disk.mkdirSync(path.join(dir, 'grains'));
+    this.unsyncedDirs.add(dir).add(path.join(dir, 'grains'));
   }
 
   fileOf(imageId: number, idx: number): string {
@@ -89,7 +94,7 @@ export class GrainFiles {
       // Synchronous: an open takes microseconds (once the file's directory entry and inode
       // are in memory), less than a turn through the thread pool. Read-write, so that a
       // random writer of cached grains lands at once too (writeNow).
-      fd = fs.openSync(this.fileOf(entry.imageId, entry.idx), 'r+');
+      fd = this.disk.openSync(this.fileOf(entry.imageId, entry.idx), false);
     } catch {
       return false;
     }
@@ -113,7 +118,7 @@ export class GrainFiles {
     if (!file) return;
     this.readFiles.delete(key);
     try {
-      fs.closeSync(file.fd);
+      this.disk.closeSync(file.fd);
     } catch {
       // Closing a descriptor open for reading loses nothing.
     }
@@ -121,7 +126,7 @@ export class GrainFiles {
 
   /** Runs `fn` on the open file of grain `idx` (opened, or created empty, when needed);
    *  the file stays open until `fn` is done. */
-  async withFile<T>(imageId: number, idx: number, fn: (handle: fsp.FileHandle) => T | Promise<T>): Promise<T> {
+  async withFile<T>(imageId: number, idx: number, fn: (handle: GrainHandle) => T | Promise<T>): Promise<T> {
     const file = this.open(imageId, idx);
     file.users++;
     try {
@@ -144,7 +149,10 @@ export class GrainFiles {
     // A file still being removed (its grain was just dropped) must be gone before the new
     // grain's file is opened, or the removal would unlink the new one's bytes.
     const removing = this.removing.get(key) ?? Promise.resolve();
-    const handle = removing.then(() => this.ensureDir(path.dirname(name))).then(() => fsp.open(name, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600));
+    const handle = removing.then(() => this.ensureDir(path.dirname(name))).then(() => {
+      this.unsyncedDirs.add(path.dirname(name)); // the open may create the file
+      return this.disk.open(name);
+    });
     const file: OpenFile = { handle, users: 0, closing: false };
     handle.then(
       (h) => {
@@ -165,7 +173,29 @@ export class GrainFiles {
 
   ensureDir(dir: string): Promise<void> {
     if (this.dirs.has(dir)) return Promise.resolve();
-    return fsp.mkdir(dir, { recursive: true }).then(() => void this.dirs.add(dir));
+    this.unsyncedDirs.add(path.dirname(dir));
+    return this.disk.mkdir(dir).then(() => void this.dirs.add(dir));
+  }
+
+  /** A file was created or renamed into `dir`. */
+  entered(dir: string): void {
+    this.unsyncedDirs.add(dir);
+  }
+
+  /** fsyncs the directories that may have gained entries, parents first (a new directory's
+   *  own entry is in its parent). One that fails stays to be fsynced again. */
+  async syncDirs(): Promise<void> {
+    const dirs = [...this.unsyncedDirs].sort((a, b) => a.length - b.length);
+    this.unsyncedDirs.clear();
+    for (let i = 0; i < dirs.length; i++) {
+      try {
+        await this.disk.syncDir(dirs[i] as string);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue; // removed meanwhile (its image was deleted)
+        for (const dir of dirs.slice(i)) this.unsyncedDirs.add(dir);
+        throw e;
+      }
+    }
   }
 
   /** Forgets that an image's directory exists (it is being removed). */
@@ -211,7 +241,7 @@ export class GrainFiles {
   remove(key: string, file: string): Promise<void> {
     const before = this.removing.get(key) ?? Promise.resolve();
     const removal: Promise<void> = before
-      .then(() => fsp.rm(file, { force: true }))
+      .then(() => this.disk.rm(file))
       .finally(() => {
         if (this.removing.get(key) === removal) this.removing.delete(key);
       });

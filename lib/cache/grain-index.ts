@@ -17,6 +17,9 @@ export interface Entry {
   verified: boolean;
   /** Written since the last fsync of its image. */
   unsynced: boolean;
+  /** An fsync recorded its dirty sectors (see power.ts): its file is not cut or removed
+   *  before the removal of that record is durable. */
+  recorded?: boolean;
   /** When the grain last went from clean to dirty (ms), for "oldest dirty age". */
   dirtySince: number;
   /** Writes landing in it: until they are done it is not evicted, even while clean. */

@@ -3,13 +3,12 @@
  * grains. The grain states are drawn at the top of cache.ts, which owns the parts this
  * works on (CacheParts). */
 
-import fs from 'node:fs';
-import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { BlobdiskError } from '../errors';
 import { crc32 } from './crc';
 import { GrainFiles } from './files';
 import { Entry, GrainIndex, keyOf } from './grain-index';
+import { diskError } from './power';
 import { Room } from './room';
 import { SECTOR, allSet, anySet, clearBitsFrom, emptyBitmap, runs, sectorSpan, sectorsOf, setBits } from './sectors';
 import { Verifier } from './verify';
@@ -55,16 +54,20 @@ export class GrainWrites {
         await this.parts.files.ensureDir(path.dirname(file));
         // Only callers without a fetch (zeros, tests) leave the checksum to be taken here.
         const crc = checksum ?? crc32(data);
-        // Write aside and rename, so a reader holding the old file never sees a half-written one.
+        // Write aside and rename, so a reader holding the old file never sees a half-written
+        // one. Neither is synced: a clean grain's checksum catches a file a power loss tore,
+        // and the fsync that makes it dirty data's home syncs the file and its directory.
+        const disk = this.parts.files.disk;
         const partial = `${file}.partial`;
-        await fsp.writeFile(partial, data);
+        await disk.writeFile(partial, data);
         await this.parts.files.removal(key);
-        await fsp.rename(partial, file);
+        await disk.rename(partial, file);
+        this.parts.files.entered(path.dirname(file));
         this.parts.files.close(key);
         if (this.parts.index.has(key)) return true; // a write arrived meanwhile; it owns the grain now
         if (!stillValid()) {
           // The image was cut (or changed) while the grain was on its way: it is stale.
-          await fsp.rm(file, { force: true });
+          await disk.rm(file);
           return false;
         }
         this.parts.ahead.delete(key);
@@ -87,6 +90,8 @@ export class GrainWrites {
     entry.valid = null;
     if (!entry.dirty) entry.checksum = crc32(await this.parts.readWhole(imageId, idx));
     entry.verified = true;
+    // Newly valid sectors of a dirty grain are part of what its next fsync syncs.
+    if (entry.dirty) entry.unsynced = true;
     this.parts.persist(entry);
     return true;
   }
@@ -161,8 +166,33 @@ export class GrainWrites {
     // One synchronous pwrite into the page cache costs less than a round trip through the
     // thread pool, and the FUSE request waits for it either way.
     let written = 0;
-    while (written < data.length) written += fs.writeSync(fd, data, written, data.length - written, offset + written);
-    const [from, to] = sectorSpan(offset, offset + data.length);
+    try {
+      while (written < data.length) {
+        const n = this.parts.files.disk.writeSync(fd, data, written, data.length - written, offset + written);
+        if (n <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+        written += n;
+      }
+    } catch (e) {
+      if (written > 0) this.landedPart(entry, offset, written);
+      throw diskError('a write', e);
+    }
+    this.record(entry, offset, data.length);
+  }
+
+  /** A write that failed after part of it reached the file: a clean grain no longer matches
+   *  its checksum (nor Azure) and goes; a dirty one records the part as written (a failed
+   *  write may leave its range partly written, as on any disk). */
+  private landedPart(entry: Entry, offset: number, written: number): void {
+    if (entry.dirty) {
+      this.record(entry, offset, written);
+      return;
+    }
+    this.parts.drop([entry]).catch(() => undefined);
+  }
+
+  /** Sectors [offset, offset + length) of the grain are written: valid, dirty, unsynced. */
+  private record(entry: Entry, offset: number, length: number): void {
+    const [from, to] = sectorSpan(offset, offset + length);
     if (entry.valid) {
       setBits(entry.valid, from, to);
       if (allSet(entry.valid, 0, sectorsOf(this.parts.grainSize))) entry.valid = null;

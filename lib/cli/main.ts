@@ -18,6 +18,7 @@ const commands = {
   clone: (): typeof import('./clone') => require('./clone') as typeof import('./clone'),
   diff: (): typeof import('./diff') => require('./diff') as typeof import('./diff'),
   rm: (): typeof import('./rm') => require('./rm') as typeof import('./rm'),
+  recover: (): typeof import('./recover') => require('./recover') as typeof import('./recover'),
   handoff: (): typeof import('./handoff') => require('./handoff') as typeof import('./handoff'),
 };
 
@@ -169,12 +170,26 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
           .example('$0 status /mnt/blobs', 'cache use, dirty data and traffic per image')
           .example('$0 status /mnt/blobs --watch 1', 'the same, redrawn every second'),
       (args) => run(commands.status().statusCommand(args.mountpoint, args.json === true, io, args.watch)),
+    )
+    .command(
+      'recover <mountpoint> <image>',
+      'resolve an image whose local changes cannot go to Azure (changed elsewhere, deleted, refused)',
+      (y) =>
+        y
+          .positional('mountpoint', { type: 'string', demandOption: true })
+          .positional('image', { type: 'string', demandOption: true, describe: 'the image, as a path in the mount or relative to it' })
+          .option('to', { type: 'string', describe: "first save the local version as this new blob in the image's container (refused if it exists)" })
+          .option('discard', { type: 'boolean', describe: 'drop the local changes without saving them' })
+          .epilogue("Either way the image then shows Azure's current version and unmount can exit 0. Stop writers of the image first.")
+          .example('$0 recover /mnt/blobs vms/disk.img --to vms/disk-local.img', 'keep both: Azure\'s version as disk.img, ours as disk-local.img')
+          .example('$0 recover /mnt/blobs vms/disk.img --discard', 'throw the local changes away'),
+      (args) => run(commands.recover().recoverCommand(args.mountpoint, args.image, io, { ...(args.to !== undefined ? { to: args.to } : {}), ...(args.discard !== undefined ? { discard: args.discard } : {}) })),
     );
   const parser = withBackupCommands(commandsBefore, io, run)
     .example('$0 mount /mnt/blobs', 'mount on the embedded Azurite (no credentials given)')
     .example('$0 mount /mnt/blobs --help', "every flag of mount, grouped, with its default")
     .epilogue("Each command's own --help lists its flags and examples. Docs: README.md")
-    .demandCommand(1, 'give a command: mount, unmount, flush, status, snapshot, clone, diff, rm or handoff')
+    .demandCommand(1, 'give a command: mount, unmount, flush, status, recover, snapshot, clone, diff, rm or handoff')
     .strict()
     .help()
     .version()

@@ -1,5 +1,5 @@
 /* `blobdisk mount`: validate, mount, say one line when ready, serve until Ctrl-C, SIGTERM,
- * `blobdisk unmount` or an outside `fusermount -u`, then unmount and return 0. */
+ * `blobdisk unmount` or an outside `umount` or `fusermount3 -u`, then unmount and return 0. */
 
 import fsp from 'node:fs/promises';
 import path from 'node:path';

@@ -68,6 +68,7 @@ function table(status: MountStatus): string {  const percent = (r: number | null
     const since = Math.round((Date.now() - Date.parse(status.azureUnreachableSince)) / 1000);
     lines.push(`Azure unreachable since ${status.azureUnreachableSince} (${since} s); ${formatSize(status.dirtyBytes)} wait in the cache for it`);
   }
+  for (const name of status.unopened ?? []) lines.push(`${name} holds data not yet uploaded but cannot be opened: see blobdisk recover --help`);
   if (status.images.length > 0) lines.push('', 'image\tkind\tsize\tcached\tdirty\toldest dirty\tup\tdown\thit ratio\tlease');
   for (const i of status.images) {
     const age = i.oldestDirtySeconds === null ? '-' : `${i.oldestDirtySeconds} s`;

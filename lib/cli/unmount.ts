@@ -1,17 +1,16 @@
 /* `blobdisk unmount <mountpoint>`: asks the mount through its control socket to unmount
  * and waits until it has. A mount whose process is gone (kill -9) is cleared with
- * fusermount -u; one whose process lives but does not answer is left alone, with the
+ * umount (root) or fusermount3 -u; one whose process lives but does not answer is left alone, with the
  * command that stops it. */
 
-import { execFile } from 'node:child_process';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { controlPidPath, controlRequest, controlSocketPath } from '../control';
 import { UsageError, errorMessage } from '../errors';
 import { isAlive } from '../pid';
 import { mountPoints } from '../preflight';
 import { FlushProgress } from '../flusher/flusher';
+import { clearMount } from '../fuse/clear';
 import { DrainResult } from '../mount';
 import { formatSize } from '../units';
 import { Io, say } from './io';
@@ -63,7 +62,7 @@ export async function unmountCommand(target: string, io: Io): Promise<number> {
       );
     }
     // The blobdisk process is gone: clear the dead mount; its cache keeps whatever was dirty.
-    await promisify(execFile)('fusermount', ['-u', mountpoint]).catch(() => promisify(execFile)('fusermount', ['-uz', mountpoint]));
+    await clearMount(mountpoint);
     say(io, `cleared ${mountpoint}: its blobdisk process was gone`);
     return 0;
   }

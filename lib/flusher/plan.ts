@@ -1,6 +1,7 @@
 /* Pure planning for uploads, kept apart from the I/O so tests can pin it:
  *  - page blobs: dirty sector runs of neighbouring grains joined into Put Page calls of at
- *    most 4 MiB; runs of zeros become Clear Pages, never an upload of zeros;
+ *    most 4 MiB; runs of zeros become Clear Pages, never an upload of zeros, and so does
+ *    every aligned 64 KiB of zeros inside a run of data (a punched hole next to data);
  *  - block blobs: the block size for an image (Azure allows 50,000 committed blocks) and
  *    which committed blocks a flush keeps and which ranges it stages anew. */
 
@@ -23,13 +24,33 @@ export function isZero(buf: Buffer): boolean {
   return true;
 }
 
-/** Joins byte runs (sorted by offset, sector-aligned) into Put Page / Clear Pages calls.
- *  Runs that lie side by side in one buffer are joined as a view, without a copy. */
+/** Zeros inside a run of data become Clear Pages in aligned pieces of this size: smaller
+ *  ones go up with the data around them rather than as calls of their own. */
+export const CLEAR_UNIT = 64 * 1024;
+
+/** Cuts a run that is not all zeros where whole aligned CLEAR_UNITs of zeros begin and end. */
+function splitZeros(run: { offset: number; data: Buffer }): { offset: number; data: Buffer; zero: boolean }[] {
+  if (isZero(run.data)) return [{ ...run, zero: true }];
+  const out: { offset: number; data: Buffer; zero: boolean }[] = [];
+  for (let at = 0; at < run.data.length; ) {
+    const next = Math.min(run.data.length, (Math.floor((run.offset + at) / CLEAR_UNIT) + 1) * CLEAR_UNIT - run.offset);
+    const zero = next - at === CLEAR_UNIT && isZero(run.data.subarray(at, next));
+    const last = out[out.length - 1];
+    if (last && last.zero === zero) last.data = run.data.subarray(last.offset - run.offset, next);
+    else out.push({ offset: run.offset + at, data: run.data.subarray(at, next), zero });
+    at = next;
+  }
+  return out;
+}
+
+/** Joins byte runs (sorted by offset, sector-aligned) into Put Page / Clear Pages calls;
+ *  zeros and data are never joined. Runs that lie side by side in one buffer are joined as
+ *  a view, without a copy. */
 export function planPageUploads(runs: ReadonlyArray<{ offset: number; data: Buffer }>): PageUpload[] {
-  const joined: { offset: number; parts: Buffer[]; length: number }[] = [];
-  for (const run of runs) {
+  const joined: { offset: number; parts: Buffer[]; length: number; zero: boolean }[] = [];
+  for (const run of runs.flatMap(splitZeros)) {
     const last = joined[joined.length - 1];
-    if (last && last.offset + last.length === run.offset && last.length + run.data.length <= MAX_PUT_PAGE_BYTES) {
+    if (last && last.zero === run.zero && last.offset + last.length === run.offset && last.length + run.data.length <= MAX_PUT_PAGE_BYTES) {
       const tail = last.parts[last.parts.length - 1] as Buffer;
       if (tail.buffer === run.data.buffer && tail.byteOffset + tail.length === run.data.byteOffset) {
         last.parts[last.parts.length - 1] = Buffer.from(tail.buffer, tail.byteOffset, tail.length + run.data.length);
@@ -40,14 +61,14 @@ export function planPageUploads(runs: ReadonlyArray<{ offset: number; data: Buff
     } else {
       for (let at = 0; at < run.data.length; at += MAX_PUT_PAGE_BYTES) {
         const data = run.data.subarray(at, Math.min(run.data.length, at + MAX_PUT_PAGE_BYTES));
-        joined.push({ offset: run.offset + at, parts: [data], length: data.length });
+        joined.push({ offset: run.offset + at, parts: [data], length: data.length, zero: run.zero });
       }
     }
   }
   const out: PageUpload[] = [];
   for (const j of joined) {
     const data = j.parts.length === 1 ? (j.parts[0] as Buffer) : Buffer.concat(j.parts, j.length);
-    out.push({ offset: j.offset, data, zero: isZero(data) });
+    out.push({ offset: j.offset, data, zero: j.zero || isZero(data) });
   }
   return out;
 }

@@ -1,11 +1,12 @@
-/* fuse-native callbacks → namespace and image calls. Every callback runs on the Node
- * event loop, so nothing here may block: all work is async and answered through `cb`.
- * Errors become errnos only through toErrno(). */
+/* FUSE callbacks (lib/fuse/fuse3.ts) → namespace and image calls. Every callback runs on
+ * the Node event loop, so nothing here may block: all work is async and answered through
+ * `cb`. Errors become errnos only through toErrno(). */
 
-import type Fuse from 'fuse-native';
+import { BlobdiskError } from '../errors';
 import { Logger } from '../log';
 import { Attributes, Namespace } from '../namespace/namespace';
 import { toErrno } from './errno';
+import type { Operations, Stat, Statfs } from './fuse3';
 import { Handles } from './handles';
 
 const S_IFDIR = 0o040000;
@@ -13,6 +14,10 @@ const S_IFREG = 0o100000;
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
 const O_TRUNC = 0o1000;
+// fallocate(2) modes
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+const FALLOC_FL_ZERO_RANGE = 0x10;
 
 const WRITE_BITS = 0o222;
 
@@ -24,7 +29,7 @@ export interface OpsOptions {
   readonly grainSize: number;
 }
 
-function toStat(a: Attributes, o: OpsOptions): Fuse.Stat {
+function toStat(a: Attributes, o: OpsOptions): Stat {
   const mode = a.type === 'dir' ? o.dirMode : o.fileMode;
   const perm = a.writable ? mode : mode & ~WRITE_BITS;
   return {
@@ -42,12 +47,24 @@ function toStat(a: Attributes, o: OpsOptions): Fuse.Stat {
 }
 
 /** A statfs answer: Azure has no fixed capacity, so report a large, mostly free volume. */
-function statfs(): Fuse.Statfs {
-  const blocks = 2 ** 32 - 1; // fuse-native passes 32-bit fields: 16 TiB of 4 KiB blocks
+function statfs(): Statfs {
+  const blocks = 2 ** 32 - 1; // 16 TiB of 4 KiB blocks
   return { bsize: 4096, frsize: 4096, blocks, bfree: blocks, bavail: blocks, files: 1e9, ffree: 1e9, favail: 1e9, fsid: 0, flag: 0, namemax: 255 };
 }
 
-export function createOperations(ns: Namespace, handles: Handles, options: OpsOptions, log: Logger): Fuse.Operations {
+/** fallocate on an open image. Punching a hole (guest discard) or zeroing a range makes it
+ *  read as zeros (page blobs clear those pages at upload); allocating (mode 0) within the
+ *  size does nothing, past it grows the image, as Azure allocates on write anyway. */
+async function fallocate(handles: Handles, fd: number, mode: number, offset: number, length: number): Promise<void> {
+  const image = handles.get(fd).image;
+  const keepSize = (mode & FALLOC_FL_KEEP_SIZE) !== 0;
+  const kind = mode & ~FALLOC_FL_KEEP_SIZE;
+  if (kind === FALLOC_FL_PUNCH_HOLE || kind === FALLOC_FL_ZERO_RANGE) await image.zero(offset, length);
+  else if (kind !== 0) throw new BlobdiskError('not-supported', `fallocate mode 0x${mode.toString(16)} is not supported`);
+  if (!keepSize && kind !== FALLOC_FL_PUNCH_HOLE && offset + length > image.size) await image.truncate(offset + length);
+}
+
+export function createOperations(ns: Namespace, handles: Handles, options: OpsOptions, log: Logger): Operations {
   /** Answers `cb` with 0 (or what `ok` makes of the result) or the errno of the failure. */
   const reply = <T>(op: string, path: string, work: Promise<T>, cb: (result: number, value?: never) => void, ok: (v: T) => number = () => 0): void => {
     work.then(
@@ -139,5 +156,6 @@ export function createOperations(ns: Namespace, handles: Handles, options: OpsOp
     chmod: (path, _mode, cb) => reply('chmod', path, ns.setAttributes(path), cb),
     chown: (path, _uid, _gid, cb) => reply('chown', path, ns.setAttributes(path), cb),
     utimens: (path, _atime, _mtime, cb) => reply('utimens', path, ns.setAttributes(path), cb),
+    fallocate: (path, mode, offset, length, fd, cb) => reply('fallocate', path, fallocate(handles, fd, mode, offset, length), cb),
   };
 }

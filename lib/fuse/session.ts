@@ -1,52 +1,50 @@
-/* The FUSE session: the only place that loads fuse-native and talks to the kernel. It
- * mounts the operations of lib/fuse/ops.ts with the options every blobdisk mount needs
- * (big_writes, 1 MiB reads, no request timeout, the kernel enforcing owner and modes) and
- * unmounts again. */
+/* The FUSE session: the only place that mounts and talks to the kernel, through blobdisk's
+ * libfuse 3 binding (lib/fuse/fuse3.ts). It mounts the operations of lib/fuse/ops.ts with
+ * the options every blobdisk mount needs (1 MiB requests, the kernel enforcing owner and
+ * modes; libfuse 3 has no request timeout and always sends big writes) and unmounts again. */
 
-import Fuse from 'fuse-native';
 import { UsageError } from '../errors';
 import type { Logger } from '../log';
+import { Fuse3, Operations } from './fuse3';
 
 export interface SessionOptions {
   /** Other users may use the mount (libvirt's QEMU runs as libvirt-qemu). */
   readonly allowOther: boolean;
+  /** The kernel's writeback cache: writes are gathered in the page cache and reach
+   *  blobdisk later (at the latest on fsync and close). Off: a write returns only once it
+   *  is in blobdisk's cache, which is the write contract blobdisk documents. */
+  readonly writebackCache?: boolean;
 }
 
 export class FuseSession {
   private constructor(
     readonly mountpoint: string,
-    private readonly fuse: Fuse,
+    private readonly fuse: Fuse3,
     private readonly log: Logger,
   ) {}
 
   /** Mounts `ops` at `mountpoint`; resolves once the kernel serves it. Rejects with a
    *  UsageError saying why the kernel refused. */
-  static async mount(mountpoint: string, ops: Fuse.Operations, options: SessionOptions, log: Logger): Promise<FuseSession> {
-    const fuse = new Fuse(mountpoint, ops, {
-      // libfuse reads -o options from the joined string: this is how big_writes gets through.
-      fsname: 'blobdisk,big_writes',
-      subtype: 'blobdisk',
-      maxRead: 1024 * 1024,
-      // Our own retries are bounded; fuse-native's 15 s default would cut a slow fetch short.
-      timeout: false,
-      // The kernel enforces the owner and modes stat shows, so --allow-other opens the mount
-      // to exactly the users --uid, --gid, --file-mode and --dir-mode admit.
-      defaultPermissions: true,
-      allowOther: options.allowOther,
-    });
-    await new Promise<void>((resolve, reject) =>
-      fuse.mount((err) => (err ? reject(new UsageError(`cannot mount at ${mountpoint}: ${err.message}`)) : resolve())),
-    );
-    return new FuseSession(mountpoint, fuse, log);
+  static async mount(mountpoint: string, ops: Operations, options: SessionOptions, log: Logger): Promise<FuseSession> {
+    // The kernel enforces the owner and modes stat shows, so --allow-other opens the mount
+    // to exactly the users --uid, --gid, --file-mode and --dir-mode admit.
+    const o = ['fsname=blobdisk', 'subtype=blobdisk', 'default_permissions'];
+    if (options.allowOther) o.push('allow_other');
+    try {
+      const fuse = await Fuse3.mount(mountpoint, ops, { options: o, writeback: options.writebackCache ?? false });
+      log.debug(`FUSE session at ${mountpoint}: requests up to ${fuse.connection.maxWrite} bytes, writeback cache ${fuse.connection.writeback ? 'on' : 'off'}`);
+      return new FuseSession(mountpoint, fuse, log);
+    } catch (e) {
+      throw new UsageError(`cannot mount at ${mountpoint}: ${e instanceof Error ? e.message : String(e)}`);
+    }
   }
 
   /** Asks the kernel to let go of the mount; never rejects (a failure is logged). */
-  unmount(): Promise<void> {
-    return new Promise<void>((resolve) =>
-      this.fuse.unmount((err) => {
-        if (err) this.log.warn(`unmounting ${this.mountpoint}: ${err.message}`);
-        resolve();
-      }),
-    );
+  async unmount(): Promise<void> {
+    try {
+      if (!(await this.fuse.unmount())) this.log.warn(`${this.mountpoint} is detached, but a file of it is still open somewhere; its FUSE session ends when that closes`);
+    } catch (e) {
+      this.log.warn(`unmounting ${this.mountpoint}: ${e instanceof Error ? e.message : String(e)}`);
+    }
   }
 }

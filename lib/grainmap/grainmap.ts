@@ -15,24 +15,22 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BlobdiskError } from '../errors';
+import { Logger, silentLogger } from '../log';
 import { BlobKind } from '../store/types';
 import { Timer } from '../clock';
 import { SYSTEM_TIMING, Timing } from '../tunables';
+import { Disk, MapIo, NODE_DISK } from './disk';
+import { OwnEtags } from './etags';
 import { GrainLog, LogRecord } from './log';
-import { GrainRow, ImageRow, RawGrain, RawImage, toGrain, toImage } from './rows';
-import { SCHEMA, SCHEMA_VERSION } from './schema';
+import { GrainRow, ImageRow, RawGrain, RawImage, SyncedRow, toGrain, toImage } from './rows';
+import { SCHEMA, SCHEMA_VERSION, SYNCED } from './schema';
+import { FoldReport, putSynced, readSynced } from './synced';
 
-export type { GrainRow, ImageRow };
-
-/** ETags of our own uploads kept per image (see recordEtag). */
-const KEPT_ETAGS = 64;
+export type { GrainRow, ImageRow, MapIo, SyncedRow };
 
 export class GrainMap {
-  private readonly db: Database.Database;
   private readonly statements = new Map<string, Database.Statement>();
-  /** ETags recorded per image since the last pruning. */
-  private readonly etagsRecorded = new Map<number, number>();
-  private etagClock = 0;
+  private readonly etags: OwnEtags;
   private log: GrainLog | undefined;
   /** Number of the last logged change (SQLite holds those up to meta log_seq). */
   private seq = 0;
@@ -40,12 +38,17 @@ export class GrainMap {
   private readonly pendingGrains = new Map<string, GrainRow>();
   private readonly pendingSizes = new Map<number, number>();
   private foldTimer: Timer | undefined;
+  private readonly foldReport: FoldReport;
 
   private constructor(
-    db: Database.Database,
+    private readonly db: Database.Database,
     private readonly timing: Timing,
+    private readonly file: string,
+    readonly disk: Disk,
+    report: Logger,
   ) {
-    this.db = db;
+    this.foldReport = new FoldReport(report, file, timing.tunables.foldMs);
+    this.etags = new OwnEtags((text) => this.sql(text), timing.clock);
   }
 
   /** Prepared once per SQL text: preparing costs more than running on the write path. */
@@ -60,7 +63,7 @@ export class GrainMap {
 
   /** Opens (creating when new) the grain map at `file`. A map written for another grain
    *  size is reset when it holds no dirty grains, refused (invalid) when it does. */
-  static open(file: string, grainSize: number, timing: Timing = SYSTEM_TIMING): GrainMap {
+  static open(file: string, grainSize: number, timing: Timing = SYSTEM_TIMING, io: MapIo = {}): GrainMap {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     const db = new Database(file);
     try {
@@ -72,9 +75,10 @@ export class GrainMap {
       db.close();
       throw e;
     }
-    const map = new GrainMap(db, timing);
+    const map = new GrainMap(db, timing, file, io.disk ?? NODE_DISK, io.log ?? silentLogger);
     try {
       map.prepare(grainSize, `${file}.log`);
+      map.durable(); // a crash model's first copy of the database
     } catch (e) {
       map.close();
       throw e;
@@ -94,10 +98,13 @@ export class GrainMap {
       return;
     }
     const version = Number(this.getMeta('schema_version'));
-    if (version === 1) {
-      // Version 1 had no change log: nothing to replay, and from now on only versions that
-      // read the log may open this cache.
-      this.setMeta('schema_version', String(SCHEMA_VERSION));
+    if (version === 1 || version === 2) {
+      // Version 1 had no change log (nothing to replay), version 2 no record of fsyncs; from
+      // now on only versions that read both may open this cache.
+      this.db.transaction(() => {
+        this.db.exec(SYNCED);
+        this.setMeta('schema_version', String(SCHEMA_VERSION));
+      })();
     } else if (version !== SCHEMA_VERSION) {
       throw new BlobdiskError(
         'invalid',
@@ -121,9 +128,9 @@ export class GrainMap {
     }
   }
 
-  /** Opens the change log and folds what a crashed process left in it into SQLite. */
+  /** Opens the change log, folds what a crashed process left in it into SQLite. */
   private openLog(file: string): void {
-    const log = GrainLog.open(file);
+    const log = GrainLog.open(file, this.disk);
     this.log = log;
     this.seq = Number(this.getMeta('log_seq') ?? 0);
     if (!log.empty) {
@@ -131,13 +138,19 @@ export class GrainMap {
       this.fold();
       log.clear();
     }
-    this.foldTimer = this.timing.clock.interval(() => {
-      try {
-        this.fold();
-      } catch {
-        // Left pending: the next fold tries again, and a caller that needs it sees the error.
-      }
-    }, this.timing.tunables.foldMs);
+    this.foldTimer = this.timing.clock.interval(() => this.foldOrReport(), this.timing.tunables.foldMs);
+  }
+
+  /** fold(), for the timer and the write path: a failure is reported once (the changes stay
+   *  committed in the log and the next fold tries again), and its end once too. A caller
+   *  that reads the tables gets the error from fold() itself. */
+  private foldOrReport(): void {
+    try {
+      this.fold();
+      this.foldReport.worked();
+    } catch (e) {
+      this.foldReport.failed(e);
+    }
   }
 
   /** Takes a logged change into the pending state (it is in the log already). */
@@ -153,11 +166,11 @@ export class GrainMap {
     const seq = this.seq + 1;
     this.log.append(seq, record);
     this.pend(seq, record);
-    if (this.pendingGrains.size + this.pendingSizes.size >= this.timing.tunables.foldRecords) this.fold();
+    if (this.pendingGrains.size + this.pendingSizes.size >= this.timing.tunables.foldRecords) this.foldOrReport();
   }
 
-  /** Writes the logged changes into SQLite in one transaction and empties the log. Every
-   *  method that reads or changes the tables otherwise calls this first. */
+  /** Writes the logged changes into SQLite in one transaction and empties the log (every
+   *  method that reads or changes the tables calls this first). */
   private fold(): void {
     if (this.pendingGrains.size === 0 && this.pendingSizes.size === 0) return;
     // A row of an image deleted meanwhile (a write racing with an unlink) has nothing to join.
@@ -267,22 +280,13 @@ export class GrainMap {
       .run(row.imageId, row.idx, row.length, row.checksum, row.valid, row.dirty, row.lastAccess);
   }
 
-  /** Remembers an ETag one of our uploads produced (at least the last 64 per image are
-   *  kept; older ones are pruned every 64 uploads, not at each: a flush of small random
-   *  writes records thousands). */
+  /** Remembers an ETag one of our uploads produced (see OwnEtags). */
   recordEtag(imageId: number, etag: string): void {
-    // Strictly increasing, so that pruning keeps the newest even within one millisecond.
-    this.etagClock = Math.max(this.timing.clock.now(), this.etagClock + 1);
-    this.sql('INSERT OR REPLACE INTO etags (image_id, etag, at) VALUES (?, ?, ?)').run(imageId, etag, this.etagClock);
-    const recorded = (this.etagsRecorded.get(imageId) ?? 0) + 1;
-    this.etagsRecorded.set(imageId, recorded % KEPT_ETAGS);
-    if (recorded < KEPT_ETAGS) return;
-    this.sql(`DELETE FROM etags WHERE image_id = ? AND etag NOT IN (SELECT etag FROM etags WHERE image_id = ? ORDER BY at DESC LIMIT ${KEPT_ETAGS})`)
-      .run(imageId, imageId);
+    this.etags.record(imageId, etag);
   }
 
   isOurEtag(imageId: number, etag: string): boolean {
-    return this.sql('SELECT 1 FROM etags WHERE image_id = ? AND etag = ?').get(imageId, etag) !== undefined;
+    return this.etags.has(imageId, etag);
   }
 
   /** Images that hold grains not yet uploaded (to drain after a crash). */
@@ -305,15 +309,35 @@ export class GrainMap {
     this.sql('DELETE FROM images WHERE id = ?').run(id);
   }
 
-  /** Makes every committed change durable on disk (fsync of the WAL), for fsync(). */
-  durable(): void {
+  /** Makes every committed change durable on disk (fsync of the WAL), for fsync(), with
+   *  `synced`: dirty grains whose files were fdatasynced just before (see SyncedRow). */
+  durable(synced: readonly SyncedRow[] = []): void {
     this.fold();
     this.db.pragma('synchronous = FULL');
     try {
-      this.setMeta('synced_at', String(this.timing.clock.now()));
+      this.db.transaction(() => {
+        putSynced(this.db, synced);
+        this.setMeta('synced_at', String(this.timing.clock.now()));
+      })();
     } finally {
       this.db.pragma('synchronous = NORMAL');
     }
+    this.disk.committed(this.file);
+  }
+
+  /** What the last fsyncs recorded of grains dirty now (see SyncedRow; others are forgotten). */
+  syncedGrains(): SyncedRow[] {
+    this.fold();
+    return readSynced(this.db);
+  }
+
+  /** The boot of the machine the last writer of this cache ran in (see Disk.bootId), when
+   *  it was recorded; with `now`, records (durably) that the writer now runs in that one. */
+  boot(now?: string): string | undefined {
+    if (now === undefined) return this.getMeta('boot_id');
+    this.setMeta('boot_id', now);
+    this.durable();
+    return now;
   }
 
   /** The lease id this cache directory proposes on `host`. Kept after a crash, so the next

@@ -9,8 +9,8 @@
  * still holds after a crash between a fold and the emptying are skipped; reading stops at
  * the first torn record or gap in the numbers (only unsynced data can be lost that way). */
 
-import fs from 'node:fs';
 import zlib from 'node:zlib';
+import { Disk } from './disk';
 import type { GrainRow } from './rows';
 
 export type LogRecord =
@@ -31,14 +31,15 @@ export class GrainLog {
   private scratch = Buffer.allocUnsafe(4096);
 
   private constructor(
+    private readonly disk: Disk,
     private readonly fd: number,
     private end: number,
   ) {}
 
   /** Opens (creating when absent) the log at `file`; appends go after what it holds. */
-  static open(file: string): GrainLog {
-    const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
-    return new GrainLog(fd, fs.fstatSync(fd).size);
+  static open(file: string, disk: Disk): GrainLog {
+    const fd = disk.openSync(file, true);
+    return new GrainLog(disk, fd, disk.sizeSync(fd));
   }
 
   /** Whether the file holds records (folded or not). */
@@ -51,7 +52,7 @@ export class GrainLog {
     const data = Buffer.alloc(this.end);
     let got = 0;
     while (got < data.length) {
-      const n = fs.readSync(this.fd, data, got, data.length - got, got);
+      const n = this.disk.readSync(this.fd, data, got, data.length - got, got);
       if (n === 0) break;
       got += n;
     }
@@ -101,18 +102,18 @@ export class GrainLog {
     b.writeUInt32LE(at - HEADER, 0);
     b.writeUInt32LE(zlib.crc32(b.subarray(HEADER, at)), 4);
     let written = 0;
-    while (written < at) written += fs.writeSync(this.fd, b, written, at - written, this.end + written);
+    while (written < at) written += this.disk.writeSync(this.fd, b, written, at - written, this.end + written);
     this.end += at;
   }
 
   /** Empties the file (every record in it is folded). */
   clear(): void {
-    fs.ftruncateSync(this.fd, 0);
+    this.disk.ftruncateSync(this.fd, 0);
     this.end = 0;
   }
 
   close(): void {
-    fs.closeSync(this.fd);
+    this.disk.closeSync(this.fd);
   }
 }
 

@@ -26,6 +26,13 @@ export interface GrainRow {
   readonly lastAccess: number;
 }
 
+/** A dirty grain as an fsync made it durable: its dirty bitmap then (see lib/cache/power.ts). */
+export interface SyncedRow {
+  readonly imageId: number;
+  readonly idx: number;
+  readonly dirty: Buffer;
+}
+
 export interface RawImage {
   id: number; account: string; container: string; name: string; kind: BlobKind; size: number;
   etag: string | null; allocated: number | null; allocated_etag: string | null; remote_end: number | null;

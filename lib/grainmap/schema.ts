@@ -5,6 +5,9 @@
  * Version 2 added the change log (grainmap.db.log, see log.ts) and the meta key log_seq:
  * the tables are those of version 1, which opens as version 2 at once; a version-1
  * blobdisk must not open a version-2 cache, as it would not see the changes in the log.
+ * Version 3 added the table synced and the meta key boot_id (the boot of the machine the
+ * last writer ran on); a version-2 cache gets the table at open, its dirty grains counted
+ * as written in this boot (version 2 recorded no fsyncs).
  *
  * images  one row per blob ever opened: identity (account, container, name), the kind and
  *         logical size (ours: it runs ahead of Azure's while a size change waits for upload),
@@ -16,11 +19,28 @@
  *           valid     NULL = every 512-byte sector of the grain is present; else a bitmap
  *           dirty     NULL = clean; else a bitmap of sectors not yet uploaded
  *           last_access  for least-recently-used eviction of clean grains
+ * synced  one row per dirty grain that an fsync made durable: its dirty bitmap then (the
+ *         sectors that fsync acknowledged). Written only in fsync's FULL commit, after the
+ *         grain files and their directories were synced, so after a power loss it says which
+ *         sectors of the file hold acknowledged data, where the grains row cannot (SQLite and
+ *         the change log reach the disk whenever the kernel writes them back, ahead of the
+ *         grain bytes they describe). See lib/cache/power.ts.
  * etags   the ETags our own uploads produced lately (responses of concurrent uploads come
  *         back in any order): after a crash, a blob whose ETag is one of these was last
  *         changed by us, not by someone else, so its dirty grains are no conflict. */
 
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
+
+/** The table version 3 added (a version-2 cache gets it at open). */
+export const SYNCED = `
+CREATE TABLE synced (
+  image_id INTEGER NOT NULL,
+  idx      INTEGER NOT NULL,
+  dirty    BLOB NOT NULL,
+  PRIMARY KEY (image_id, idx),
+  FOREIGN KEY (image_id, idx) REFERENCES grains (image_id, idx) ON DELETE CASCADE
+) WITHOUT ROWID;
+`;
 
 export const SCHEMA = `
 CREATE TABLE meta (
@@ -51,7 +71,7 @@ CREATE TABLE grains (
   PRIMARY KEY (image_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX grains_dirty ON grains (image_id) WHERE dirty IS NOT NULL;
-CREATE TABLE etags (
+${SYNCED}CREATE TABLE etags (
   image_id INTEGER NOT NULL REFERENCES images (id) ON DELETE CASCADE,
   etag     TEXT NOT NULL,
   at       INTEGER NOT NULL,

@@ -131,6 +131,12 @@ export class Image implements UploadSource {
     return this.writer.writeNow(data, offset);
   }
 
+  /** Makes [offset, offset + length) read as zeros, keeping the size (guest discard): on a
+   *  page blob the range becomes Clear Pages at upload. Rejects as write() does. */
+  zero(offset: number, length: number): Promise<void> {
+    return this.writer.zero(offset, length);
+  }
+
   /** Sets the image's size. Shrinking drops what lies past the end (also data not yet
    *  uploaded); growing reads as zeros. Azure follows when the flusher runs. */
   truncate(size: number): Promise<void> {

@@ -3,7 +3,9 @@
  * a sector only partly first takes the rest of that sector from the cache, the fetch, or
  * zeros. A write of whole sectors into one cached grain that nobody holds is done at once
  * (writeNow), without a turn through promises. Truncates move the sizes through
- * RemoteBlob (see its table) and cut the cache. */
+ * RemoteBlob (see its table) and cut the cache. A punched hole (guest discard) is a write
+ * of zeros, skipped where nothing is cached and Azure holds no data; the page upload turns
+ * zero runs into Clear Pages. */
 
 import { SECTOR } from '../cache/sectors';
 import { BlobdiskError } from '../errors';
@@ -69,6 +71,23 @@ export class Writer {
     this.reader.unstage(first);
     this.written(offset, end);
     return data.length;
+  }
+
+  /** Makes [offset, offset + length) read as zeros without changing the size (fallocate
+   *  PUNCH_HOLE or ZERO_RANGE), one grain at a time. Rejects as write() does. */
+  async zero(offset: number, length: number): Promise<void> {
+    const end = Math.min(offset + length, this.ctx.size);
+    this.checkWritable(end);
+    const g = this.ctx.deps.grainSize;
+    let zeros: Buffer | undefined;
+    for (let idx = Math.floor(offset / g); idx * g < end; idx++) {
+      const from = Math.max(offset, idx * g);
+      const to = Math.min(end, (idx + 1) * g);
+      // Already zeros: no cached data and no data in Azure (a fetch under way means there is).
+      if (!this.ctx.deps.cache.has(this.ctx.id, idx) && !this.fetcher.pending.get(idx) && !(await this.ctx.remote.has(from, to))) continue;
+      zeros ??= Buffer.alloc(Math.min(g, end - offset));
+      await this.write(zeros.subarray(0, to - from), from);
+    }
   }
 
   /** After a write landed: the image's size, times and the flusher's turn; a sequential

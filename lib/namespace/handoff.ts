@@ -20,6 +20,8 @@ import type { BlobRef, BlobStore } from '../store/types';
 import type { FlushImage } from './backups';
 import type { Namespace } from './namespace';
 
+export type { WarmProgress };
+
 /** Grains a handoff file lists at most. */
 export const HOT_GRAINS_MAX = 4096;
 export const HANDOFF_VERSION = 1;
@@ -71,6 +73,13 @@ export interface HandoffDeps {
   readonly readOnly: boolean;
   /** The mount's --container: a handoff of another container cannot be served here. */
   readonly container: string | undefined;
+}
+
+/** Answers a control request of `blobdisk handoff`; undefined for any other op. */
+export function handoffRequest(handoffs: Handoffs, request: { readonly op: string; readonly [key: string]: unknown }, progress: (p: unknown) => void, defaultStallMs: number): Promise<HandoffFile> | undefined {
+  if (request.op !== 'handoff') return undefined;
+  if (typeof request.path !== 'string' || request.path === '') return Promise.reject(new BlobdiskError('invalid', 'the handoff request lacks path'));
+  return handoffs.handoff(request.path, typeof request.timeoutMs === 'number' && request.timeoutMs > 0 ? request.timeoutMs : defaultStallMs, progress);
 }
 
 export class Handoffs {

@@ -4,6 +4,8 @@
  * It is left there at release: a blob that is not leased shows it as "(lease free)", so
  * releasing costs no extra request and does not move the ETag a handoff file records. */
 
+import fsp from 'node:fs/promises';
+import os from 'node:os';
 import { isBlobdiskError } from '../errors';
 import type { BlobInfo, BlobRef, BlobStore } from '../store/types';
 
@@ -26,11 +28,10 @@ export function holderText(who: HolderIdentity, since: Date): string {
 }
 
 /** Writes the holder into the metadata of `ref` under lease `leaseId`, only while the blob
- *  is still `info` (If-Match); returns what Azure then holds (the new ETag). */
-export async function writeHolder(store: BlobStore, ref: BlobRef, info: BlobInfo, leaseId: string, text: string): Promise<BlobInfo> {
+ *  is still `info` (If-Match); returns what Azure then holds (the new ETag, told to `produced`). */
+export async function writeHolder(store: BlobStore, ref: BlobRef, info: BlobInfo, leaseId: string, text: string, produced: (etag: string) => string): Promise<BlobInfo> {
   const metadata = { ...info.metadata, [HOLDER_KEY]: text };
-  const etag = await store.setMetadata(ref, metadata, { leaseId, ifMatch: info.etag });
-  return { ...info, metadata, etag };
+  return { ...info, metadata, etag: produced(await store.setMetadata(ref, metadata, { leaseId, ifMatch: info.etag })) };
 }
 
 /** Who holds `ref`'s lease, as its metadata says: "host=… mount=… since=…", "(lease free)"
@@ -43,4 +44,14 @@ export async function describeHolder(store: BlobStore, ref: BlobRef): Promise<st
   } catch (e) {
     return `an unknown writer (${isBlobdiskError(e) ? e.kind : 'error'} reading its metadata)`;
   }
+}
+
+/** This machine: its machine id (systemd's, or D-Bus's) and host name. A cache directory
+ *  copied to another machine makes new lease ids there. */
+export async function hostIdentity(): Promise<string> {
+  for (const file of ['/etc/machine-id', '/var/lib/dbus/machine-id']) {
+    const id = (await fsp.readFile(file, 'utf8').catch(() => '')).trim();
+    if (id !== '') return `${id}/${os.hostname()}`;
+  }
+  return os.hostname();
 }

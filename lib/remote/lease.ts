@@ -14,12 +14,15 @@
  *                                                            our id and If-Match on the ETag we know, in one request (the
  *                                                            lease may have run out meanwhile; a foreign change must not
  *                                                            be adopted)
- *   held     retake refused: ETag changed (stale)   lost     onLost(): someone wrote the blob while we could not renew
+ *   held     retake refused: ETag changed (stale)   held     a plain renewal succeeds: the lease is ours again and every change
+ *                                                            since was ours (unanswered renewals and uploads that got through)
+ *   held     ... and the renewal is refused         lost     onLost(): someone wrote the blob while we could not renew
  *   held     renewal refused (busy) or blob gone   lost     onLost(): the image is in conflict, nothing is overwritten
  *   held     drop() (moved, replaced, deleted,      free     renewal stops; the id is forgotten (moved: the caller
  *            closing)                                        deletes the old blob with it, then take() = retake)
  *   held     release() (unmount, drained)           free     Release Lease; if that fails Azure expires it by itself
  *   lost     take()                                 taking   as free (the conflict stays: writes still fail)
+ *   lost     drop() (local changes discarded)       free     -
  *
  * The lease never changes the blob's ETag; the owner remembers that at release. Once taken,
  * `afterTake` runs (the owner writes the holder into the metadata, holder.ts); a busy
@@ -105,7 +108,7 @@ export class Lease {
     if (id === undefined) return;
     const ref = this.ref();
     try {
-      if (this.renewFailed) await this.deps.store.acquireLease(ref, this.deps.seconds, id, this.etag());
+      if (this.renewFailed) await this.retake(ref, id);
       else await this.deps.store.renewLease(ref, id);
       this.renewFailed = false;
     } catch (e) {
@@ -124,11 +127,33 @@ export class Lease {
     }
   }
 
+  /** After renewals went unanswered: Acquire Lease with our id and If-Match on the ETag we
+   *  know. When that finds the ETag changed, requests of ours may have reached Azure without
+   *  their answers reaching us: a renewal that took the lease again once it had run out, then
+   *  uploads under it. Azure renews a lease that ran out only while nobody else changed the
+   *  blob since, so a plain renewal that succeeds proves every change since was ours (the
+   *  uploads whose answers were lost go again anyway); one that fails leaves the stale error. */
+  private async retake(ref: BlobRef, id: string): Promise<void> {
+    try {
+      await this.deps.store.acquireLease(ref, this.deps.seconds, id, this.etag());
+    } catch (e) {
+      if (!isBlobdiskError(e) || e.kind !== 'stale') throw e;
+      try {
+        await this.deps.store.renewLease(ref, id);
+      } catch {
+        throw e;
+      }
+      this.deps.log.warn(`${ref.container}/${ref.name} changed in Azure under our own lease while its answers did not reach us; keeping the lease`);
+    }
+  }
+
   /** Stops renewing and forgets the id, without telling Azure. */
   drop(): void {
     this.timer?.cancel();
     this.timer = undefined;
     this.held = undefined;
+    this.lost = false;
+    this.renewFailed = false;
   }
 
   /** Releases the lease; false when none was held or Azure refused (it then expires by itself). */

@@ -1,4 +1,4 @@
-/* The part of fuse-native 2.2 that blobdisk uses (the package ships no types). */
+/* The part of fuse-native 2.2 that the benchmark's bare-FUSE baseline uses (the package ships no types). */
 declare module 'fuse-native' {
   namespace Fuse {
     interface Stat {

@@ -2,16 +2,17 @@
  * A mount runs as a child on an Azurite owned by this test process (so Azurite survives);
  * one writer fsyncs known data into a page blob and into block blobs; a second writer then
  * keeps writing chunks into the page blob, each with fsync, and the mount is killed with
- * SIGKILL in the middle of it. After `fusermount -u` of the dead mount, a new mount on the
+ * SIGKILL in the middle of it. After `umount` (fusermount3 -u) of the dead mount, a new mount on the
  * same cache directory takes the leases back and uploads what was dirty; after `blobdisk
  * flush` the view through that mount equals a direct SDK download, and that download holds
- * every fsynced byte. Needs root, /dev/fuse and libfuse2. */
+ * every fsynced byte. Needs root, /dev/fuse and libfuse3. */
 
 import type { ContainerClient } from '@azure/storage-blob';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../../lib/azurite';
 import {
+  forceUnmount,
   isMounted,
   makeTempDir,
   randomData,
@@ -129,8 +130,7 @@ test('kill -9 in the middle of writes: a new mount on the same cache uploads eve
   expect(dirtySeen).toBeGreaterThan(0);
 
   // Clear the dead mount, then mount again on the same cache dir (and mountpoint).
-  const fu = await sh('fusermount', ['-u', mnt]);
-  if (await isMounted(mnt)) ok(await sh('fusermount', ['-uz', mnt]), `fusermount -uz (after -u said: ${fu.stderr.trim()})`);
+  await forceUnmount(mnt);
   expect(await isMounted(mnt)).toBe(false);
   await first.stop();
 

@@ -5,7 +5,7 @@
  * stays dirty; once Azure is back (Azurite restarted on the same data directory, on a new
  * port), a mount on the same cache dir uploads it all, and a direct SDK download shows it.
  * Each test builds its own Azurite, cache and mount, and takes them down again: any one
- * of them runs alone. Needs root, /dev/fuse and libfuse2. */
+ * of them runs alone. Needs root, /dev/fuse and libfuse3. */
 
 import type { ContainerClient } from '@azure/storage-blob';
 import fsp from 'node:fs/promises';

@@ -2,7 +2,7 @@
  * as in a network partition), under a real mount. An uncached read must fail with EIO within
  * about --io-timeout (default 30 s) instead of hanging; a cached read, also through a new
  * open, must not wait on Azure at all; once Azure answers again the same read returns the
- * right bytes and the mount unmounts cleanly. Needs root, /dev/fuse and libfuse2.
+ * right bytes and the mount unmounts cleanly. Needs root, /dev/fuse and libfuse3.
  *
  * Before bounded waits, with the proxy hanging every request, a cached read of 1 MiB through
  * a new open took 126 s (exit 0) in one run and was still hanging when killed in another

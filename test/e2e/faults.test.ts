@@ -6,7 +6,7 @@
  * ends within a generous bound, and the upload drains (after `blobdisk flush` a direct SDK
  * download equals what was written). Then a second mount on the same cache directory,
  * straight on Azurite, serves every file identically without a checksum warning: nothing
- * torn was cached. Needs root, /dev/fuse and libfuse2. */
+ * torn was cached. Needs root, /dev/fuse and libfuse3. */
 
 import type { ContainerClient } from '@azure/storage-blob';
 import path from 'node:path';

@@ -3,7 +3,7 @@
  * to 4 MiB, every read compared with an in-memory model; remounts on the same cache and on
  * an empty one, with Azure compared by direct SDK downloads before each empty-cache remount
  * and at the end. Fixed seeds keep CI repeatable; FSX_SEED=<n> runs another one, and
- * `npm run soak` runs for longer. Needs root, /dev/fuse, libfuse2 and a build (npm test
+ * `npm run soak` runs for longer. Needs root, /dev/fuse, libfuse3 and a build (npm test
  * builds first): the worker runs from dist/.
  */
 

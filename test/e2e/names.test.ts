@@ -3,7 +3,7 @@
  * open flags (O_APPEND, O_TRUNC, O_EXCL, O_DIRECT through dd and qemu-io -n), VMDK
  * descriptor + extent pairs made by qemu-img, chmod/chown/touch, df, and a container of
  * 10,000 blobs. Azure's state is checked by direct SDK listings and downloads.
- * Needs root, /dev/fuse, libfuse2 and qemu-utils. */
+ * Needs root, /dev/fuse, libfuse3 and qemu-utils. */
 
 import type { ContainerClient } from '@azure/storage-blob';
 import fsp from 'node:fs/promises';

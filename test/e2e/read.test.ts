@@ -1,6 +1,6 @@
 /* End to end: the read path through a real FUSE mount, driven by real tools run as child
  * processes (sha256sum, md5sum, cp, cmp, dd, stat, du, ls, qemu-img), each compared with
- * what a direct SDK download of the same blob gives. Needs root, /dev/fuse and libfuse2. */
+ * what a direct SDK download of the same blob gives. Needs root, /dev/fuse and libfuse3. */
 
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import crypto from 'node:crypto';

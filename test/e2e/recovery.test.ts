@@ -6,7 +6,7 @@
 import type { ContainerClient } from '@azure/storage-blob';
 import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../../lib/azurite';
-import { isMounted, removeTempDirs, sh, stopAllMounts, within } from '../support/mount';
+import { forceUnmount, removeTempDirs, sh, stopAllMounts, within } from '../support/mount';
 import { containerOn, freshCacheDir, mountOn, ok } from '../support/write-helpers';
 
 const CONTAINER = 'recovery';
@@ -34,8 +34,7 @@ it('an unmount with dirty data of an image that could not be opened exits 3 and 
   expect((await first.status()).dirtyBytes).toBeGreaterThan(0);
   first.child.kill('SIGKILL');
   await within(first.exited, 10_000, undefined);
-  await sh('fusermount', ['-u', first.mnt]);
-  if (await isMounted(first.mnt)) await sh('fusermount', ['-uz', first.mnt]);
+  await forceUnmount(first.mnt);
   await first.stop();
 
   // Meanwhile the blob is deleted in Azure (its lease broken first, as another host would).

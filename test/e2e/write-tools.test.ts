@@ -4,7 +4,7 @@
  * verification. The mount drains on SIGTERM;
  * a second mount with an EMPTY cache dir then checks everything from what Azure holds:
  * e2fsck -fn, debugfs cat, qemu-io pattern reads, qemu-img check and compare.
- * Needs root, /dev/fuse, libfuse2, e2fsprogs, qemu-utils and fio. */
+ * Needs root, /dev/fuse, libfuse3, e2fsprogs, qemu-utils and fio. */
 
 import type { ContainerClient } from '@azure/storage-blob';
 import fsp from 'node:fs/promises';

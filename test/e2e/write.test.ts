@@ -4,7 +4,7 @@
  * is read back at once through the mount; then the mount drains on SIGTERM, and a direct
  * SDK download must hold exactly the bytes built locally from the same writes; a cold
  * mount (empty cache dir) must read the same. --sync cloud is checked while still mounted.
- * Needs root, /dev/fuse and libfuse2. */
+ * Needs root, /dev/fuse and libfuse3. */
 
 import type { ContainerClient } from '@azure/storage-blob';
 import fsp from 'node:fs/promises';

@@ -14,7 +14,7 @@ import type { ContainerClient } from '@azure/storage-blob';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { Prng } from './fsx';
-import { isMounted, makeTempDir, newMountpoint, processesMentioning, runCli, sh, sha256, sleep, uploadPageBlob, within, type RunningMount } from './mount';
+import { forceUnmount, isMounted, makeTempDir, newMountpoint, processesMentioning, runCli, sh, sha256, sleep, uploadPageBlob, within, type RunningMount } from './mount';
 import { KiB, MiB, containerOn, flushCli, freshCacheDir, mountOn, readAll, sdkDownload } from './write-helpers';
 
 /** The unit of the model: every write covers whole units. */
@@ -181,13 +181,12 @@ export async function runKillSoak(o: KillSoakOptions): Promise<KillSoakSummary> 
     }
   };
 
-  /** Clears the dead mount: `blobdisk unmount` must do it; fusermount is the fallback, noted. */
+  /** Clears the dead mount: `blobdisk unmount` must do it; umount/fusermount3 is the fallback, noted. */
   const clearDead = async (): Promise<void> => {
     const r = await runCli(['unmount', mnt], { timeoutMs: 60_000 });
     if (await isMounted(mnt)) {
       notes.push(`cycle ${cycle}: blobdisk unmount did not clear the dead mount (exit ${r.code}: ${r.stderr.trim().split('\n')[0] ?? ''})`);
-      await sh('fusermount', ['-u', mnt]);
-      if (await isMounted(mnt)) await sh('fusermount', ['-uz', mnt]);
+      await forceUnmount(mnt);
     }
   };
 

@@ -3,7 +3,7 @@
  * the mounting process, so the test process only ever touches the mounted path through
  * other child processes (sha256sum, cp, dd, ls ...), never with fs calls of its own.
  * Every mount started here is tracked, so `stopAllMounts()` in afterAll clears whatever a
- * failing test left behind (SIGTERM, then fusermount -u, then fusermount -uz). */
+ * failing test left behind (SIGTERM, then umount as root or fusermount3 -u, then lazily). */
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -12,6 +12,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { ContainerClient } from '@azure/storage-blob';
+import { unmountCommands } from '../../lib/fuse/clear';
 import type { MountStatus } from '../../lib/mount';
 
 /** The repository root (this file runs from test/support, or compiled from dist/test/support). */
@@ -192,12 +193,13 @@ export async function closedPort(): Promise<number> {
   return address.port;
 }
 
-/** Makes sure nothing is mounted at `mnt` any more: fusermount -u, then -uz. */
+/** Makes sure nothing is mounted at `mnt` any more: umount (root) or fusermount3 -u, then
+ *  lazily (libfuse 3's commands, as `blobdisk unmount` uses them for a dead mount). */
 export async function forceUnmount(mnt: string): Promise<void> {
-  if (!(await isMounted(mnt))) return;
-  await sh('fusermount', ['-u', mnt], { timeoutMs: 20_000 });
-  if (!(await isMounted(mnt))) return;
-  await sh('fusermount', ['-uz', mnt], { timeoutMs: 20_000 });
+  for (const [cmd, args] of unmountCommands(mnt)) {
+    if (!(await isMounted(mnt))) return;
+    await sh(cmd, args, { timeoutMs: 20_000 });
+  }
 }
 
 // ---------------------------------------------------------------------------------------

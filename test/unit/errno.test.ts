@@ -27,3 +27,10 @@ test('anything else is EIO: a bug is never mistaken for an answer', () => {
 test("lib/fuse's own name for a bad handle is the kind bad-handle", () => {
   expect(new BlobdiskError('EBADF', 'no such handle').kind).toBe('bad-handle');
 });
+
+test.each(['ENOSPC', 'EDQUOT'])('an untyped %s from the local disk is ENOSPC, not EIO: the application sees a full disk', (code) => {
+  const e = Object.assign(new Error(`${code}: no space left on device, write`), { code });
+  expect(errnoName(e)).toBe('ENOSPC');
+  expect(toErrno('write', '/c/disk.img', e, silentLogger)).toBe(-os.constants.errno.ENOSPC);
+  expect(errnoName(Object.assign(new Error('x'), { code: 'EBADF' }))).toBe('EIO');
+});

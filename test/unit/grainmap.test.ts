@@ -10,7 +10,7 @@ describe('GrainMap', () => {
   it('pins the on-disk schema: changing it needs a version bump and a migration', () => {
     // If this fails, the grain map format changed: bump SCHEMA_VERSION, teach
     // GrainMap.open() to migrate or refuse older caches, then update this pin.
-    expect(SCHEMA_VERSION).toBe(2);
+    expect(SCHEMA_VERSION).toBe(3);
     const normalized = SCHEMA.replace(/\s+/g, ' ').trim();
     expect(normalized).toBe(
       'CREATE TABLE meta ( key TEXT PRIMARY KEY, value TEXT NOT NULL ) WITHOUT ROWID; ' +
@@ -21,11 +21,13 @@ describe('GrainMap', () => {
         'length INTEGER NOT NULL, checksum INTEGER, valid BLOB, dirty BLOB, last_access INTEGER NOT NULL, ' +
         'PRIMARY KEY (image_id, idx) ) WITHOUT ROWID; ' +
         'CREATE INDEX grains_dirty ON grains (image_id) WHERE dirty IS NOT NULL; ' +
+        'CREATE TABLE synced ( image_id INTEGER NOT NULL, idx INTEGER NOT NULL, ' +
+        'dirty BLOB NOT NULL, PRIMARY KEY (image_id, idx), FOREIGN KEY (image_id, idx) REFERENCES grains (image_id, idx) ON DELETE CASCADE ) WITHOUT ROWID; ' +
         'CREATE TABLE etags ( image_id INTEGER NOT NULL REFERENCES images (id) ON DELETE CASCADE, etag TEXT NOT NULL, ' +
         'at INTEGER NOT NULL, PRIMARY KEY (image_id, etag) ) WITHOUT ROWID;',
     );
     const map = GrainMap.open(path.join(tmp(), 'g.db'), 1 << 20);
-    expect(map.schemaSql()).toHaveLength(5);
+    expect(map.schemaSql()).toHaveLength(6);
     map.close();
   });
 
@@ -160,22 +162,25 @@ describe('GrainMap', () => {
       a.close();
     });
 
-    it('opens a version 1 cache (no log) as version 2', () => {
+    it.each([1, 2])('opens a version %i cache as version 3, with a record of fsyncs', (version) => {
       const file = path.join(tmp(), 'g.db');
       const a = GrainMap.open(file, 1 << 20);
       const img = a.ensureImage('acct', 'c', 'disk.img', 'page', 4096);
       a.close();
-      fs.rmSync(`${file}.log`);
+      if (version === 1) fs.rmSync(`${file}.log`);
       const Database = require('better-sqlite3');
       const db = new Database(file);
-      db.prepare("UPDATE meta SET value = '1' WHERE key = 'schema_version'").run();
+      db.prepare("UPDATE meta SET value = ? WHERE key = 'schema_version'").run(String(version));
+      db.exec('DROP TABLE synced');
       db.close();
 
       const b = GrainMap.open(file, 1 << 20);
       expect(b.image('acct', 'c', 'disk.img')).toMatchObject({ id: img.id, size: 4096 });
+      expect(b.syncedGrains()).toEqual([]);
+      expect(b.boot()).toBeUndefined(); // dirty grains of an older version count as written in this boot
       b.close();
       const check = new Database(file);
-      expect(check.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get()).toEqual({ value: '2' });
+      expect(check.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get()).toEqual({ value: '3' });
       check.close();
     });
   });

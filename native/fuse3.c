@@ -1,0 +1,586 @@
+/* blobdisk's FUSE binding: a small N-API addon over libfuse 3 (Debian's libfuse3).
+ *
+ * libfuse's multi-threaded session loop runs on its own threads. Each operation fills a
+ * request on the calling libfuse thread's stack, hands it to JavaScript through one
+ * threadsafe function and waits on the request's semaphore; JavaScript answers through
+ * reply(), which copies the answer into libfuse's structures and wakes the thread. Read and
+ * write buffers are handed to JavaScript without a copy and detached on reply, so a late
+ * use from JavaScript cannot touch memory libfuse has reused. Only the operations
+ * lib/fuse/ops.ts serves are registered, plus fallocate. */
+
+#define FUSE_USE_VERSION 35
+#define NAPI_VERSION 8
+#define _GNU_SOURCE
+
+#include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <fuse3/fuse.h>
+#include <node_api.h>
+
+enum op {
+  OP_INIT, OP_GETATTR, OP_FGETATTR, OP_READDIR, OP_OPEN, OP_CREATE, OP_READ, OP_WRITE,
+  OP_FLUSH, OP_FSYNC, OP_RELEASE, OP_TRUNCATE, OP_FTRUNCATE, OP_UNLINK, OP_MKDIR, OP_RMDIR,
+  OP_RENAME, OP_CHMOD, OP_CHOWN, OP_UTIMENS, OP_STATFS, OP_FALLOCATE,
+  OP_LOOP_ENDED /* not a FUSE operation: the session loop returned */
+};
+
+typedef struct session {
+  struct fuse *fuse;
+  napi_threadsafe_function tsfn;
+  pthread_t thread;
+  int thread_started;
+  int loop_result;
+  int writeback;
+  unsigned max_request;
+  int unmounted;
+  int joined;
+} session_t;
+
+typedef struct request {
+  int op;
+  const char *path;
+  const char *path2;
+  char *buf;
+  size_t len;
+  int64_t offset;
+  int64_t length;
+  int64_t mode;
+  int64_t uid, gid;
+  uint64_t fh;
+  double atime_ms, mtime_ms;
+  struct stat *st;
+  struct statvfs *sv;
+  /* readdir answer: NUL-separated names, malloc'd by reply(), filled in by the caller */
+  char *names;
+  size_t names_len;
+  int res;
+  uint64_t out_fh;
+  sem_t done;
+} request_t;
+
+#define CHECK(env, call)                                                             \
+  do {                                                                               \
+    if ((call) != napi_ok) {                                                         \
+      napi_throw_error((env), NULL, "fuse3 binding: " #call " failed");             \
+      return NULL;                                                                   \
+    }                                                                                \
+  } while (0)
+
+/* ---- libfuse threads ------------------------------------------------------------------ */
+
+static int call_js(request_t *r) {
+  session_t *s = fuse_get_context()->private_data;
+  r->res = -EIO;
+  if (sem_init(&r->done, 0, 0) != 0) return -EIO;
+  if (napi_call_threadsafe_function(s->tsfn, r, napi_tsfn_blocking) != napi_ok) {
+    sem_destroy(&r->done);
+    return -EIO;
+  }
+  while (sem_wait(&r->done) != 0 && errno == EINTR) {
+  }
+  sem_destroy(&r->done);
+  return r->res;
+}
+
+static void *f_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
+  session_t *s = fuse_get_context()->private_data;
+  (void)cfg;
+  /* Requests up to max_request both ways (libfuse derives the kernel's max_pages from
+   * max_write); max_read must equal the -o max_read mount() added. */
+  conn->max_write = s->max_request;
+  conn->max_read = s->max_request;
+  conn->max_readahead = s->max_request;
+  if (s->writeback && (conn->capable & FUSE_CAP_WRITEBACK_CACHE)) conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+  else conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  /* Tell JavaScript the kernel is served (mount() resolves on this). */
+  request_t r = {.op = OP_INIT, .len = conn->max_write, .offset = (conn->want & FUSE_CAP_WRITEBACK_CACHE) != 0};
+  call_js(&r);
+  return s;
+}
+
+static int f_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
+  request_t r = {.op = fi ? OP_FGETATTR : OP_GETATTR, .path = path, .st = st, .fh = fi ? fi->fh : 0};
+  memset(st, 0, sizeof *st);
+  return call_js(&r);
+}
+
+static int f_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off, struct fuse_file_info *fi,
+                     enum fuse_readdir_flags flags) {
+  (void)off; (void)fi; (void)flags;
+  request_t r = {.op = OP_READDIR, .path = path};
+  int res = call_js(&r);
+  if (res == 0 && r.names) {
+    for (size_t at = 0; at < r.names_len;) {
+      const char *name = r.names + at;
+      if (fill(buf, name, NULL, 0, 0) != 0) break;
+      at += strlen(name) + 1;
+    }
+  }
+  free(r.names);
+  return res;
+}
+
+static int f_open(const char *path, struct fuse_file_info *fi) {
+  request_t r = {.op = OP_OPEN, .path = path, .mode = fi->flags};
+  int res = call_js(&r);
+  if (res == 0) fi->fh = r.out_fh;
+  return res;
+}
+
+static int f_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
+  request_t r = {.op = OP_CREATE, .path = path, .mode = mode};
+  int res = call_js(&r);
+  if (res == 0) fi->fh = r.out_fh;
+  return res;
+}
+
+static int f_read(const char *path, char *buf, size_t len, off_t off, struct fuse_file_info *fi) {
+  request_t r = {.op = OP_READ, .path = path, .buf = buf, .len = len, .offset = off, .fh = fi->fh};
+  return call_js(&r);
+}
+
+static int f_write(const char *path, const char *buf, size_t len, off_t off, struct fuse_file_info *fi) {
+  request_t r = {.op = OP_WRITE, .path = path, .buf = (char *)buf, .len = len, .offset = off, .fh = fi->fh};
+  return call_js(&r);
+}
+
+static int f_flush(const char *path, struct fuse_file_info *fi) {
+  request_t r = {.op = OP_FLUSH, .path = path, .fh = fi->fh};
+  return call_js(&r);
+}
+
+static int f_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
+  request_t r = {.op = OP_FSYNC, .path = path, .mode = datasync, .fh = fi->fh};
+  return call_js(&r);
+}
+
+static int f_release(const char *path, struct fuse_file_info *fi) {
+  request_t r = {.op = OP_RELEASE, .path = path, .fh = fi->fh};
+  return call_js(&r);
+}
+
+static int f_truncate(const char *path, off_t size, struct fuse_file_info *fi) {
+  request_t r = {.op = fi ? OP_FTRUNCATE : OP_TRUNCATE, .path = path, .offset = size, .fh = fi ? fi->fh : 0};
+  return call_js(&r);
+}
+
+static int f_unlink(const char *path) {
+  request_t r = {.op = OP_UNLINK, .path = path};
+  return call_js(&r);
+}
+
+static int f_mkdir(const char *path, mode_t mode) {
+  request_t r = {.op = OP_MKDIR, .path = path, .mode = mode};
+  return call_js(&r);
+}
+
+static int f_rmdir(const char *path) {
+  request_t r = {.op = OP_RMDIR, .path = path};
+  return call_js(&r);
+}
+
+static int f_rename(const char *path, const char *dest, unsigned int flags) {
+  /* RENAME_NOREPLACE/EXCHANGE are not offered; mv falls back to a plain rename on EINVAL. */
+  if (flags) return -EINVAL;
+  request_t r = {.op = OP_RENAME, .path = path, .path2 = dest};
+  return call_js(&r);
+}
+
+static int f_chmod(const char *path, mode_t mode, struct fuse_file_info *fi) {
+  (void)fi;
+  request_t r = {.op = OP_CHMOD, .path = path, .mode = mode};
+  return call_js(&r);
+}
+
+static int f_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi) {
+  (void)fi;
+  request_t r = {.op = OP_CHOWN, .path = path, .uid = uid, .gid = gid};
+  return call_js(&r);
+}
+
+static double ts_ms(const struct timespec *t) { return (double)t->tv_sec * 1000.0 + (double)t->tv_nsec / 1e6; }
+
+static int f_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi) {
+  (void)fi;
+  request_t r = {.op = OP_UTIMENS, .path = path, .atime_ms = tv ? ts_ms(&tv[0]) : 0, .mtime_ms = tv ? ts_ms(&tv[1]) : 0};
+  return call_js(&r);
+}
+
+static int f_statfs(const char *path, struct statvfs *sv) {
+  request_t r = {.op = OP_STATFS, .path = path, .sv = sv};
+  memset(sv, 0, sizeof *sv);
+  return call_js(&r);
+}
+
+static int f_fallocate(const char *path, int mode, off_t off, off_t len, struct fuse_file_info *fi) {
+  request_t r = {.op = OP_FALLOCATE, .path = path, .mode = mode, .offset = off, .length = len, .fh = fi ? fi->fh : 0};
+  return call_js(&r);
+}
+
+static const struct fuse_operations operations = {
+    .init = f_init, .getattr = f_getattr, .readdir = f_readdir, .open = f_open, .create = f_create,
+    .read = f_read, .write = f_write, .flush = f_flush, .fsync = f_fsync, .release = f_release,
+    .truncate = f_truncate, .unlink = f_unlink, .mkdir = f_mkdir, .rmdir = f_rmdir, .rename = f_rename,
+    .chmod = f_chmod, .chown = f_chown, .utimens = f_utimens, .statfs = f_statfs, .fallocate = f_fallocate,
+};
+
+static void *loop_thread(void *arg) {
+  session_t *s = arg;
+  /* Signals belong to Node's main thread (its SIGTERM/SIGINT handlers unmount); libfuse's
+   * worker threads inherit this mask. */
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  struct fuse_loop_config config = {.clone_fd = 0, .max_idle_threads = 10};
+  s->loop_result = fuse_loop_mt(s->fuse, &config);
+  request_t *ended = calloc(1, sizeof *ended);
+  if (ended) {
+    ended->op = OP_LOOP_ENDED;
+    napi_call_threadsafe_function(s->tsfn, ended, napi_tsfn_blocking);
+  }
+  return NULL;
+}
+
+/* ---- Node's main thread ---------------------------------------------------------------- */
+
+static napi_value str_or_undefined(napi_env env, const char *s) {
+  napi_value v;
+  if (s) napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v);
+  else napi_get_undefined(env, &v);
+  return v;
+}
+
+static napi_value num(napi_env env, double d) {
+  napi_value v;
+  napi_create_double(env, d, &v);
+  return v;
+}
+
+static napi_value buffer_over(napi_env env, char *data, size_t len) {
+  napi_value v;
+  if (len == 0 || napi_create_external_buffer(env, len, data, NULL, NULL, &v) != napi_ok) {
+    void *ignored;
+    napi_create_buffer(env, 0, &ignored, &v);
+  }
+  return v;
+}
+
+/* Calls the JavaScript dispatcher as dispatch(op, request, path, ...op arguments). */
+static void dispatch(napi_env env, napi_value js_dispatch, void *context, void *data) {
+  request_t *r = data;
+  (void)context;
+  if (env == NULL) { /* the function is being torn down: nobody will answer */
+    if (r->op == OP_LOOP_ENDED) free(r);
+    else { r->res = -EIO; sem_post(&r->done); }
+    return;
+  }
+  napi_value argv[8], undefined;
+  size_t argc = 3;
+  napi_get_undefined(env, &undefined);
+  argv[0] = num(env, r->op);
+  if (r->op == OP_LOOP_ENDED) {
+    argv[1] = undefined;
+    argv[2] = undefined;
+    free(r);
+  } else {
+    napi_create_external(env, r, NULL, NULL, &argv[1]);
+    argv[2] = str_or_undefined(env, r->path);
+  }
+  switch (r->op) {
+    case OP_FGETATTR: case OP_FLUSH: case OP_RELEASE:
+      argv[argc++] = num(env, (double)r->fh); break;
+    case OP_OPEN: case OP_CREATE: case OP_MKDIR: case OP_CHMOD:
+      argv[argc++] = num(env, (double)r->mode); break;
+    case OP_READ: case OP_WRITE:
+      argv[argc++] = num(env, (double)r->fh);
+      argv[argc++] = buffer_over(env, r->buf, r->len);
+      argv[argc++] = num(env, (double)r->len);
+      argv[argc++] = num(env, (double)r->offset);
+      break;
+    case OP_FSYNC:
+      argv[argc++] = num(env, (double)r->mode);
+      argv[argc++] = num(env, (double)r->fh);
+      break;
+    case OP_TRUNCATE:
+      argv[argc++] = num(env, (double)r->offset); break;
+    case OP_FTRUNCATE:
+      argv[argc++] = num(env, (double)r->fh);
+      argv[argc++] = num(env, (double)r->offset);
+      break;
+    case OP_RENAME:
+      argv[argc++] = str_or_undefined(env, r->path2); break;
+    case OP_CHOWN:
+      argv[argc++] = num(env, (double)r->uid);
+      argv[argc++] = num(env, (double)r->gid);
+      break;
+    case OP_UTIMENS:
+      argv[argc++] = num(env, r->atime_ms);
+      argv[argc++] = num(env, r->mtime_ms);
+      break;
+    case OP_INIT:
+      argv[argc++] = num(env, (double)r->len);
+      argv[argc++] = num(env, (double)r->offset);
+      break;
+    case OP_FALLOCATE:
+      argv[argc++] = num(env, (double)r->mode);
+      argv[argc++] = num(env, (double)r->offset);
+      argv[argc++] = num(env, (double)r->length);
+      argv[argc++] = num(env, (double)r->fh);
+      break;
+    default: break;
+  }
+  napi_status st = napi_call_function(env, undefined, js_dispatch, argc, argv, NULL);
+  if (st == napi_pending_exception) {
+    /* The JavaScript side answers its own failures; an exception here is a bug in it. */
+    napi_value err;
+    napi_get_and_clear_last_exception(env, &err);
+    napi_fatal_exception(env, err);
+  }
+}
+
+static double get_num(napi_env env, napi_value arr, uint32_t i) {
+  napi_value v;
+  double d = 0;
+  if (napi_get_element(env, arr, i, &v) == napi_ok) napi_get_value_double(env, v, &d);
+  return d;
+}
+
+static void set_time(struct timespec *t, double ms) {
+  t->tv_sec = (time_t)(ms / 1000.0);
+  t->tv_nsec = (long)((ms - (double)t->tv_sec * 1000.0) * 1e6);
+}
+
+static void detach(napi_env env, napi_value buffer) {
+  bool is_typed = false;
+  napi_value ab;
+  napi_typedarray_type type;
+  size_t length, offset;
+  void *data;
+  if (napi_is_typedarray(env, buffer, &is_typed) != napi_ok || !is_typed) return;
+  if (napi_get_typedarray_info(env, buffer, &type, &length, &data, &ab, &offset) != napi_ok) return;
+  if (length > 0) napi_detach_arraybuffer(env, ab);
+}
+
+/* reply(request, result, value): value is the answer of getattr (an array of mode, uid,
+ * gid, size, nlink, blksize, blocks, atime, mtime, ctime in ms), statfs (bsize, frsize,
+ * blocks, bfree, bavail, files, ffree, favail, fsid, flag, namemax), readdir (names),
+ * open/create (the handle number), read/write (the buffer handed out, to detach). */
+static napi_value reply(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  request_t *r;
+  CHECK(env, napi_get_value_external(env, argv[0], (void **)&r));
+  int32_t res = -EIO;
+  napi_get_value_int32(env, argv[1], &res);
+  napi_valuetype vt = napi_undefined;
+  if (argc > 2) napi_typeof(env, argv[2], &vt);
+  bool is_array = false;
+  if (argc > 2) napi_is_array(env, argv[2], &is_array);
+  switch (r->op) {
+    case OP_GETATTR: case OP_FGETATTR:
+      if (res == 0 && is_array) {
+        struct stat *st = r->st;
+        st->st_mode = (mode_t)get_num(env, argv[2], 0);
+        st->st_uid = (uid_t)get_num(env, argv[2], 1);
+        st->st_gid = (gid_t)get_num(env, argv[2], 2);
+        st->st_size = (off_t)get_num(env, argv[2], 3);
+        st->st_nlink = (nlink_t)get_num(env, argv[2], 4);
+        st->st_blksize = (blksize_t)get_num(env, argv[2], 5);
+        st->st_blocks = (blkcnt_t)get_num(env, argv[2], 6);
+        set_time(&st->st_atim, get_num(env, argv[2], 7));
+        set_time(&st->st_mtim, get_num(env, argv[2], 8));
+        set_time(&st->st_ctim, get_num(env, argv[2], 9));
+      } else if (res == 0) res = -EIO;
+      break;
+    case OP_STATFS:
+      if (res == 0 && is_array) {
+        struct statvfs *sv = r->sv;
+        sv->f_bsize = (unsigned long)get_num(env, argv[2], 0);
+        sv->f_frsize = (unsigned long)get_num(env, argv[2], 1);
+        sv->f_blocks = (fsblkcnt_t)get_num(env, argv[2], 2);
+        sv->f_bfree = (fsblkcnt_t)get_num(env, argv[2], 3);
+        sv->f_bavail = (fsblkcnt_t)get_num(env, argv[2], 4);
+        sv->f_files = (fsfilcnt_t)get_num(env, argv[2], 5);
+        sv->f_ffree = (fsfilcnt_t)get_num(env, argv[2], 6);
+        sv->f_favail = (fsfilcnt_t)get_num(env, argv[2], 7);
+        sv->f_fsid = (unsigned long)get_num(env, argv[2], 8);
+        sv->f_flag = (unsigned long)get_num(env, argv[2], 9);
+        sv->f_namemax = (unsigned long)get_num(env, argv[2], 10);
+      } else if (res == 0) res = -EIO;
+      break;
+    case OP_READDIR:
+      if (res == 0 && is_array) {
+        uint32_t n = 0;
+        napi_get_array_length(env, argv[2], &n);
+        size_t total = 0;
+        for (uint32_t i = 0; i < n; i++) {
+          napi_value v;
+          size_t len = 0;
+          napi_get_element(env, argv[2], i, &v);
+          if (napi_get_value_string_utf8(env, v, NULL, 0, &len) == napi_ok) total += len + 1;
+        }
+        r->names = malloc(total ? total : 1);
+        if (!r->names) { res = -ENOMEM; break; }
+        size_t at = 0;
+        for (uint32_t i = 0; i < n; i++) {
+          napi_value v;
+          size_t len = 0;
+          napi_get_element(env, argv[2], i, &v);
+          if (napi_get_value_string_utf8(env, v, r->names + at, total - at, &len) == napi_ok) at += len + 1;
+        }
+        r->names_len = at;
+      } else if (res == 0) res = -EIO;
+      break;
+    case OP_OPEN: case OP_CREATE:
+      if (res == 0 && vt == napi_number) {
+        double fh = 0;
+        napi_get_value_double(env, argv[2], &fh);
+        r->out_fh = (uint64_t)fh;
+      }
+      break;
+    case OP_READ: case OP_WRITE:
+      if (argc > 2 && vt == napi_object) detach(env, argv[2]);
+      if (res > (int32_t)r->len) res = -EIO;
+      break;
+    default: break;
+  }
+  r->res = res;
+  sem_post(&r->done);
+  return NULL;
+}
+
+static void finalize_session(napi_env env, void *data, void *hint) {
+  (void)env; (void)hint;
+  session_t *s = data;
+  /* Only a session whose loop was joined is freed; a live one is left to the process. */
+  if (s->joined) free(s);
+}
+
+/* mount(mountpoint, options, writeback, maxRequest, dispatch) → session. Mounts at once;
+ * the session loop serves requests from then on, starting with OP_INIT. Throws with
+ * libfuse's reason on failure. */
+static napi_value mount(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char mountpoint[4096], given[4000], options[4096];
+  size_t len;
+  CHECK(env, napi_get_value_string_utf8(env, argv[0], mountpoint, sizeof mountpoint, &len));
+  CHECK(env, napi_get_value_string_utf8(env, argv[1], given, sizeof given, &len));
+  bool writeback = false;
+  CHECK(env, napi_get_value_bool(env, argv[2], &writeback));
+  uint32_t max_request = 0;
+  CHECK(env, napi_get_value_uint32(env, argv[3], &max_request));
+
+  session_t *s = calloc(1, sizeof *s);
+  if (!s) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
+  s->writeback = writeback;
+  s->max_request = max_request;
+  snprintf(options, sizeof options, "%s%smax_read=%u", given, *given ? "," : "", max_request);
+  char *fargv[] = {"blobdisk", "-o", options, NULL};
+  struct fuse_args args = FUSE_ARGS_INIT(3, fargv);
+  s->fuse = fuse_new(&args, &operations, sizeof operations, s);
+  if (!s->fuse) {
+    free(s);
+    napi_throw_error(env, NULL, "libfuse refused the mount options");
+    return NULL;
+  }
+  napi_value name;
+  napi_create_string_utf8(env, "blobdisk-fuse3", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_threadsafe_function(env, argv[4], NULL, name, 0, 1, NULL, NULL, s, dispatch, &s->tsfn) != napi_ok) {
+    fuse_destroy(s->fuse);
+    free(s);
+    napi_throw_error(env, NULL, "cannot create the FUSE dispatcher");
+    return NULL;
+  }
+  if (fuse_mount(s->fuse, mountpoint) != 0) {
+    fuse_destroy(s->fuse);
+    napi_release_threadsafe_function(s->tsfn, napi_tsfn_abort);
+    free(s);
+    napi_throw_error(env, NULL, "the kernel refused the mount (see libfuse's message above)");
+    return NULL;
+  }
+  if (pthread_create(&s->thread, NULL, loop_thread, s) != 0) {
+    fuse_unmount(s->fuse);
+    fuse_destroy(s->fuse);
+    napi_release_threadsafe_function(s->tsfn, napi_tsfn_abort);
+    free(s);
+    napi_throw_error(env, NULL, "cannot start the FUSE session thread");
+    return NULL;
+  }
+  s->thread_started = 1;
+  napi_value handle;
+  CHECK(env, napi_create_external(env, s, finalize_session, NULL, &handle));
+  return handle;
+}
+
+/* unmount(session): ends the session loop and detaches the mount (lazily, as fusermount -z
+ * does); the dispatcher then sees OP_LOOP_ENDED and calls join(). Never blocks on requests. */
+static napi_value unmount(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s;
+  CHECK(env, napi_get_value_external(env, argv[0], (void **)&s));
+  if (!s->unmounted && !s->joined) { /* after join() libfuse's state is gone */
+    s->unmounted = 1;
+    fuse_exit(s->fuse);
+    fuse_unmount(s->fuse);
+  }
+  return NULL;
+}
+
+/* join(session): after OP_LOOP_ENDED, collects the loop thread and frees libfuse's state. */
+static napi_value join(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s;
+  CHECK(env, napi_get_value_external(env, argv[0], (void **)&s));
+  napi_value result;
+  if (!s->joined && s->thread_started) {
+    pthread_join(s->thread, NULL);
+    if (!s->unmounted) fuse_unmount(s->fuse);
+    fuse_destroy(s->fuse);
+    napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
+    s->joined = 1;
+  }
+  napi_create_int32(env, s->loop_result, &result);
+  return result;
+}
+
+/* unref(session): lets the process exit although the loop has not ended (a lazily
+ * detached mount still held open by someone sends no more requests to end it). */
+static napi_value unref(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s;
+  CHECK(env, napi_get_value_external(env, argv[0], (void **)&s));
+  if (!s->joined) napi_unref_threadsafe_function(env, s->tsfn);
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"mount", NULL, mount, NULL, NULL, NULL, napi_default, NULL},
+      {"unmount", NULL, unmount, NULL, NULL, NULL, napi_default, NULL},
+      {"join", NULL, join, NULL, NULL, NULL, napi_default, NULL},
+      {"unref", NULL, unref, NULL, NULL, NULL, napi_default, NULL},
+      {"reply", NULL, reply, NULL, NULL, NULL, napi_default, NULL},
+  };
+  CHECK(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
