@@ -22,9 +22,9 @@ const CONTAINER = 'handoff';
 const DISK = 'vm/disk.img';
 const SIZE = 32 * MiB;
 const BASE = randomData(8 * MiB);
-/* Leases in main last 60 s; a mount that honours BLOBDISK_LEASE_SECONDS takes 15. */
+/* Short leases: a dead holder's lease runs out 15 s after its last renewal. */
 const LEASE_ENV = { BLOBDISK_LEASE_SECONDS: '15' };
-const LEASE_BOUND_MS = 60_000 + 30_000;
+const LEASE_BOUND_MS = 15_000 + 30_000;
 const BOOT = 'vm/boot.img';
 const BOOT_DATA = randomData(16 * MiB);
 
@@ -176,7 +176,7 @@ test('kill -9 of the holder: another host takes the image after the lease ran ou
       await new Promise((r) => setTimeout(r, 2_000));
     }
   }
-  expect({ took, seconds: Math.round((Date.now() - killedAt) / 1000) }).toEqual({ took: true, seconds: expect.any(Number) });
+  expect({ took, inBound: Date.now() - killedAt <= LEASE_BOUND_MS }).toEqual({ took: true, inBound: true });
   expect(b.stderr()).toContain(`is leased by host=${os.hostname()} mount=${mntA} since=`);
   ok(await flushCli(b), 'flush on B');
   await b.stop();
