@@ -29,6 +29,8 @@ import { Credentials, accountOf } from './store/credentials';
 import { buildStack, type Stack } from './stack';
 import { Backups } from './namespace/backups';
 import { backupRequest } from './namespace/requests';
+import { Handoffs, handoffRequest, type WarmProgress } from './namespace/handoff';
+import { hostIdentity } from './remote/holder';
 import { Metrics, MetricsServer, type MetricsSnapshot } from './prometheus';
 import { SYSTEM_TIMING, type Timing } from './tunables';
 
@@ -50,6 +52,8 @@ export interface ImageStatus {
   readonly uploadsStopped: string | null;
   /** The image's Azure lease: held, lost (a renewal found it gone) or none. */
   readonly lease: 'held' | 'lost' | 'none';
+  /** Its warm-up (from a handoff file, --warm-from, or its last boot), if it has one. */
+  readonly prefetch: WarmProgress | null;
   readonly counters: ImageCounters;
 }
 
@@ -109,16 +113,6 @@ async function recover(map: GrainMap, images: Images, log: Logger, mountpoint: s
     }
   }
   return stuck;
-}
-
-/** This machine: its machine id (systemd's, or D-Bus's) and host name. A cache directory
- *  copied to another machine makes new lease ids there. */
-async function hostIdentity(): Promise<string> {
-  for (const file of ['/etc/machine-id', '/var/lib/dbus/machine-id']) {
-    const id = (await fsp.readFile(file, 'utf8').catch(() => '')).trim();
-    if (id !== '') return `${id}/${os.hostname()}`;
-  }
-  return os.hostname();
 }
 
 /** What the Prometheus metrics read of a status. */
@@ -239,6 +233,8 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
           account,
           host: await hostIdentity(),
           timing,
+          holder: { host: os.hostname(), mountpoint: options.mountpoint },
+          bootPrefetch: true,
         },
         log,
       );
@@ -249,6 +245,10 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     const { map, cache, flusher, images, namespace: ns } = stack;
     cache.startWorker();
     const stuck = await recover(map, images, log, options.mountpoint);
+    // blobdisk handoff and --warm-from (lib/namespace/handoff.ts): leases now, warming in the background.
+    const handoffs = new Handoffs({ ...stack, ns, log, clock: timing.clock, grainSize: options.cache.grainSize, readOnly: options.readOnly, container: options.container, flush: (image, stallMs, onProgress) => flusher.flush([image], { stallMs, onProgress }) });
+    cleanup.push(() => handoffs.close());
+    for (const file of options.warmFrom) await handoffs.warmFrom(file);
     const handles = new Handles();
     const { access } = options;
     const ops = createOperations(
@@ -298,6 +298,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
             conflict: image.conflict ?? null,
             uploadsStopped: flusher.refusedOf(image) ?? null,
             lease: image.remote.lease.state,
+            prefetch: handoffs.progressOf(image) ?? image.bootPrefetch ?? null,
             counters: { ...c },
           };
         }),
@@ -349,7 +350,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     // blobdisk snapshot, clone, diff and rm (lib/namespace/backups.ts).
     const backups = new Backups(ns, store, images, (image, stallMs, onProgress) => flusher.flush([image], { stallMs, onProgress }), log);
     const control = await ControlServer.listen(controlSocketPath(options.mountpoint), async (request, progress) => {
-      const backup = backupRequest(backups, request, progress, options.write.drainTimeoutMs);
+      const backup = backupRequest(backups, request, progress, options.write.drainTimeoutMs) ?? handoffRequest(handoffs, request, progress, options.write.drainTimeoutMs);
       if (backup !== undefined) return backup;
       if (request.op === 'status') return status();
       if (request.op === 'flush') {

@@ -44,6 +44,7 @@ export const MOUNT_FLAGS: readonly Flag[] = [
   { name: 'write-back-delay', type: 'number', group: 'Writes:', describe: 'seconds an image stays quiet before its changes upload', shown: String(DEFAULTS.writeBackDelayMs / 1000) },
   { name: 'drain-timeout', type: 'number', group: 'Writes:', describe: 'unmount gives up after this many seconds without upload progress', shown: String(DEFAULTS.drainTimeoutMs / 1000) },
   { name: 'page-blob-pattern', type: 'array', group: 'Writes:', describe: 'new files matching these names become page blobs, others block blobs', shown: DEFAULTS.pageBlobPatterns.join(' ') },
+  { name: 'warm-from', type: 'array', group: 'Cache:', describe: 'take over the image of a blobdisk handoff file (only if unchanged since) and prefetch its hot grains; repeatable' },
   { name: 'read-only', type: 'boolean', group: 'FUSE and access:', describe: 'refuse every change with EROFS', shown: 'false' },
   { name: 'allow-other', type: 'boolean', group: 'FUSE and access:', describe: 'let other users (libvirt-qemu) use the mount, as owner and modes allow', shown: 'false' },
   { name: 'uid', type: 'string', group: 'FUSE and access:', describe: 'owner of every file and directory, a user name or number', shown: 'who mounts' },

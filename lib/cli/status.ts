@@ -75,7 +75,8 @@ function table(status: MountStatus): string {  const percent = (r: number | null
     lines.push(
       [i.path, i.kind, formatSize(i.size), formatSize(i.cachedBytes), formatSize(i.dirtyBytes), age, formatSize(i.bytesUp), formatSize(i.bytesDown), percent(i.hitRatio), i.lease].join('\t') +
         (i.conflict ? `\tCONFLICT: ${i.conflict}` : '') +
-        (i.uploadsStopped ? `\tUPLOADS STOPPED: ${i.uploadsStopped}` : ''),
+        (i.uploadsStopped ? `\tUPLOADS STOPPED: ${i.uploadsStopped}` : '') +
+        (i.prefetch ? `\tprefetch ${i.prefetch.done} of ${i.prefetch.total} grains (${i.prefetch.fetched} fetched, ${i.prefetch.state}${i.prefetch.reason !== undefined ? `: ${i.prefetch.reason}` : ''})` : ''),
     );
   }
   return `${lines.join('\n')}\n`;

@@ -7,6 +7,7 @@ import { GrainMap } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { ImageCounters, newImageCounters } from '../metrics';
 import { ReadOptions, SyncMode } from '../config';
+import type { HolderIdentity } from '../remote/holder';
 import { RemoteBlob } from '../remote/remote';
 import { Uploads } from '../remote/uploads';
 import { BlobStore } from '../store/types';
@@ -43,6 +44,10 @@ export interface ImageDeps {
   readonly uploads: Uploads;
   /** The clock and tunables (the system's when absent). */
   readonly timing?: Timing;
+  /** This mount, named in a blob's metadata while it holds the lease. */
+  readonly holder?: HolderIdentity;
+  /** Where images remember their first minute of reads for the next boot (boot.ts); off when absent. */
+  readonly bootDir?: string;
 }
 
 export class ImageContext {

@@ -24,12 +24,15 @@
  *   lost     take()                                 taking   as free (the conflict stays: writes still fail)
  *   lost     drop() (local changes discarded)       free     -
  *
- * The lease never changes the blob's ETag; the owner remembers that at release. */
+ * The lease never changes the blob's ETag; the owner remembers that at release. Once taken,
+ * `afterTake` runs (the owner writes the holder into the metadata, holder.ts); a busy
+ * refusal logs who holds the blob, as its metadata names the holder. */
 
 import { BlobdiskError, isBlobdiskError } from '../errors';
 import { Logger } from '../log';
 import { BlobRef, BlobStore, WriteConditions } from '../store/types';
 import { Clock, Timer } from '../clock';
+import { describeHolder } from './holder';
 
 export interface LeaseDeps {
   readonly store: BlobStore;
@@ -58,6 +61,8 @@ export class Lease {
     private readonly onLost: (reason: string) => void,
     /** The ETag the image knows the blob by (what a retake must still find). */
     private readonly etag: () => string,
+    /** Runs once each time the lease is taken, with its id; its failure is only logged. */
+    private readonly afterTake: (leaseId: string) => Promise<void> = () => Promise.resolve(),
   ) {}
 
   /** The lease id while we hold the lease. */
@@ -70,18 +75,25 @@ export class Lease {
     return this.held !== undefined ? 'held' : this.lost ? 'lost' : 'none';
   }
 
-  /** Takes the lease (once); busy when another host holds it. */
-  take(): Promise<void> {
+  /** Takes the lease (once); busy when another host holds it. With `ifMatch`, only while
+   *  the blob's ETag is that one (stale otherwise), in the same request. */
+  take(ifMatch?: string): Promise<void> {
     if (this.held !== undefined) return Promise.resolve();
     this.taking ??= (async () => {
       const ref = this.ref();
       try {
-        this.held = await this.deps.store.acquireLease(ref, this.deps.seconds, this.deps.proposedId);
+        const id = await this.deps.store.acquireLease(ref, this.deps.seconds, this.deps.proposedId, ifMatch);
+        this.held = id;
         this.lost = false;
         this.timer = this.deps.clock.interval(() => void this.renew(), (this.deps.seconds * 1000) / 3);
+        await this.afterTake(id).catch((e: unknown) =>
+          this.deps.log.warn(`took the lease on ${ref.container}/${ref.name}, but could not record this mount as its holder (${isBlobdiskError(e) ? e.kind : 'error'})`),
+        );
       } catch (e) {
         if (isBlobdiskError(e) && e.kind === 'busy') {
-          throw new BlobdiskError('busy', `${ref.container}/${ref.name} is leased by another writer; it can only be read here`, { cause: e });
+          const holder = await describeHolder(this.deps.store, ref);
+          this.deps.log.warn(`${ref.container}/${ref.name} is leased by ${holder}: opening it for writing here fails with EBUSY`);
+          throw new BlobdiskError('busy', `${ref.container}/${ref.name} is leased by another writer (${holder}); it can only be read here`, { cause: e });
         }
         throw e;
       } finally {

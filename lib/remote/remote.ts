@@ -29,6 +29,7 @@ import { GrainMap, ImageRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { BlobInfo, BlobKind, BlobRef, BlobStore, WriteConditions } from '../store/types';
 import { SYSTEM_TIMING, Timing } from '../tunables';
+import { HolderIdentity, holderText, writeHolder } from './holder';
 import { Lease } from './lease';
 import { LOGICAL_SIZE_KEY, logicalSize, logicalSizeText } from './sizes';
 import { PageMap } from './pagemap';
@@ -45,6 +46,8 @@ export interface RemoteDeps {
   readonly leaseId: string;
   /** The clock and tunables (the system's when absent). */
   readonly timing?: Timing;
+  /** This mount, written into a blob's metadata when it takes the lease (holder.ts). */
+  readonly holder?: HolderIdentity;
 }
 
 export class RemoteBlob {
@@ -80,7 +83,10 @@ export class RemoteBlob {
     this.timing = deps.timing ?? SYSTEM_TIMING;
     this.knownAt = this.timing.clock.now();
     const lease = { store: deps.store, log: deps.log, proposedId: deps.leaseId, clock: this.timing.clock, seconds: this.timing.tunables.leaseSeconds };
-    this.lease = new Lease(lease, () => this.where, (reason) => this.setConflict(reason), () => this.current.etag);
+    this.lease = new Lease(lease, () => this.where, (reason) => this.setConflict(reason), () => this.current.etag, async (id) => {
+      // Names this mount in the metadata of the blob just leased (holder.ts); the new ETag is ours.
+      if (deps.holder !== undefined && ref.snapshot === undefined) this.uploaded(await writeHolder(deps.store, this.where, this.current, id, holderText(deps.holder, new Date(this.timing.clock.now())), (e) => this.produced(e)));
+    });
   }
 
   /** The remote state of `ref` as Azure described it in `info`, from the grain map's row
@@ -163,9 +169,11 @@ export class RemoteBlob {
     if (this.row.etag !== null && this.needsUpload()) {
       // After a crash, uploads that were under way changed the ETag without our noting it.
       // If the blob is still leased, and to our lease id, nobody else can have written it.
+      const seen = this.current;
       if (info.leased === true && (await this.lease.take().then(() => true, () => false))) {
-        this.current = info;
-        this.setRow({ etag: info.etag });
+        // Unless the holder was just written (its ETag is then what Azure has, and ours).
+        if (this.current === seen) this.current = info;
+        this.setRow({ etag: this.current.etag });
         return;
       }
       this.setConflict(`${this.ref.container}/${this.ref.name} changed in Azure while this cache holds changes not yet uploaded; nothing was overwritten`);
@@ -372,9 +380,9 @@ export class RemoteBlob {
 
   // ---- the lease -----------------------------------------------------------------------
 
-  /** Takes the blob's lease (once); busy when another host holds it. */
-  takeLease(): Promise<void> {
-    return this.lease.take();
+  /** Takes the blob's lease (once); busy when another holds it; with `ifMatch`, stale if the ETag moved. */
+  takeLease(ifMatch?: string): Promise<void> {
+    return this.lease.take(ifMatch);
   }
 
   /** Releases the lease (at unmount, after draining). */
