@@ -106,6 +106,8 @@ export interface MountOptions {
   readonly tryTimeoutMs: number;
   readonly ioTimeoutMs: number;
   readonly attrTtlMs: number;
+  /** Handoff files (blobdisk handoff) whose images to take over and warm at mount. */
+  readonly warmFrom: readonly string[];
 }
 
 /** Modes `stat` shows unless --file-mode and --dir-mode say otherwise. */

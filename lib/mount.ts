@@ -10,13 +10,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { CacheLock } from './cache/lock';
 import { ControlServer, controlSocketPath } from './control';
-import { BlobdiskError, UsageError, isBlobdiskError } from './errors';
+import { BlobdiskError, UsageError, isBlobdiskError, isKind } from './errors';
 import { createOperations } from './fuse/ops';
 import { Handles } from './fuse/handles';
 import { FuseSession } from './fuse/session';
 import { FlushProgress } from './flusher/flusher';
 import { GrainMap } from './grainmap/grainmap';
 import { Images } from './image/registry';
+import { locate } from './namespace/paths';
 import { Logger } from './log';
 import { ImageCounters } from './metrics';
 import { MountOptions } from './config';
@@ -28,7 +29,10 @@ import { Credentials, accountOf } from './store/credentials';
 import { buildStack, type Stack } from './stack';
 import { Backups } from './namespace/backups';
 import { backupRequest } from './namespace/requests';
+import { Handoffs, handoffRequest, type WarmProgress } from './namespace/handoff';
+import { hostIdentity } from './remote/holder';
 import { Metrics, MetricsServer, type MetricsSnapshot } from './prometheus';
+import { SYSTEM_TIMING, type Timing } from './tunables';
 
 /** How often the mount looks whether someone unmounted it from outside (umount, fusermount3 -u). */
 const MOUNT_WATCH_MS = 2_000;
@@ -50,6 +54,8 @@ export interface ImageStatus {
   readonly lease: 'held' | 'lost' | 'none';
   /** The UTC time (of its fsync) of the image's last checkpoint taken by this mount, if any. */
   readonly lastCheckpoint: string | null;
+  /** Its warm-up (from a handoff file, --warm-from, or its last boot), if it has one. */
+  readonly prefetch: WarmProgress | null;
   readonly counters: ImageCounters;
 }
 
@@ -68,6 +74,8 @@ export interface MountStatus {
   readonly hitRatio: number | null;
   /** When Azure stopped answering at all (ISO time), or null while it answers. */
   readonly azureUnreachableSince: string | null;
+  /** Images an earlier mount left with data not yet uploaded that could not be opened. */
+  readonly unopened: string[];
   readonly totals: ImageCounters;
   readonly images: ImageStatus[];
 }
@@ -91,7 +99,7 @@ export interface Mounted {
 
 /** After a crash: open every image that still holds dirty grains, so the flusher uploads them.
  *  Returns the names of those that could not be opened (their data stays in the cache). */
-async function recover(map: GrainMap, images: Images, log: Logger): Promise<string[]> {
+async function recover(map: GrainMap, images: Images, log: Logger, mountpoint: string): Promise<string[]> {
   const stuck: string[] = [];
   for (const row of map.imagesWithDirtyGrains()) {
     const ref = { container: row.container, name: row.name };
@@ -99,21 +107,14 @@ async function recover(map: GrainMap, images: Images, log: Logger): Promise<stri
       await images.recover(ref);
       log.info(`uploading what an earlier mount left dirty in ${row.container}/${row.name}`);
     } catch (e) {
-      log.error(`${row.container}/${row.name} holds data not yet uploaded, but cannot be opened (${isBlobdiskError(e) ? e.kind : 'error'}: ${(e as Error).message}); it stays in the cache`);
+      log.error(
+        `${row.container}/${row.name} holds data not yet uploaded, but cannot be opened (${isBlobdiskError(e) ? e.kind : 'error'}: ${(e as Error).message}); ` +
+          `it stays in the cache until blobdisk recover ${mountpoint} <image> --to <new-name> (or --discard) resolves it`,
+      );
       stuck.push(`${row.container}/${row.name}`);
     }
   }
   return stuck;
-}
-
-/** This machine: its machine id (systemd's, or D-Bus's) and host name. A cache directory
- *  copied to another machine makes new lease ids there. */
-async function hostIdentity(): Promise<string> {
-  for (const file of ['/etc/machine-id', '/var/lib/dbus/machine-id']) {
-    const id = (await fsp.readFile(file, 'utf8').catch(() => '')).trim();
-    if (id !== '') return `${id}/${os.hostname()}`;
-  }
-  return os.hostname();
 }
 
 /** What the Prometheus metrics read of a status. */
@@ -128,6 +129,17 @@ function snapshotOf(s: MountStatus): MetricsSnapshot {
     images: s.images.map((i) => ({ path: i.path, dirtyBytes: i.dirtyBytes, lease: i.lease, conflict: i.conflict })),
     azureUnreachableSeconds: s.azureUnreachableSince !== null ? Math.max(0, Math.round((Date.now() - Date.parse(s.azureUnreachableSince)) / 1000)) : null,
   };
+}
+
+/** The lease duration: 60 s, or BLOBDISK_LEASE_SECONDS (15 to 60, Azure's bounds). A short
+ *  lease lets another host take a blob sooner after this mount died, at the price of more
+ *  renewals; it is no mount flag because almost nobody should change it. */
+export function leaseTiming(env: NodeJS.ProcessEnv): Timing {
+  const text = env.BLOBDISK_LEASE_SECONDS;
+  if (text === undefined || text === '') return SYSTEM_TIMING;
+  const seconds = Number(text);
+  if (!Number.isInteger(seconds) || seconds < 15 || seconds > 60) throw new UsageError(`BLOBDISK_LEASE_SECONDS=${text} is not a whole number of seconds from 15 to 60 (Azure's lease bounds); give e.g. 30, or unset it for 60`);
+  return { clock: SYSTEM_TIMING.clock, tunables: { ...SYSTEM_TIMING.tunables, leaseSeconds: seconds } };
 }
 
 /** Turns a failure of the first request to Azure into one line that says what to do. */
@@ -159,6 +171,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     }
   };
   try {
+    const timing = leaseTiming(process.env);
     await checkMountpoint(options.mountpoint);
     checkAllowOther(options.access, process.getuid?.() ?? 0, await fsp.readFile('/etc/fuse.conf', 'utf8').catch(() => ''));
     for (const dir of [options.dataDir, options.cache.dir]) {
@@ -213,7 +226,8 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
           cache: options.cache,
           read: options.read,
           sync: options.write.sync,
-          dirtyWaitMs: options.write.dirtyWaitMs,
+          // A write waiting for room waits on uploads to Azure: --io-timeout bounds it too.
+          dirtyWaitMs: Math.min(options.write.dirtyWaitMs, options.ioTimeoutMs),
           ioTimeoutMs: options.ioTimeoutMs,
           writeBackDelayMs: options.write.writeBackDelayMs,
           uploadConcurrency: options.write.uploadConcurrency,
@@ -221,6 +235,9 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
           namespace: { container: options.container, attrTtlMs: options.attrTtlMs, readOnly: options.readOnly, pageBlobPatterns: options.write.pageBlobPatterns },
           account,
           host: await hostIdentity(),
+          timing,
+          holder: { host: os.hostname(), mountpoint: options.mountpoint },
+          bootPrefetch: true,
         },
         log,
       );
@@ -230,7 +247,11 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     cleanup.push(() => stack.close());
     const { map, cache, flusher, images, namespace: ns } = stack;
     cache.startWorker();
-    const stuck = await recover(map, images, log);
+    const stuck = await recover(map, images, log, options.mountpoint);
+    // blobdisk handoff and --warm-from (lib/namespace/handoff.ts): leases now, warming in the background.
+    const handoffs = new Handoffs({ ...stack, ns, log, clock: timing.clock, grainSize: options.cache.grainSize, readOnly: options.readOnly, container: options.container, flush: (image, stallMs, onProgress) => flusher.flush([image], { stallMs, onProgress }) });
+    cleanup.push(() => handoffs.close());
+    for (const file of options.warmFrom) await handoffs.warmFrom(file);
     const handles = new Handles();
     const { access } = options;
     const ops = createOperations(
@@ -262,6 +283,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         dirtyBytes: all.reduce((n, i) => n + flusher.dirtyOf(i).bytes, 0),
         hitRatio: totals.hits + totals.misses > 0 ? totals.hits / (totals.hits + totals.misses) : null,
         azureUnreachableSince: store.unreachableSince !== null ? new Date(store.unreachableSince).toISOString() : null,
+        unopened: stuck.filter((name) => !all.some((i) => `${i.ref.container}/${i.ref.name}` === name)),
         totals,
         images: all.map((image) => {
           const dirty = flusher.dirtyOf(image);
@@ -280,6 +302,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
             uploadsStopped: flusher.refusedOf(image) ?? null,
             lease: image.remote.lease.state,
             lastCheckpoint: image.checkpoints?.last ?? null,
+            prefetch: handoffs.progressOf(image) ?? image.bootPrefetch ?? null,
             counters: { ...c },
           };
         }),
@@ -303,7 +326,8 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         try {
           await flush(options.write.drainTimeoutMs, onProgress);
         } catch (e) {
-          result = { drained: false, dirtyBytes: cache.stats.dirtyBytes, reason: (e as Error).message };
+          const hint = isKind(e, 'conflict') ? '; blobdisk recover resolves it' : '';
+          result = { drained: false, dirtyBytes: cache.stats.dirtyBytes, reason: `${(e as Error).message}${hint}` };
         }
         // Writes that slipped in while draining, then the leases.
         if (result.drained) await flush(options.write.drainTimeoutMs, onProgress).catch(() => undefined);
@@ -330,7 +354,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     // blobdisk snapshot, clone, diff and rm (lib/namespace/backups.ts).
     const backups = new Backups(ns, store, images, (image, stallMs, onProgress) => flusher.flush([image], { stallMs, onProgress }), log);
     const control = await ControlServer.listen(controlSocketPath(options.mountpoint), async (request, progress) => {
-      const backup = backupRequest(backups, request, progress, options.write.drainTimeoutMs);
+      const backup = backupRequest(backups, request, progress, options.write.drainTimeoutMs) ?? handoffRequest(handoffs, request, progress, options.write.drainTimeoutMs);
       if (backup !== undefined) return backup;
       if (request.op === 'status') return status();
       if (request.op === 'flush') {
@@ -345,6 +369,16 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         return { flushed: true };
       }
       if (request.op === 'unmount') return unmount(progress);
+      if (request.op === 'recover') {
+        // `blobdisk recover`: save (with `to`) and drop the local version of one image.
+        const where = locate(typeof request.path === 'string' ? request.path : '', options.container);
+        if (where.container === undefined || where.name === '') throw new BlobdiskError('invalid', `${String(request.path)} is not an image of the mount`);
+        const ref = { container: where.container, name: where.name };
+        const result = await images.recoverLocal(ref, typeof request.to === 'string' ? request.to : undefined);
+        // Its data no longer waits in the cache: unmount need not report it.
+        if (result.outcome !== 'nothing') stuck.splice(0, stuck.length, ...stuck.filter((s) => s !== `${ref.container}/${ref.name}`));
+        return result;
+      }
       throw new BlobdiskError('invalid', `unknown request ${request.op}`);
     });
     const watch = setInterval(() => {

@@ -15,6 +15,7 @@ import { Images } from './image/registry';
 import type { Logger } from './log';
 import type { CheckpointOptions } from './remote/checkpoint';
 import { Namespace, type NamespaceOptions } from './namespace/namespace';
+import type { HolderIdentity } from './remote/holder';
 import type { BlobStore } from './store/types';
 import { SYSTEM_TIMING, type Timing } from './tunables';
 
@@ -37,6 +38,10 @@ export interface StackOptions {
   readonly timing?: Timing;
   /** Crash-consistent checkpoints (--checkpoints); absent or keep 0: none. */
   readonly checkpoints?: CheckpointOptions;
+  /** This mount, named in a blob's metadata while it holds the lease (host name, mountpoint). */
+  readonly holder?: HolderIdentity;
+  /** Images remember their first minute of reads and warm them at the next boot (lib/image/boot.ts). */
+  readonly bootPrefetch?: boolean;
 }
 
 export interface Stack {
@@ -46,6 +51,8 @@ export interface Stack {
   readonly flusher: Flusher;
   readonly images: Images;
   readonly namespace: Namespace;
+  /** Ranged GETs in flight across the mount (a warm-up waits for room in it). */
+  readonly budget: FetchBudget;
   /** Closes every image, stops the flusher, closes the cache and the grain map (not the store). */
   close(): Promise<void>;
 }
@@ -58,11 +65,12 @@ export function buildStack(store: BlobStore, o: StackOptions, log: Logger): Stac
   const map = GrainMap.open(path.join(o.cache.dir, 'grainmap.db'), grainSize, timing, { log });
   const cache = new GrainCache(o.cache, map, log, timing);
   const flusher = new Flusher(store, cache, { grainSize, concurrency: o.uploadConcurrency, delayMs: o.writeBackDelayMs }, log, timing);
+  const budget = new FetchBudget(o.read.fetchConcurrency);
   const images = new Images(
     {
       store, cache, map, log, grainSize,
       read: o.read,
-      budget: new FetchBudget(o.read.fetchConcurrency),
+      budget,
       dirtyWaitMs: o.dirtyWaitMs,
       leaseId: map.leaseIdFor(o.host),
       sync: o.sync,
@@ -70,13 +78,15 @@ export function buildStack(store: BlobStore, o: StackOptions, log: Logger): Stac
       uploads: flusher,
       timing,
       ...(o.checkpoints !== undefined ? { checkpoints: o.checkpoints } : {}),
+      ...(o.holder !== undefined ? { holder: o.holder } : {}),
+      ...(o.bootPrefetch === true ? { bootDir: path.join(o.cache.dir, 'boot') } : {}),
     },
     o.account,
   );
   const namespace = new Namespace(store, images, o.namespace, log, timing.clock, timing.tunables);
   let closing: Promise<void> | undefined;
   return {
-    store, map, cache, flusher, images, namespace,
+    store, map, cache, flusher, images, namespace, budget,
     close() {
       closing ??= (async () => {
         for (const image of await images.all()) await image.close();

@@ -163,6 +163,11 @@ export class GrainCache {
     return this.index.dirtyOf(imageId);
   }
 
+  /** Up to `limit` cached grains of an image, most recently used first (a handoff's hot list). */
+  hotGrains(imageId: number, limit: number): number[] {
+    return this.index.of(imageId).reverse().slice(0, limit).map((e) => e.idx);
+  }
+
   /** Copies [offset, offset + length) of a cached grain into `target` at `targetOffset`.
    *  The caller checked covers(). Returns false when the grain failed its checksum (it is
    *  then dropped), vanished, or was written while its checksum was being checked. */

@@ -18,6 +18,8 @@ const commands = {
   clone: (): typeof import('./clone') => require('./clone') as typeof import('./clone'),
   diff: (): typeof import('./diff') => require('./diff') as typeof import('./diff'),
   rm: (): typeof import('./rm') => require('./rm') as typeof import('./rm'),
+  recover: (): typeof import('./recover') => require('./recover') as typeof import('./recover'),
+  handoff: (): typeof import('./handoff') => require('./handoff') as typeof import('./handoff'),
 };
 
 /** `blobdisk mount`'s flags from lib/cli/flags.ts, grouped as in the help, with examples. */
@@ -45,7 +47,8 @@ function mountFlags<T>(y: yargs.Argv<T>) {
     .example('$0 mount /mnt/blobs', 'mount the embedded Azurite (no credentials given)')
     .example('$0 mount /mnt/blobs --connection-string "$CONN" --container vms', 'one container of an Azure account as the root')
     .example('$0 mount /mnt/blobs --allow-other --uid libvirt-qemu --gid libvirt-qemu', 'a mount libvirt guests can use')
-    .example('$0 mount /mnt/blobs --config /etc/blobdisk.yaml --print-config', 'show the settings a config file gives');
+    .example('$0 mount /mnt/blobs --config /etc/blobdisk.yaml --print-config', 'show the settings a config file gives')
+    .example('$0 mount /mnt/blobs --warm-from /tmp/disk.handoff', 'take over an image another host handed off, and prefetch its hot grains');
 }
 
 /** snapshot, clone, diff and rm: requests to a running mount (README: Snapshots, clones and backups). */
@@ -107,6 +110,18 @@ function withBackupCommands<T>(parser: yargs.Argv<T>, io: Io, run: (command: Pro
           .option('with-snapshots', { type: 'boolean', describe: 'delete its snapshots too' })
           .example('$0 rm /mnt/blobs vms/old.img --with-snapshots', 'the image and all its snapshots'),
       (a) => run(commands.rm().rmCommand(a, io)),
+    )
+    .command(
+      'handoff <mountpoint> <image>',
+      'drain an image, release its lease and write a handoff file for the next host',
+      (y) =>
+        y
+          .positional('mountpoint', { type: 'string', demandOption: true })
+          .positional('image', { type: 'string', demandOption: true })
+          .option('to', { type: 'string', describe: 'write the handoff file here', defaultDescription: './<image>.handoff.json' })
+          .option('timeout', timeout)
+          .example('$0 handoff /mnt/blobs vms/disk.img --to /tmp/disk.handoff', 'then on the next host: blobdisk mount /mnt/blobs --warm-from /tmp/disk.handoff'),
+      (a) => run(commands.handoff().handoffCommand(a, io)),
     );
 }
 
@@ -155,12 +170,26 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
           .example('$0 status /mnt/blobs', 'cache use, dirty data and traffic per image')
           .example('$0 status /mnt/blobs --watch 1', 'the same, redrawn every second'),
       (args) => run(commands.status().statusCommand(args.mountpoint, args.json === true, io, args.watch)),
+    )
+    .command(
+      'recover <mountpoint> <image>',
+      'resolve an image whose local changes cannot go to Azure (changed elsewhere, deleted, refused)',
+      (y) =>
+        y
+          .positional('mountpoint', { type: 'string', demandOption: true })
+          .positional('image', { type: 'string', demandOption: true, describe: 'the image, as a path in the mount or relative to it' })
+          .option('to', { type: 'string', describe: "first save the local version as this new blob in the image's container (refused if it exists)" })
+          .option('discard', { type: 'boolean', describe: 'drop the local changes without saving them' })
+          .epilogue("Either way the image then shows Azure's current version and unmount can exit 0. Stop writers of the image first.")
+          .example('$0 recover /mnt/blobs vms/disk.img --to vms/disk-local.img', 'keep both: Azure\'s version as disk.img, ours as disk-local.img')
+          .example('$0 recover /mnt/blobs vms/disk.img --discard', 'throw the local changes away'),
+      (args) => run(commands.recover().recoverCommand(args.mountpoint, args.image, io, { ...(args.to !== undefined ? { to: args.to } : {}), ...(args.discard !== undefined ? { discard: args.discard } : {}) })),
     );
   const parser = withBackupCommands(commandsBefore, io, run)
     .example('$0 mount /mnt/blobs', 'mount on the embedded Azurite (no credentials given)')
     .example('$0 mount /mnt/blobs --help', "every flag of mount, grouped, with its default")
     .epilogue("Each command's own --help lists its flags and examples. Docs: README.md")
-    .demandCommand(1, 'give a command: mount, unmount, flush, status, snapshot, clone, diff or rm')
+    .demandCommand(1, 'give a command: mount, unmount, flush, status, recover, snapshot, clone, diff, rm or handoff')
     .strict()
     .help()
     .version()

@@ -38,9 +38,23 @@ export interface MountArgs extends AccessArgs {
   ioTimeout?: number | undefined;
   pageBlobPattern?: string[] | undefined;
   metricsAddr?: string | undefined;
+  warmFrom?: string[] | undefined;
 }
 
 /** Where blobdisk keeps its cache and the embedded Azurite's data by default. */
+/** --warm-from files (given several times, or comma-separated), resolved and readable. */
+function warmFiles(given: readonly string[]): string[] {
+  const files = given.flatMap((g) => g.split(',')).map((f) => f.trim()).filter((f) => f !== '').map((f) => path.resolve(f));
+  for (const f of files) {
+    try {
+      fs.accessSync(f, fs.constants.R_OK);
+    } catch {
+      throw new UsageError(`--warm-from ${f}: cannot read it; give the file blobdisk handoff wrote on the other host`);
+    }
+  }
+  return files;
+}
+
 export function defaultDataDir(env: NodeJS.ProcessEnv): string {
   if (env.BLOBDISK_HOME) return path.resolve(env.BLOBDISK_HOME);
   const base = env.XDG_DATA_HOME || path.join(env.HOME || os.homedir(), '.local', 'share');
@@ -216,6 +230,7 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
     tryTimeoutMs: DEFAULTS.tryTimeoutMs,
     ioTimeoutMs: args.ioTimeout !== undefined ? args.ioTimeout * 1000 : DEFAULTS.ioTimeoutMs,
     attrTtlMs: args.dirCacheTime !== undefined ? args.dirCacheTime * 1000 : DEFAULTS.attrTtlMs,
+    warmFrom: Object.freeze(warmFiles(args.warmFrom ?? [])),
   };
   return Object.freeze(options);
 }

@@ -50,6 +50,7 @@ export function effectiveSettings(o: MountOptions): Record<string, unknown> {
   out['dir-cache-time'] = o.attrTtlMs / 1000;
   out['io-timeout'] = o.ioTimeoutMs / 1000;
   out['log-level'] = o.logLevel;
+  if (o.warmFrom.length > 0) out['warm-from'] = [...o.warmFrom];
   if (o.metricsAddr !== undefined) out['metrics-addr'] = `${o.metricsAddr.host.includes(':') ? `[${o.metricsAddr.host}]` : o.metricsAddr.host}:${o.metricsAddr.port}`;
   return out;
 }

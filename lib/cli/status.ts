@@ -68,6 +68,7 @@ function table(status: MountStatus): string {  const percent = (r: number | null
     const since = Math.round((Date.now() - Date.parse(status.azureUnreachableSince)) / 1000);
     lines.push(`Azure unreachable since ${status.azureUnreachableSince} (${since} s); ${formatSize(status.dirtyBytes)} wait in the cache for it`);
   }
+  for (const name of status.unopened ?? []) lines.push(`${name} holds data not yet uploaded but cannot be opened: see blobdisk recover --help`);
   if (status.images.length > 0) lines.push('', 'image\tkind\tsize\tcached\tdirty\toldest dirty\tup\tdown\thit ratio\tlease');
   for (const i of status.images) {
     const age = i.oldestDirtySeconds === null ? '-' : `${i.oldestDirtySeconds} s`;
@@ -75,7 +76,8 @@ function table(status: MountStatus): string {  const percent = (r: number | null
       [i.path, i.kind, formatSize(i.size), formatSize(i.cachedBytes), formatSize(i.dirtyBytes), age, formatSize(i.bytesUp), formatSize(i.bytesDown), percent(i.hitRatio), i.lease].join('\t') +
         (i.lastCheckpoint !== null && i.lastCheckpoint !== undefined ? `\tlast checkpoint ${i.lastCheckpoint}` : '') +
         (i.conflict ? `\tCONFLICT: ${i.conflict}` : '') +
-        (i.uploadsStopped ? `\tUPLOADS STOPPED: ${i.uploadsStopped}` : ''),
+        (i.uploadsStopped ? `\tUPLOADS STOPPED: ${i.uploadsStopped}` : '') +
+        (i.prefetch ? `\tprefetch ${i.prefetch.done} of ${i.prefetch.total} grains (${i.prefetch.fetched} fetched, ${i.prefetch.state}${i.prefetch.reason !== undefined ? `: ${i.prefetch.reason}` : ''})` : ''),
     );
   }
   return `${lines.join('\n')}\n`;

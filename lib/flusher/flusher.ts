@@ -20,6 +20,8 @@
  *   anything else (unavailable,           retried with backoff from minBackoffMs doubling up to
  *     failed)                             maxBackoffMs, for as long as Azure stays away; logged
  *   the image is held (a rename)          skipped; looked at again after heldRetryMs
+ *   its changes were dropped              discarded(): out of the queue, backoff and refusal forgotten
+ *     (`blobdisk recover`, while held)
  * The numbers are Tunables (lib/tunables.ts); time comes from the injected Clock. */
 
 import { GrainCache } from '../cache/cache';
@@ -193,6 +195,11 @@ export class Flusher implements Uploads {
     this.backoff.set(image, b);
     const code = isBlobdiskError(e) ? e.kind : 'error';
     this.log.warn(`uploading ${name} failed (${code}: ${(e as Error).message}); trying again in ${(wait / 1000).toFixed(1)} s (attempt ${b.failures})`);
+  }
+
+  discarded(image: UploadSource): void {
+    this.forget(image);
+    this.refused.delete(image);
   }
 
   /** Runs `fn` while no upload of `image` is under way or may start; uploads resume after. */

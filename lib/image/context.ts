@@ -8,6 +8,7 @@ import { Logger } from '../log';
 import { ImageCounters, newImageCounters } from '../metrics';
 import { ReadOptions, SyncMode } from '../config';
 import { CheckpointOptions, Checkpoints } from '../remote/checkpoint';
+import type { HolderIdentity } from '../remote/holder';
 import { RemoteBlob } from '../remote/remote';
 import { Uploads } from '../remote/uploads';
 import { BlobStore } from '../store/types';
@@ -46,6 +47,10 @@ export interface ImageDeps {
   readonly timing?: Timing;
   /** Crash-consistent checkpoints of page blobs (--checkpoints); absent: none. */
   readonly checkpoints?: CheckpointOptions;
+  /** This mount, named in a blob's metadata while it holds the lease. */
+  readonly holder?: HolderIdentity;
+  /** Where images remember their first minute of reads for the next boot (boot.ts); off when absent. */
+  readonly bootDir?: string;
 }
 
 export class ImageContext {

@@ -13,7 +13,9 @@ import { ImageCounters } from '../metrics';
 import { Checkpoints } from '../remote/checkpoint';
 import { RemoteBlob } from '../remote/remote';
 import { UploadSource } from '../remote/uploads';
+import { BootTrace, bootFile } from './boot';
 import { FetchBudget, ImageContext, ImageDeps } from './context';
+import type { WarmProgress } from './warm';
 import { Fetcher } from './fetcher';
 import { Reader } from './reader';
 import { Writer } from './writer';
@@ -26,6 +28,8 @@ export class Image implements UploadSource {
   private readonly fetcher: Fetcher;
   private readonly reader: Reader;
   private readonly writer: Writer;
+  /** Its first minute of reads, and the warm-up from the last one (boot.ts). */
+  private boot: BootTrace | undefined;
 
   private constructor(
     private readonly deps: ImageDeps,
@@ -47,6 +51,10 @@ export class Image implements UploadSource {
     const remote = await RemoteBlob.open(deps, account, ref, info);
     const image = new Image(deps, remote);
     await remote.revalidate(info);
+    if (deps.bootDir !== undefined && ref.snapshot === undefined) {
+      const { cache, budget, log, grainSize } = deps;
+      image.boot = new BootTrace({ cache, budget, log, grainSize, clock: image.ctx.timing.clock, file: bootFile(deps.bootDir, account, ref) }, image);
+    }
     return image;
   }
 
@@ -84,12 +92,24 @@ export class Image implements UploadSource {
    *  read: fewer at the end of the image, 0 past it. Never-written ranges read as zeros.
    *  Rejects only with BlobdiskError: not-found if the blob vanished, unavailable after retries. */
   readInto(target: Buffer, offset: number, length: number): Promise<number> {
+    this.boot?.note(offset, length);
     return this.reader.readInto(target, offset, length);
   }
 
   /** Reads `length` bytes at `offset` of the image (see readInto). */
   read(offset: number, length: number): Promise<Buffer> {
+    this.boot?.note(offset, length);
     return this.reader.read(offset, length);
+  }
+
+  /** The warm-up from its last boot's reads, if one ran (boot.ts). */
+  get bootPrefetch(): WarmProgress | undefined {
+    return this.boot?.progress;
+  }
+
+  /** Fetches grain `idx` into the cache unless it is there (see Reader.warm). */
+  warm(idx: number): Promise<boolean> {
+    return this.reader.warm(idx);
   }
 
   /** The image's current bytes for an upload: like read(), without counting as a reader. */
@@ -100,6 +120,7 @@ export class Image implements UploadSource {
   /** Serves a read at once when every grain it touches is staged and warm: the bytes
    *  read, or undefined when the read needs readInto(). */
   readNow(target: Buffer, offset: number, length: number): number | undefined {
+    this.boot?.note(offset, length);
     return this.reader.readNow(target, offset, length);
   }
 
@@ -174,6 +195,7 @@ export class Image implements UploadSource {
    *  going away; the lease itself is released by RemoteBlob.releaseLease()). */
   async close(): Promise<void> {
     this.remote.lease.drop();
+    await this.boot?.close();
     await this.fetcher.close();
   }
 }

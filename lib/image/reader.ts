@@ -214,6 +214,20 @@ export class Reader {
     throw new BlobdiskError('failed', `grain ${idx} of ${this.ctx.remote.ref.name} kept leaving the cache while being read`);
   }
 
+  /** Fetches grain `idx` into the cache ahead of any reader (warm-up, lib/image/warm.ts):
+   *  nothing when it is cached or known zeros; a fetch under way is waited for, never
+   *  doubled, and a reader of a grain being warmed shares its fetch. True when it fetched. */
+  async warm(idx: number): Promise<boolean> {
+    const g = this.ctx.deps.grainSize;
+    if (this.ctx.deps.cache.has(this.ctx.id, idx)) return false;
+    if (this.fetchable(idx) === 'unknown') await this.ctx.remote.pages.ranges(idx * g, (idx + 1) * g);
+    const under = this.fetcher.pending.get(idx);
+    if (under) return under.finished.then(() => false);
+    if (this.fetchable(idx) !== 'yes') return false;
+    await this.fetcher.start(idx, 1, true).finished;
+    return true;
+  }
+
   /** Grains worth fetching together with `idx` on a demand miss: the following missing
    *  ones, while the reader is sequential, up to maxFetchBytes. */
   private runAfter(idx: number): number {

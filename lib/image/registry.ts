@@ -1,12 +1,25 @@
 /* The open images of a mount, one Image per blob, created on first use and kept while
- * the mount runs (an Image is small: the grain data lives in the cache directory). */
+ * the mount runs (an Image is small: the grain data lives in the cache directory). Also
+ * what moves or drops an image as a whole: rename, remove, and `blobdisk recover`, which
+ * saves and drops the local version of an image whose changes cannot go to Azure. */
 
 import { ImageCounters, addCounters, newImageCounters } from '../metrics';
-import { BlobdiskError, isBlobdiskError } from '../errors';
+import { BlobdiskError, isBlobdiskError, isKind } from '../errors';
+import { saveLocalVersion } from '../remote/save';
 import { BlobInfo, BlobRef, WriteConditions } from '../store/types';
 import { Image, ImageDeps } from './image';
 
 const keyOf = (ref: BlobRef): string => `${ref.container}/${ref.name}${ref.snapshot !== undefined ? `\0${ref.snapshot}` : ''}`;
+
+/** What `blobdisk recover` did: nothing (no local changes, no conflict), saved the local
+ *  version as a new blob and dropped it here, or dropped it only. */
+export interface RecoverResult {
+  readonly outcome: 'nothing' | 'saved' | 'discarded';
+  /** Bytes not yet in Azure that were dropped (and saved, for 'saved'). */
+  readonly dirtyBytes: number;
+  /** The blob no longer exists in Azure (the image is gone from the mount too). */
+  readonly gone: boolean;
+}
 
 export class Images {
   private readonly images = new Map<string, Promise<Image>>();
@@ -44,6 +57,56 @@ export class Images {
     const image = await this.get(ref, info, true);
     if (image.conflict) throw new BlobdiskError('conflict', image.conflict);
     this.deps.uploads.notify(image);
+  }
+
+  /** Resolves a conflict, or refused uploads, of `ref` (`blobdisk recover`): with `to`, first
+   *  saves the local version as the new blob `to` of the same container (exists when it
+   *  does); then drops the local changes, so the image follows Azure's blob as it is now.
+   *  Works on images opened here and on those an earlier mount left dirty that could not be
+   *  opened. not-found when neither the cache nor Azure knows `ref`. */
+  async recoverLocal(ref: BlobRef, to: string | undefined): Promise<RecoverResult> {
+    const { store, cache, map, uploads } = this.deps;
+    const azureNow = (): Promise<BlobInfo | undefined> => store.getInfo(ref).catch((e: unknown) => (isKind(e, 'not-found') ? undefined : Promise.reject(e)));
+    let image = await this.peek(ref)?.catch(() => undefined);
+    const row = map.image(this.account, ref.container, ref.name);
+    if (image === undefined && row !== undefined && cache.dirtyGrains(row.id).length > 0) {
+      const info = await azureNow();
+      if (info !== undefined) image = await this.get(ref, info, true);
+    }
+    if (image === undefined && (row === undefined || cache.dirtyGrains(row.id).length === 0)) {
+      if ((await azureNow()) === undefined) throw new BlobdiskError('not-found', `no image ${keyOf(ref)} in Azure or in the cache`);
+      return { outcome: 'nothing', dirtyBytes: 0, gone: false };
+    }
+    if (image !== undefined && image.conflict === undefined && !image.needsUpload()) return { outcome: 'nothing', dirtyBytes: 0, gone: false };
+    const recover = async (): Promise<RecoverResult> => {
+      // The grain map row, read now: sizes and the ETag we last knew, also of an image not open.
+      const now = map.image(this.account, ref.container, ref.name);
+      if (now === undefined) throw new BlobdiskError('not-found', `no image ${keyOf(ref)} in the cache`);
+      const dirtyBytes = cache.dirtyOf(now.id).bytes;
+      const info = await azureNow();
+      if (to !== undefined) {
+        const changed = info === undefined || (now.etag !== info.etag && !map.isOurEtag(now.id, info.etag));
+        const version = {
+          id: now.id, ref, kind: now.kind, size: now.size, remoteEnd: now.remoteEnd ?? Number.MAX_SAFE_INTEGER, azure: info,
+          withClean: changed || image?.conflict !== undefined,
+        };
+        await saveLocalVersion({ store, cache, grainSize: this.deps.grainSize }, version, { container: ref.container, name: to });
+      }
+      if (image !== undefined && info !== undefined) {
+        await image.remote.discardLocal(info);
+      } else if (image !== undefined) {
+        // The blob is gone: so is the image (handles still open on it fail from now on).
+        await image.forget();
+        this.images.delete(keyOf(ref));
+      } else {
+        await cache.dropImage(now.id);
+        map.deleteImage(now.id);
+      }
+      if (image !== undefined) uploads.discarded(image);
+      this.deps.log.warn(`${keyOf(ref)}: ${dirtyBytes} bytes of local changes dropped${to !== undefined ? ` after saving the local version as ${ref.container}/${to}` : ''}`);
+      return { outcome: to !== undefined ? 'saved' : 'discarded', dirtyBytes, gone: info === undefined };
+    };
+    return image !== undefined ? uploads.exclusive(image, recover) : recover();
   }
 
   /** Renames blob `src` to `dest` in the same account, replacing `dest`: a server-side copy,

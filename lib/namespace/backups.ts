@@ -7,6 +7,7 @@ import { BlobdiskError, isKind } from '../errors';
 import type { Image } from '../image/image';
 import type { Images } from '../image/registry';
 import type { Logger } from '../log';
+import { HOLDER_KEY } from '../remote/holder';
 import { logicalSize } from '../remote/remote';
 import type { BlobInfo, BlobRef, BlobStore, ByteRange, CopyStatus } from '../store/types';
 import { CLONE_SOURCE_KEY, cloneSourceText } from './clones';
@@ -86,6 +87,7 @@ export class Backups {
     const info = await this.store.getInfo(image.ref);
     const metadata: Record<string, string> = { ...info.metadata };
     delete metadata[CLONE_SOURCE_KEY];
+    delete metadata[HOLDER_KEY]; // the lease is the blob's, not its snapshot's
     if (name !== undefined) metadata[SNAPSHOT_NAME_KEY] = name;
     else delete metadata[SNAPSHOT_NAME_KEY];
     const id = await this.store.createSnapshot(image.ref, metadata);
@@ -135,6 +137,7 @@ export class Backups {
     }
     const metadata: Record<string, string> = { ...(await this.store.getInfo(from)).metadata, [CLONE_SOURCE_KEY]: cloneSourceText(from) };
     delete metadata[SNAPSHOT_NAME_KEY];
+    delete metadata[HOLDER_KEY];
     const status = await this.store.startCopy(from, target.ref, metadata);
     this.ns.forgetListings(target.ref.container);
     let kept: string | null = null;

@@ -14,19 +14,25 @@
  *                                                            our id and If-Match on the ETag we know, in one request (the
  *                                                            lease may have run out meanwhile; a foreign change must not
  *                                                            be adopted)
- *   held     retake refused: ETag changed (stale)   lost     onLost(): someone wrote the blob while we could not renew
+ *   held     retake refused: ETag changed (stale)   held     a plain renewal succeeds: the lease is ours again and every change
+ *                                                            since was ours (unanswered renewals and uploads that got through)
+ *   held     ... and the renewal is refused         lost     onLost(): someone wrote the blob while we could not renew
  *   held     renewal refused (busy) or blob gone   lost     onLost(): the image is in conflict, nothing is overwritten
  *   held     drop() (moved, replaced, deleted,      free     renewal stops; the id is forgotten (moved: the caller
  *            closing)                                        deletes the old blob with it, then take() = retake)
  *   held     release() (unmount, drained)           free     Release Lease; if that fails Azure expires it by itself
  *   lost     take()                                 taking   as free (the conflict stays: writes still fail)
+ *   lost     drop() (local changes discarded)       free     -
  *
- * The lease never changes the blob's ETag; the owner remembers that at release. */
+ * The lease never changes the blob's ETag; the owner remembers that at release. Once taken,
+ * `afterTake` runs (the owner writes the holder into the metadata, holder.ts); a busy
+ * refusal logs who holds the blob, as its metadata names the holder. */
 
 import { BlobdiskError, isBlobdiskError } from '../errors';
 import { Logger } from '../log';
 import { BlobRef, BlobStore, WriteConditions } from '../store/types';
 import { Clock, Timer } from '../clock';
+import { describeHolder } from './holder';
 
 export interface LeaseDeps {
   readonly store: BlobStore;
@@ -55,6 +61,8 @@ export class Lease {
     private readonly onLost: (reason: string) => void,
     /** The ETag the image knows the blob by (what a retake must still find). */
     private readonly etag: () => string,
+    /** Runs once each time the lease is taken, with its id; its failure is only logged. */
+    private readonly afterTake: (leaseId: string) => Promise<void> = () => Promise.resolve(),
   ) {}
 
   /** The lease id while we hold the lease. */
@@ -67,18 +75,25 @@ export class Lease {
     return this.held !== undefined ? 'held' : this.lost ? 'lost' : 'none';
   }
 
-  /** Takes the lease (once); busy when another host holds it. */
-  take(): Promise<void> {
+  /** Takes the lease (once); busy when another host holds it. With `ifMatch`, only while
+   *  the blob's ETag is that one (stale otherwise), in the same request. */
+  take(ifMatch?: string): Promise<void> {
     if (this.held !== undefined) return Promise.resolve();
     this.taking ??= (async () => {
       const ref = this.ref();
       try {
-        this.held = await this.deps.store.acquireLease(ref, this.deps.seconds, this.deps.proposedId);
+        const id = await this.deps.store.acquireLease(ref, this.deps.seconds, this.deps.proposedId, ifMatch);
+        this.held = id;
         this.lost = false;
         this.timer = this.deps.clock.interval(() => void this.renew(), (this.deps.seconds * 1000) / 3);
+        await this.afterTake(id).catch((e: unknown) =>
+          this.deps.log.warn(`took the lease on ${ref.container}/${ref.name}, but could not record this mount as its holder (${isBlobdiskError(e) ? e.kind : 'error'})`),
+        );
       } catch (e) {
         if (isBlobdiskError(e) && e.kind === 'busy') {
-          throw new BlobdiskError('busy', `${ref.container}/${ref.name} is leased by another writer; it can only be read here`, { cause: e });
+          const holder = await describeHolder(this.deps.store, ref);
+          this.deps.log.warn(`${ref.container}/${ref.name} is leased by ${holder}: opening it for writing here fails with EBUSY`);
+          throw new BlobdiskError('busy', `${ref.container}/${ref.name} is leased by another writer (${holder}); it can only be read here`, { cause: e });
         }
         throw e;
       } finally {
@@ -93,7 +108,7 @@ export class Lease {
     if (id === undefined) return;
     const ref = this.ref();
     try {
-      if (this.renewFailed) await this.deps.store.acquireLease(ref, this.deps.seconds, id, this.etag());
+      if (this.renewFailed) await this.retake(ref, id);
       else await this.deps.store.renewLease(ref, id);
       this.renewFailed = false;
     } catch (e) {
@@ -112,11 +127,33 @@ export class Lease {
     }
   }
 
+  /** After renewals went unanswered: Acquire Lease with our id and If-Match on the ETag we
+   *  know. When that finds the ETag changed, requests of ours may have reached Azure without
+   *  their answers reaching us: a renewal that took the lease again once it had run out, then
+   *  uploads under it. Azure renews a lease that ran out only while nobody else changed the
+   *  blob since, so a plain renewal that succeeds proves every change since was ours (the
+   *  uploads whose answers were lost go again anyway); one that fails leaves the stale error. */
+  private async retake(ref: BlobRef, id: string): Promise<void> {
+    try {
+      await this.deps.store.acquireLease(ref, this.deps.seconds, id, this.etag());
+    } catch (e) {
+      if (!isBlobdiskError(e) || e.kind !== 'stale') throw e;
+      try {
+        await this.deps.store.renewLease(ref, id);
+      } catch {
+        throw e;
+      }
+      this.deps.log.warn(`${ref.container}/${ref.name} changed in Azure under our own lease while its answers did not reach us; keeping the lease`);
+    }
+  }
+
   /** Stops renewing and forgets the id, without telling Azure. */
   drop(): void {
     this.timer?.cancel();
     this.timer = undefined;
     this.held = undefined;
+    this.lost = false;
+    this.renewFailed = false;
   }
 
   /** Releases the lease; false when none was held or Azure refused (it then expires by itself). */

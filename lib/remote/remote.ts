@@ -17,6 +17,7 @@
  *   revalidate: changed elsewhere,        unchanged   unchanged                              conflict: nothing is overwritten,
  *     something waiting for upload                                                           writes fail (unless our lease is
  *                                                                                            still on it: a crash's own uploads)
+ *   discardLocal(info) (blobdisk recover) Azure's     all (none cut)                         none; every grain dropped, conflict and lease gone
  * In sync when Azure holds nothing past remoteEnd and its (logical) size is ours.
  * While we hold the lease every change of the blob is ours: descriptions of it from a
  * listing or a HEAD are ignored (they can only be older than what the flusher reported). */
@@ -28,26 +29,12 @@ import { GrainMap, ImageRow } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { BlobInfo, BlobKind, BlobRef, BlobStore, WriteConditions } from '../store/types';
 import { SYSTEM_TIMING, Timing } from '../tunables';
+import { HolderIdentity, holderText, writeHolder } from './holder';
 import { Lease } from './lease';
+import { LOGICAL_SIZE_KEY, logicalSize, logicalSizeText } from './sizes';
 import { PageMap } from './pagemap';
 
-/** Metadata key holding a page blob's logical size when it is not a multiple of 512. */
-export const LOGICAL_SIZE_KEY = 'blobdisk_size';
-
-/** The size a reader sees: the page blob's logical size from metadata when it is valid, else the blob's. */
-export function logicalSize(info: BlobInfo): number {
-  const text = info.metadata[LOGICAL_SIZE_KEY];
-  if (info.kind === 'page' && text !== undefined && /^\d+$/.test(text)) {
-    const n = Number(text);
-    if (n <= info.size && n > info.size - 512) return n;
-  }
-  return info.size;
-}
-
-/** The metadata value of LOGICAL_SIZE_KEY a page blob of logical `size` carries (none when sector-aligned). */
-export function logicalSizeText(size: number): string | undefined {
-  return size % SECTOR === 0 ? undefined : String(size);
-}
+export { LOGICAL_SIZE_KEY, logicalSize, logicalSizeText };
 
 export interface RemoteDeps {
   readonly store: BlobStore;
@@ -59,6 +46,8 @@ export interface RemoteDeps {
   readonly leaseId: string;
   /** The clock and tunables (the system's when absent). */
   readonly timing?: Timing;
+  /** This mount, written into a blob's metadata when it takes the lease (holder.ts). */
+  readonly holder?: HolderIdentity;
 }
 
 export class RemoteBlob {
@@ -94,7 +83,10 @@ export class RemoteBlob {
     this.timing = deps.timing ?? SYSTEM_TIMING;
     this.knownAt = this.timing.clock.now();
     const lease = { store: deps.store, log: deps.log, proposedId: deps.leaseId, clock: this.timing.clock, seconds: this.timing.tunables.leaseSeconds };
-    this.lease = new Lease(lease, () => this.where, (reason) => this.setConflict(reason), () => this.current.etag);
+    this.lease = new Lease(lease, () => this.where, (reason) => this.setConflict(reason), () => this.current.etag, async (id) => {
+      // Names this mount in the metadata of the blob just leased (holder.ts); the new ETag is ours.
+      if (deps.holder !== undefined && ref.snapshot === undefined) this.uploaded(await writeHolder(deps.store, this.where, this.current, id, holderText(deps.holder, new Date(this.timing.clock.now())), (e) => this.produced(e)));
+    });
   }
 
   /** The remote state of `ref` as Azure described it in `info`, from the grain map's row
@@ -177,9 +169,11 @@ export class RemoteBlob {
     if (this.row.etag !== null && this.needsUpload()) {
       // After a crash, uploads that were under way changed the ETag without our noting it.
       // If the blob is still leased, and to our lease id, nobody else can have written it.
+      const seen = this.current;
       if (info.leased === true && (await this.lease.take().then(() => true, () => false))) {
-        this.current = info;
-        this.setRow({ etag: info.etag });
+        // Unless the holder was just written (its ETag is then what Azure has, and ours).
+        if (this.current === seen) this.current = info;
+        this.setRow({ etag: this.current.etag });
         return;
       }
       this.setConflict(`${this.ref.container}/${this.ref.name} changed in Azure while this cache holds changes not yet uploaded; nothing was overwritten`);
@@ -193,6 +187,23 @@ export class RemoteBlob {
     }
     this.localSize = logicalSize(info);
     this.setRow({ etag: info.etag, kind: info.kind, size: this.localSize, remoteEnd: null });
+    this.pageMap?.reset(info.etag, info.size);
+  }
+
+  /** Drops every local change (dirty grains, size changes, a conflict) and every cached
+   *  grain, and follows Azure's blob as `info` describes it now (`blobdisk recover`). The
+   *  caller holds the image's uploads (Uploads.exclusive); a lease we hold is released. */
+  async discardLocal(info: BlobInfo): Promise<void> {
+    await this.lease.release();
+    this.lease.drop();
+    this.conflictReason = undefined;
+    this.shrinks = [];
+    this.current = info;
+    this.knownAt = this.timing.clock.now();
+    for (const fn of this.changedListeners) fn();
+    await this.deps.cache.dropImage(this.row.id);
+    this.localSize = logicalSize(info);
+    this.setRow({ etag: info.etag, kind: info.kind, size: this.localSize, remoteEnd: null, allocated: null, allocatedEtag: null });
     this.pageMap?.reset(info.etag, info.size);
   }
 
@@ -369,9 +380,9 @@ export class RemoteBlob {
 
   // ---- the lease -----------------------------------------------------------------------
 
-  /** Takes the blob's lease (once); busy when another host holds it. */
-  takeLease(): Promise<void> {
-    return this.lease.take();
+  /** Takes the blob's lease (once); busy when another holds it; with `ifMatch`, stale if the ETag moved. */
+  takeLease(ifMatch?: string): Promise<void> {
+    return this.lease.take(ifMatch);
   }
 
   /** Releases the lease (at unmount, after draining). */

@@ -39,4 +39,7 @@ export interface Uploads {
   flush(sources: readonly UploadSource[], options?: FlushOptions): Promise<void>;
   /** Runs `fn` while no upload of `source` is under way or may start (a rename); busy when one already runs. */
   exclusive<T>(source: UploadSource, fn: () => Promise<T>): Promise<T>;
+  /** The source's local changes were dropped (`blobdisk recover`): forget its queue entry,
+   *  its backoff and a refusal of its uploads. */
+  discarded(source: UploadSource): void;
 }

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { GrainCache } from '../../lib/cache/cache';
 import { Flusher } from '../../lib/flusher/flusher';
 import { GrainMap } from '../../lib/grainmap/grainmap';
-import { Image } from '../../lib/image/image';
+import { FetchBudget, Image } from '../../lib/image/image';
 import { Images } from '../../lib/image/registry';
 import { silentLogger } from '../../lib/log';
 import { SyncMode } from '../../lib/config';
@@ -22,6 +22,8 @@ export interface Harness {
   readonly cache: GrainCache;
   readonly images: Images;
   readonly flusher: Flusher;
+  /** The mount's budget of ranged GETs in flight. */
+  readonly budget: FetchBudget;
   open(ref: BlobRef): Promise<Image>;
   close(): Promise<void>;
 }
@@ -40,6 +42,8 @@ export interface HarnessOptions {
   timing?: Timing;
   /** --checkpoints and --checkpoint-interval (none by default). */
   checkpoints?: CheckpointOptions;
+  /** Remember each image's first minute of reads and warm them at the next boot (lib/image/boot.ts). */
+  bootPrefetch?: boolean;
 }
 
 export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
@@ -60,12 +64,13 @@ export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
       host: 'test-host',
       timing: o.timing ?? SYSTEM_TIMING,
       ...(o.checkpoints !== undefined ? { checkpoints: o.checkpoints } : {}),
+      ...(o.bootPrefetch === true ? { bootPrefetch: true } : {}),
     },
     silentLogger,
   );
   const { map, cache, images, flusher } = stack;
   return {
-    dir, map, cache, images, flusher,
+    dir, map, cache, images, flusher, budget: stack.budget,
     open: async (ref) => images.get(ref, await store.getInfo(ref), true),
     close: () => stack.close(),
   };

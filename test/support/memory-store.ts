@@ -40,6 +40,8 @@ interface MemBlob {
   blocks: { id: string; data: Buffer }[]; // block blobs: committed blocks
   etag: string;
   lastModified: Date;
+  /** When the blob last changed (ms): a lease that ran out renews only if nothing changed since. */
+  changedAt?: number;
   metadata: Record<string, string>;
   lease?: Lease;
   copyStatus?: CopyStatus;
@@ -127,6 +129,7 @@ export class MemoryStore implements BlobStore {
     b.etag = `"0x${(++this.seq).toString(16).toUpperCase().padStart(15, '0')}"`;
     // Azure's Last-Modified has one-second resolution: two changes within a second look alike.
     b.lastModified = new Date(Math.floor(this.now() / 1000) * 1000);
+    b.changedAt = this.now();
     return b.etag;
   }
 
@@ -432,6 +435,8 @@ export class MemoryStore implements BlobStore {
     const b = this.get('renewLease', ref);
     if (b.lease?.id !== leaseId) throw this.fail('busy', 'renewLease', ref, 'the lease id does not match');
     const active = this.activeLease(b);
+    // As Azure: a lease that ran out is renewed only while nobody changed the blob since.
+    if (active === undefined && (b.changedAt ?? 0) >= b.lease.expiresAt) throw this.fail('busy', 'renewLease', ref, 'the lease ran out and the blob changed since');
     // Infinite leases stay infinite; others restart their duration (tracked as 60 s here).
     if (active?.expiresAt !== Infinity) b.lease = { id: leaseId, expiresAt: this.now() + 60_000 };
   }

@@ -105,3 +105,44 @@ describe('Lease', () => {
     expect(await lease.release()).toBe(false);
   });
 });
+
+describe('Lease: retaken after an outage that outlasted it (the store keeps time with the lease)', () => {
+  async function outage(): Promise<{ memory: MemoryStore; clock: ManualClock; lease: Lease; lost: string[]; heal: () => void }> {
+    const clock = new ManualClock();
+    const memory = new MemoryStore({ containers: ['c'], clock });
+    await memory.createPageBlob(ref, 4096);
+    const etag = (await memory.getInfo(ref)).etag;
+    const faulty = new FaultyStore(memory);
+    const lost: string[] = [];
+    const lease = new Lease({ store: faulty, log: silentLogger, proposedId: ID, clock, seconds: 15 }, () => ref, (reason) => lost.push(reason), () => etag);
+    await lease.take();
+    // Azure stops answering: renewals (and retakes) fail without an answer for a minute.
+    const heal = faulty.inject({ ops: ['renewLease', 'acquireLease'], action: { kind: 'fail', error: new BlobdiskError('unavailable', 'no answer') }, times: Infinity });
+    await clock.advance(60_000);
+    expect(lease.id).toBe(ID);
+    return { memory, clock, lease, lost, heal };
+  }
+
+  test('changes that are ours (an unanswered renewal took it back, then an unanswered upload): kept, no conflict', async () => {
+    const { memory, clock, lease, lost, heal } = await outage();
+    // Requests whose answers were lost: a renewal after the lease ran out, then an upload under it.
+    await memory.renewLease(ref, ID);
+    await memory.putPages(ref, 0, Buffer.alloc(512, 7), { leaseId: ID });
+    heal();
+    await clock.advance(5_000);
+    expect(lost).toEqual([]);
+    expect(lease.state).toBe('held');
+    expect((await memory.getInfo(ref)).leased).toBe(true);
+  });
+
+  test('a change by someone else after the lease ran out (no lease needed then): lost, a conflict', async () => {
+    const { memory, clock, lease, lost, heal } = await outage();
+    await memory.putPages(ref, 0, Buffer.alloc(512, 9));
+    // Our renewal that arrives late is refused too: the blob changed since the lease ran out.
+    await expect(memory.renewLease(ref, ID)).rejects.toMatchObject({ kind: 'busy' });
+    heal();
+    await clock.advance(5_000);
+    expect(lost).toEqual(['c/disk.img changed in Azure while its lease could not be renewed; nothing of it is overwritten']);
+    expect(lease.state).toBe('lost');
+  });
+});

@@ -8,7 +8,7 @@
  * Azure limits that Azurite does not enforce are checked before sending (Put Page ≤ 4 MiB
  * and 512-aligned, lease durations, page blob size). */
 
-import { BlobServiceClient, type BlobClient, type ContainerClient, type StoragePipelineOptions } from '@azure/storage-blob';
+import { BlobServiceClient, newPipeline, type BlobClient, type ContainerClient, type StoragePipelineOptions } from '@azure/storage-blob';
 import { Readable } from 'node:stream';
 import { BlobdiskError } from '../../errors';
 import type { Credentials, StoreOptions } from '../credentials';
@@ -31,6 +31,7 @@ import { resolve } from './connection';
 import { checkAligned, checkPageBlobSize, conditionsOf, etagOf, invalid, kindOf, lowerKeys, mergeRanges, quoteEtag } from './convert';
 import { azureCode, toBlobdiskError, type ErrorContext } from './errors';
 import { copyBlob, createSnapshot, listSnapshots, pageRangesDiff, startCopy, type StoreIo } from './snapshots';
+import { addRetryAfter } from './retry-after';
 
 /** Clear Pages is split into calls of at most this size (Azure would accept more; keep calls bounded). */
 export const MAX_CLEAR_PAGES_BYTES = MAX_PUT_PAGE_BYTES;
@@ -71,7 +72,9 @@ export class AzureStore implements BlobStore {
       keepAliveOptions: { enable: true },
       userAgentOptions: { userAgentPrefix: 'blobdisk' },
     };
-    this.service = new BlobServiceClient(url, credential, pipeline);
+    const shared = newPipeline(credential, pipeline);
+    this.service = new BlobServiceClient(url, shared);
+    addRetryAfter(shared);
   }
 
   /** What snapshots.ts uses of this store. */
