@@ -132,15 +132,30 @@ export class Flusher implements Uploads {
     // Held images are skipped: do not spin on them while a rename copies their blob.
     if ([...this.queued].every((i) => this.held.has(i))) return this.timing.tunables.heldRetryMs;
     const now = this.timing.clock.now();
-    // Someone waits (flush): at once, except for images backing off after a failure, which
-    // would otherwise be looked at again and again, in a busy loop, until their time comes.
-    let soonest = this.urgent ? Number.POSITIVE_INFINITY : this.options.delayMs;
+    // An image is looked at again once its backoff is over and it is due, not when only one
+    // of the two holds: a backoff that ran out before the write-back delay of a later write
+    // would otherwise have the loop look at it again and again, at once, in a busy loop.
+    let soonest = Number.POSITIVE_INFINITY;
     for (const image of this.queued) {
-      const b = this.backoff.get(image);
-      if (b) soonest = Math.min(soonest, b.until - now);
-      else soonest = Math.min(soonest, this.urgent ? 0 : (this.lastWrite.get(image) ?? 0) + this.options.delayMs - now);
+      if (this.held.has(image)) {
+        soonest = Math.min(soonest, this.timing.tunables.heldRetryMs);
+        continue;
+      }
+      const backoff = (this.backoff.get(image)?.until ?? now) - now;
+      soonest = Math.min(soonest, Math.max(backoff, this.dueIn(image, now)));
     }
     return Math.max(0, Number.isFinite(soonest) ? soonest : 0);
+  }
+
+  /** How long until due(image) holds (0 when it holds now). */
+  private dueIn(image: UploadSource, now: number): number {
+    if (this.urgent || image.checkpoints?.open || this.underPressure()) return 0;
+    const delay = this.options.delayMs;
+    let at = (this.lastWrite.get(image) ?? 0) + delay;
+    const since = this.cache.dirtyOf(image.remote.id).since;
+    const { minMaxAgeMs, maxAgeFactor } = this.timing.tunables;
+    if (since > 0) at = Math.min(at, since + Math.max(minMaxAgeMs, delay * maxAgeFactor));
+    return Math.max(0, at - now);
   }
 
   /** One pass over the images that are due; run() schedules the next one. */
