@@ -146,7 +146,11 @@ it('a write that waits --io-timeout for a grain of the checkpoint abandons it, a
     await image.fsync();
     expect(image.checkpoints?.open).toBe(true);
     // The flusher starts uploading the checkpoint's grains, and Azure does not answer.
-    for (let i = 0; i < 100 && faulty.hitsOf(hang) === 0; i++) await clock.advance(50);
+    // The upload reads the grain files on the thread pool: give it real time too.
+    for (let i = 0; i < 400 && faulty.hitsOf(hang) === 0; i++) {
+      await clock.advance(50);
+      await new Promise((r) => setTimeout(r, 5));
+    }
     expect(faulty.hitsOf(hang)).toBeGreaterThan(0);
     // A write to another grain lands at once; one to a grain of the checkpoint waits.
     await image.write(crypto.randomBytes(4096), 7 * G);
