@@ -47,6 +47,10 @@ export const DEFAULTS = Object.freeze({
   /** Dirty data waits this long before a background upload, so neighbouring writes coalesce. */
   writeBackDelayMs: 500,
   uploadConcurrency: 8,
+  /** Crash-consistent checkpoints kept per page blob (--checkpoints); 0: off. */
+  checkpoints: 0,
+  /** A checkpoint is taken at the first fsync this long after the last one. */
+  checkpointIntervalMs: 5 * 60_000,
   pageBlobPatterns: Object.freeze(['*.img', '*.raw', '*.vhd', '*.vmdk', '*.qcow2', '*.vdi']) as readonly string[],
 });
 
@@ -76,6 +80,10 @@ export interface WriteOptions {
   readonly uploadConcurrency: number;
   /** New files whose name matches one of these globs become page blobs, others block blobs. */
   readonly pageBlobPatterns: readonly string[];
+  /** Crash-consistent checkpoints kept per page blob; 0: off. */
+  readonly checkpoints: number;
+  /** A checkpoint is opened at the first fsync this long after the last; 0: every fsync. */
+  readonly checkpointIntervalMs: number;
 }
 
 export interface MountOptions {

@@ -52,6 +52,8 @@ export interface ImageStatus {
   readonly uploadsStopped: string | null;
   /** The image's Azure lease: held, lost (a renewal found it gone) or none. */
   readonly lease: 'held' | 'lost' | 'none';
+  /** The UTC time (of its fsync) of the image's last checkpoint taken by this mount, if any. */
+  readonly lastCheckpoint: string | null;
   /** Its warm-up (from a handoff file, --warm-from, or its last boot), if it has one. */
   readonly prefetch: WarmProgress | null;
   readonly counters: ImageCounters;
@@ -229,6 +231,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
           ioTimeoutMs: options.ioTimeoutMs,
           writeBackDelayMs: options.write.writeBackDelayMs,
           uploadConcurrency: options.write.uploadConcurrency,
+          checkpoints: { keep: options.write.checkpoints, intervalMs: options.write.checkpointIntervalMs, waitMs: options.ioTimeoutMs },
           namespace: { container: options.container, attrTtlMs: options.attrTtlMs, readOnly: options.readOnly, pageBlobPatterns: options.write.pageBlobPatterns },
           account,
           host: await hostIdentity(),
@@ -298,6 +301,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
             conflict: image.conflict ?? null,
             uploadsStopped: flusher.refusedOf(image) ?? null,
             lease: image.remote.lease.state,
+            lastCheckpoint: image.checkpoints?.last ?? null,
             prefetch: handoffs.progressOf(image) ?? image.bootPrefetch ?? null,
             counters: { ...c },
           };

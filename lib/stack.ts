@@ -13,6 +13,7 @@ import { GrainMap } from './grainmap/grainmap';
 import { FetchBudget } from './image/image';
 import { Images } from './image/registry';
 import type { Logger } from './log';
+import type { CheckpointOptions } from './remote/checkpoint';
 import { Namespace, type NamespaceOptions } from './namespace/namespace';
 import type { HolderIdentity } from './remote/holder';
 import type { BlobStore } from './store/types';
@@ -35,6 +36,8 @@ export interface StackOptions {
   /** The storage account, to tell apart blobs of accounts that share a cache directory. */
   readonly account: string;
   readonly timing?: Timing;
+  /** Crash-consistent checkpoints (--checkpoints); absent or keep 0: none. */
+  readonly checkpoints?: CheckpointOptions;
   /** This mount, named in a blob's metadata while it holds the lease (host name, mountpoint). */
   readonly holder?: HolderIdentity;
   /** Images remember their first minute of reads and warm them at the next boot (lib/image/boot.ts). */
@@ -74,6 +77,7 @@ export function buildStack(store: BlobStore, o: StackOptions, log: Logger): Stac
       ...(o.ioTimeoutMs !== undefined ? { syncStallMs: o.ioTimeoutMs } : {}),
       uploads: flusher,
       timing,
+      ...(o.checkpoints !== undefined ? { checkpoints: o.checkpoints } : {}),
       ...(o.holder !== undefined ? { holder: o.holder } : {}),
       ...(o.bootPrefetch === true ? { bootDir: path.join(o.cache.dir, 'boot') } : {}),
     },

@@ -43,6 +43,8 @@ export const MOUNT_FLAGS: readonly Flag[] = [
   { name: 'sync', type: 'string', group: 'Writes:', describe: 'what fsync waits for: the local disk (uploaded later) or Azure', shown: DEFAULTS.sync, choices: ['local', 'cloud'] },
   { name: 'write-back-delay', type: 'number', group: 'Writes:', describe: 'seconds an image stays quiet before its changes upload', shown: String(DEFAULTS.writeBackDelayMs / 1000) },
   { name: 'drain-timeout', type: 'number', group: 'Writes:', describe: 'unmount gives up after this many seconds without upload progress', shown: String(DEFAULTS.drainTimeoutMs / 1000) },
+  { name: 'checkpoints', type: 'number', group: 'Writes:', describe: 'keep this many crash-consistent checkpoints (Azure snapshots, each the image at one fsync) per page blob', shown: '0 (off)' },
+  { name: 'checkpoint-interval', type: 'string', group: 'Writes:', describe: 'take a checkpoint at the first fsync this long after the last one (30s, 5m, 1h; 0: every fsync)', shown: '5m' },
   { name: 'page-blob-pattern', type: 'array', group: 'Writes:', describe: 'new files matching these names become page blobs, others block blobs', shown: DEFAULTS.pageBlobPatterns.join(' ') },
   { name: 'warm-from', type: 'array', group: 'Cache:', describe: 'take over the image of a blobdisk handoff file (only if unchanged since) and prefetch its hot grains; repeatable' },
   { name: 'read-only', type: 'boolean', group: 'FUSE and access:', describe: 'refuse every change with EROFS', shown: 'false' },

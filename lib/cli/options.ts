@@ -32,6 +32,8 @@ export interface MountArgs extends AccessArgs {
   sync?: string | undefined;
   drainTimeout?: number | undefined;
   writeBackDelay?: number | undefined;
+  checkpoints?: number | undefined;
+  checkpointInterval?: string | undefined;
   dirCacheTime?: number | undefined;
   ioTimeout?: number | undefined;
   pageBlobPattern?: string[] | undefined;
@@ -182,6 +184,11 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
   if (args.writeBackDelay !== undefined && !(args.writeBackDelay >= 0)) throw new UsageError('--write-back-delay takes seconds, e.g. 0.5');
   if (args.dirCacheTime !== undefined && !(args.dirCacheTime >= 0)) throw new UsageError('--dir-cache-time takes seconds, e.g. 5');
   if (args.ioTimeout !== undefined && !(args.ioTimeout >= 1)) throw new UsageError('--io-timeout takes seconds, at least 1, e.g. 30');
+  if (args.checkpoints !== undefined && !(Number.isInteger(args.checkpoints) && args.checkpoints >= 0)) {
+    throw new UsageError('--checkpoints takes how many checkpoints to keep per image, e.g. 24 (0: none)');
+  }
+  const checkpointIntervalMs = args.checkpointInterval !== undefined ? duration(args.checkpointInterval) : DEFAULTS.checkpointIntervalMs;
+  if (checkpointIntervalMs === undefined) throw new UsageError(`--checkpoint-interval ${JSON.stringify(args.checkpointInterval)} is not a duration; give e.g. 30s, 5m, 1h or 0`);
   const patterns = args.pageBlobPattern ?? DEFAULTS.pageBlobPatterns;
   for (const p of patterns) {
     if (p === '' || p.includes('/')) throw new UsageError(`--page-blob-pattern ${JSON.stringify(p)} must be a file-name pattern like '*.img'`);
@@ -212,6 +219,8 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
       writeBackDelayMs: args.writeBackDelay !== undefined ? args.writeBackDelay * 1000 : DEFAULTS.writeBackDelayMs,
       uploadConcurrency: DEFAULTS.uploadConcurrency,
       pageBlobPatterns: Object.freeze([...patterns]),
+      checkpoints: args.checkpoints ?? DEFAULTS.checkpoints,
+      checkpointIntervalMs,
     }),
     readOnly: args.readOnly ?? false,
     access: parseAccess(args, self()),
@@ -224,4 +233,12 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
     warmFrom: Object.freeze(warmFiles(args.warmFrom ?? [])),
   };
   return Object.freeze(options);
+}
+
+/** `30s`, `5m`, `1h`, `1.5m` or plain seconds (`90`, `0`) in milliseconds; undefined when it is none. */
+export function duration(text: string | number): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(String(text));
+  if (!m) return undefined;
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+  return Math.round(Number(m[1]) * unit);
 }

@@ -74,6 +74,7 @@ function table(status: MountStatus): string {  const percent = (r: number | null
     const age = i.oldestDirtySeconds === null ? '-' : `${i.oldestDirtySeconds} s`;
     lines.push(
       [i.path, i.kind, formatSize(i.size), formatSize(i.cachedBytes), formatSize(i.dirtyBytes), age, formatSize(i.bytesUp), formatSize(i.bytesDown), percent(i.hitRatio), i.lease].join('\t') +
+        (i.lastCheckpoint !== null && i.lastCheckpoint !== undefined ? `\tlast checkpoint ${i.lastCheckpoint}` : '') +
         (i.conflict ? `\tCONFLICT: ${i.conflict}` : '') +
         (i.uploadsStopped ? `\tUPLOADS STOPPED: ${i.uploadsStopped}` : '') +
         (i.prefetch ? `\tprefetch ${i.prefetch.done} of ${i.prefetch.total} grains (${i.prefetch.fetched} fetched, ${i.prefetch.state}${i.prefetch.reason !== undefined ? `: ${i.prefetch.reason}` : ''})` : ''),

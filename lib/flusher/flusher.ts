@@ -32,6 +32,7 @@ import { BlobStore } from '../store/types';
 import { Timer } from '../clock';
 import { SYSTEM_TIMING, Timing } from '../tunables';
 import { BlockUploader } from './block-upload';
+import { takeCheckpoint } from './checkpoint';
 import { PageUploader } from './page-upload';
 
 export interface FlusherOptions {
@@ -66,7 +67,7 @@ export class Flusher implements Uploads {
   private readonly blocks: BlockUploader;
 
   constructor(
-    store: BlobStore,
+    private readonly store: BlobStore,
     private readonly cache: GrainCache,
     private readonly options: FlusherOptions,
     private readonly log: Logger,
@@ -97,7 +98,8 @@ export class Flusher implements Uploads {
    *  pauses), or half the cache is dirty (writes would soon wait for room), or someone
    *  waits for it (flush, fsync with --sync cloud, unmount). */
   private due(image: UploadSource, now: number): boolean {
-    if (this.urgent) return true;
+    // An open checkpoint holds back every write made after its fsync: close it soon.
+    if (this.urgent || image.checkpoints?.open) return true;
     const delay = this.options.delayMs;
     if (now - (this.lastWrite.get(image) ?? 0) >= delay) return true;
     const since = this.cache.dirtyOf(image.remote.id).since;
@@ -129,15 +131,31 @@ export class Flusher implements Uploads {
   private nextAttemptIn(): number {
     // Held images are skipped: do not spin on them while a rename copies their blob.
     if ([...this.queued].every((i) => this.held.has(i))) return this.timing.tunables.heldRetryMs;
-    if (this.urgent) return 0;
     const now = this.timing.clock.now();
-    let soonest = this.options.delayMs;
+    // An image is looked at again once its backoff is over and it is due, not when only one
+    // of the two holds: a backoff that ran out before the write-back delay of a later write
+    // would otherwise have the loop look at it again and again, at once, in a busy loop.
+    let soonest = Number.POSITIVE_INFINITY;
     for (const image of this.queued) {
-      const b = this.backoff.get(image);
-      if (b) soonest = Math.min(soonest, b.until - now);
-      else soonest = Math.min(soonest, (this.lastWrite.get(image) ?? 0) + this.options.delayMs - now);
+      if (this.held.has(image)) {
+        soonest = Math.min(soonest, this.timing.tunables.heldRetryMs);
+        continue;
+      }
+      const backoff = (this.backoff.get(image)?.until ?? now) - now;
+      soonest = Math.min(soonest, Math.max(backoff, this.dueIn(image, now)));
     }
-    return Math.max(0, soonest);
+    return Math.max(0, Number.isFinite(soonest) ? soonest : 0);
+  }
+
+  /** How long until due(image) holds (0 when it holds now). */
+  private dueIn(image: UploadSource, now: number): number {
+    if (this.urgent || image.checkpoints?.open || this.underPressure()) return 0;
+    const delay = this.options.delayMs;
+    let at = (this.lastWrite.get(image) ?? 0) + delay;
+    const since = this.cache.dirtyOf(image.remote.id).since;
+    const { minMaxAgeMs, maxAgeFactor } = this.timing.tunables;
+    if (since > 0) at = Math.min(at, since + Math.max(minMaxAgeMs, delay * maxAgeFactor));
+    return Math.max(0, at - now);
   }
 
   /** One pass over the images that are due; run() schedules the next one. */
@@ -153,7 +171,7 @@ export class Flusher implements Uploads {
         this.flushing = { image, done };
         await done.finally(() => (this.flushing = undefined));
         this.backoff.delete(image);
-        if (!image.remote.needsUpload()) {
+        if (!image.remote.needsUpload() && !image.checkpoints?.open) {
           this.queued.delete(image);
           this.lastWrite.delete(image);
         }
@@ -215,18 +233,30 @@ export class Flusher implements Uploads {
   /** One pass over the image, as the background loop makes it: uploads everything it holds
    *  dirty now, once, without retries or bookkeeping of the queue; rejects with what failed. */
   async pass(image: UploadSource): Promise<void> {
-    if (!image.remote.needsUpload()) return;
+    const cp = image.checkpoints;
+    if (!image.remote.needsUpload() && !cp?.open) return;
     await image.remote.takeLease();
-    if (image.remote.kind === 'page') await this.pages.upload(image);
-    else if (image.remote.kind === 'block') await this.blocks.upload(image);
-    else throw new BlobdiskError('read-only', `${image.remote.ref.name} is an append blob`);
+    try {
+      // Asked per grain as its window is read too: a checkpoint may open while this runs.
+      if (image.remote.kind === 'page') await this.pages.upload(image, cp && ((idx) => cp.mayUpload(idx)));
+      else if (image.remote.kind === 'block') await this.blocks.upload(image);
+      else throw new BlobdiskError('read-only', `${image.remote.ref.name} is an append blob`);
+    } finally {
+      // Also after a failure: writes waiting for grains that did go up go on.
+      cp?.progress((idx) => this.cache.state(image.remote.id, idx));
+    }
+    // The grains of the checkpoint's fsync are in Azure: its snapshot, then the held-back rest.
+    if (cp?.open && cp.ready && image.remote.sizeSynced()) {
+      await takeCheckpoint(this.store, image, cp, this.log);
+      if (image.remote.needsUpload()) this.notify(image);
+    }
   }
 
   /** Resolves once everything dirty in `images` now is in Azure. `onProgress` sees the
    *  dirty bytes left. With `stallMs`, gives up (unavailable) when nothing got uploaded for that
    *  long; a conflict fails at once. */
   async flush(images: readonly UploadSource[], options: FlushOptions = {}): Promise<void> {
-    const targets = images.filter((i) => i.remote.needsUpload() || this.queued.has(i));
+    const targets = images.filter((i) => i.remote.needsUpload() || this.queued.has(i) || i.checkpoints?.open);
     // Asked for explicitly: refused uploads get another try (and fail the flush at once again).
     for (const image of targets) this.refused.delete(image);
     const gens = new Map<UploadSource, Map<number, number>>();
@@ -240,6 +270,8 @@ export class Flusher implements Uploads {
     const startBytes = left();
     const isDone = (image: UploadSource): boolean => {
       if (!image.remote.sizeSynced()) return false;
+      // An open checkpoint holds back later writes, and ends with its snapshot.
+      if (image.checkpoints?.open) return false;
       for (const [idx, gen] of gens.get(image) ?? []) {
         const state = this.cache.state(image.remote.id, idx);
         // Written again since the call is fine, once the bytes of the call went up.

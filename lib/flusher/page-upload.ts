@@ -18,8 +18,9 @@ export class PageUploader {
 
   constructor(private readonly deps: UploaderDeps) {}
 
-  /** Uploads everything the page blob `image` holds dirty now (see the file's comment). */
-  async upload(image: UploadSource): Promise<void> {
+  /** Uploads everything the page blob `image` holds dirty now (see the file's comment);
+   *  with `only`, just the dirty grains it allows (an open checkpoint's). */
+  async upload(image: UploadSource, only?: (idx: number) => boolean): Promise<void> {
     const { ref } = image.remote;
     const g = this.deps.grainSize;
     let info = image.remote.info;
@@ -53,7 +54,8 @@ export class PageUploader {
     // Grains are read a window at a time, just ahead of the uploads, so reading the cache,
     // planning and marking grains clean overlap with requests in flight instead of
     // stalling the pipeline between batches.
-    const dirty = this.deps.cache.dirtyGrains(image.remote.id);
+    const all = this.deps.cache.dirtyGrains(image.remote.id);
+    const dirty = only ? all.filter(only) : all;
     const perWindow = Math.max(1, Math.floor(this.deps.windowBytes / g));
     interface Job { readonly upload: PageUpload; readonly window: Window }
     interface Window { left: number; readonly grains: { idx: number; gen: number; data: Buffer; end: number }[]; buffer?: Buffer }
@@ -69,7 +71,7 @@ export class PageUploader {
       // Generations and bitmaps first, then the grain files read side by side.
       const snapshots = batch.flatMap((idx) => {
         const state = this.deps.cache.state(image.remote.id, idx);
-        return state?.dirty ? [{ idx, gen: state.gen, bitmap: Buffer.from(state.dirty) }] : [];
+        return state?.dirty && (!only || only(idx)) ? [{ idx, gen: state.gen, bitmap: Buffer.from(state.dirty) }] : [];
       });
       // One buffer for the window: neighbouring grains' runs join into a Put Page as a view of it.
       const buffer = this.windowBuffer(perWindow * g);

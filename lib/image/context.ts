@@ -7,6 +7,7 @@ import { GrainMap } from '../grainmap/grainmap';
 import { Logger } from '../log';
 import { ImageCounters, newImageCounters } from '../metrics';
 import { ReadOptions, SyncMode } from '../config';
+import { CheckpointOptions, Checkpoints } from '../remote/checkpoint';
 import type { HolderIdentity } from '../remote/holder';
 import { RemoteBlob } from '../remote/remote';
 import { Uploads } from '../remote/uploads';
@@ -44,6 +45,8 @@ export interface ImageDeps {
   readonly uploads: Uploads;
   /** The clock and tunables (the system's when absent). */
   readonly timing?: Timing;
+  /** Crash-consistent checkpoints of page blobs (--checkpoints); absent: none. */
+  readonly checkpoints?: CheckpointOptions;
   /** This mount, named in a blob's metadata while it holds the lease. */
   readonly holder?: HolderIdentity;
   /** Where images remember their first minute of reads for the next boot (boot.ts); off when absent. */
@@ -57,6 +60,8 @@ export class ImageContext {
   epoch = 0;
   mtime: Date;
   readonly timing: Timing;
+  /** The checkpoint barrier of a writable page blob, when checkpoints are on. */
+  readonly checkpoints: Checkpoints | undefined;
 
   constructor(
     readonly deps: ImageDeps,
@@ -64,6 +69,11 @@ export class ImageContext {
   ) {
     this.mtime = remote.info.lastModified;
     this.timing = deps.timing ?? SYSTEM_TIMING;
+    const cp = deps.checkpoints;
+    this.checkpoints =
+      cp && cp.keep > 0 && remote.kind === 'page' && remote.ref.snapshot === undefined
+        ? new Checkpoints(cp, this.timing.clock, deps.log, `${remote.ref.container}/${remote.ref.name}`)
+        : undefined;
   }
 
   /** Now, as a Date (for mtime). */

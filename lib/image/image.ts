@@ -10,6 +10,7 @@
 
 import { BlobInfo, BlobRef } from '../store/types';
 import { ImageCounters } from '../metrics';
+import { Checkpoints } from '../remote/checkpoint';
 import { RemoteBlob } from '../remote/remote';
 import { UploadSource } from '../remote/uploads';
 import { BootTrace, bootFile } from './boot';
@@ -55,6 +56,11 @@ export class Image implements UploadSource {
       image.boot = new BootTrace({ cache, budget, log, grainSize, clock: image.ctx.timing.clock, file: bootFile(deps.bootDir, account, ref) }, image);
     }
     return image;
+  }
+
+  /** The checkpoint barrier, when the image takes checkpoints (see lib/remote/checkpoint.ts). */
+  get checkpoints(): Checkpoints | undefined {
+    return this.ctx.checkpoints;
   }
 
   get counters(): ImageCounters {
@@ -147,6 +153,13 @@ export class Image implements UploadSource {
    *  uploaded later, also after a crash); with --sync cloud, it is in Azure. */
   async fsync(): Promise<void> {
     await this.deps.cache.sync(this.id);
+    const cp = this.ctx.checkpoints;
+    if (cp && !cp.open && !this.remote.conflict) {
+      // The grains dirty now, with their generations, taken at once: the image at this fsync.
+      const dirty = new Map<number, number>();
+      for (const idx of this.deps.cache.dirtyGrains(this.id)) dirty.set(idx, this.deps.cache.state(this.id, idx)?.gen ?? 0);
+      if (cp.fsynced(dirty)) this.deps.uploads.notify(this);
+    }
     if (this.deps.sync === 'cloud') await this.deps.uploads.flush([this], this.deps.syncStallMs !== undefined ? { stallMs: this.deps.syncStallMs } : {});
   }
 

@@ -43,6 +43,13 @@ export class Writer {
     if (now !== undefined) return now;
     const end = offset + data.length;
     const g = this.ctx.deps.grainSize;
+    const cp = this.ctx.checkpoints;
+    if (cp?.open) {
+      // An open checkpoint's grains keep their bytes of its fsync until they are uploaded,
+      // and the image its size (see lib/remote/checkpoint.ts).
+      await cp.wait(undefined, end > this.ctx.size);
+      for (let idx = Math.floor(offset / g); idx * g < end; idx++) await cp.wait(idx);
+    }
     const parts: Promise<void>[] = [];
     for (let idx = Math.floor(offset / g); idx * g < end; idx++) {
       const from = Math.max(offset, idx * g);
@@ -66,6 +73,7 @@ export class Writer {
     const first = Math.floor(offset / g);
     const now =
       offset % SECTOR === 0 && end % SECTOR === 0 && end <= (first + 1) * g && !this.ctx.locks.has(first) &&
+      !this.ctx.checkpoints?.holds(first, end > this.ctx.size) &&
       this.ctx.deps.cache.writeNow(this.ctx.id, first, offset - first * g, data);
     if (!now) return undefined;
     this.reader.unstage(first);
@@ -97,6 +105,7 @@ export class Writer {
     const last = Math.floor((end - 1) / g);
     if (offset === this.lastWriteEnd && end - last * g >= g / 2) this.ctx.deps.cache.prepare(this.ctx.id, last + 1);
     this.lastWriteEnd = end;
+    this.ctx.checkpoints?.wrote();
     this.ctx.remote.wroteTo(end);
     this.ctx.mtime = this.ctx.now();
     this.notify();
@@ -146,6 +155,8 @@ export class Writer {
   async truncate(size: number): Promise<void> {
     this.checkWritable(size);
     if (size === this.ctx.size) return;
+    await this.ctx.checkpoints?.wait(undefined, true);
+    this.ctx.checkpoints?.wrote();
     if (size < this.ctx.size) {
       if (size % SECTOR !== 0) {
         // Keep the bytes of the last sector before the cut; it becomes dirty and its tail zeros.

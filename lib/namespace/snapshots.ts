@@ -13,10 +13,11 @@ import type { Images } from '../image/registry';
 import type { BlobRef, BlobStore, SnapshotInfo } from '../store/types';
 import type { Entry } from './listings';
 import type { Location } from './paths';
+import { SNAPSHOT_NAME_KEY } from '../remote/checkpoint';
 
 export const SNAPSHOTS_DIR = '.snapshots';
-/** Metadata key of a snapshot's name given with `blobdisk snapshot --name`. */
-export const SNAPSHOT_NAME_KEY = 'blobdisk_snapshot';
+/** Metadata key of a snapshot's name given with `blobdisk snapshot --name` (checkpoints name theirs too). */
+export { SNAPSHOT_NAME_KEY } from '../remote/checkpoint';
 
 /** A path inside a `.snapshots` tree: the tree itself, one image's snapshots, or one snapshot. */
 export interface SnapshotPath {

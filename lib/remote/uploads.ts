@@ -5,6 +5,7 @@
  * layer that builds the stack hands the flusher to the images. */
 
 import { ImageCounters } from '../metrics';
+import { Checkpoints } from './checkpoint';
 import { RemoteBlob } from './remote';
 
 export interface UploadSource {
@@ -12,6 +13,8 @@ export interface UploadSource {
   readonly remote: RemoteBlob;
   /** Counters the uploads add to (uploads, bytesUp, bytesCleared). */
   readonly counters: ImageCounters;
+  /** Its checkpoint barrier, when it takes checkpoints (a page blob with --checkpoints). */
+  readonly checkpoints?: Checkpoints | undefined;
   /** The image's current bytes in [offset, offset + length), fewer at its end: what a block
    *  blob restages around changed bytes. Like a read, without counting as a reader. */
   readForUpload(offset: number, length: number): Promise<Buffer>;

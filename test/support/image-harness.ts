@@ -11,6 +11,7 @@ import { FetchBudget, Image } from '../../lib/image/image';
 import { Images } from '../../lib/image/registry';
 import { silentLogger } from '../../lib/log';
 import { SyncMode } from '../../lib/config';
+import type { CheckpointOptions } from '../../lib/remote/checkpoint';
 import { BlobRef, BlobStore } from '../../lib/store/types';
 import { buildStack } from '../../lib/stack';
 import { SYSTEM_TIMING, type Timing } from '../../lib/tunables';
@@ -39,6 +40,8 @@ export interface HarnessOptions {
   ioTimeoutMs?: number;
   /** The clock and tunables every layer gets (the system's by default). */
   timing?: Timing;
+  /** --checkpoints and --checkpoint-interval (none by default). */
+  checkpoints?: CheckpointOptions;
   /** Remember each image's first minute of reads and warm them at the next boot (lib/image/boot.ts). */
   bootPrefetch?: boolean;
 }
@@ -60,6 +63,7 @@ export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
       account: 'acct',
       host: 'test-host',
       timing: o.timing ?? SYSTEM_TIMING,
+      ...(o.checkpoints !== undefined ? { checkpoints: o.checkpoints } : {}),
       ...(o.bootPrefetch === true ? { bootPrefetch: true } : {}),
     },
     silentLogger,

@@ -66,9 +66,10 @@ export class MemoryStore implements BlobStore {
     for (const c of settings.containers ?? []) this.containers.set(c, new Map());
   }
 
-  /** Whole content of a blob, for assertions. */
+  /** Whole content of a blob (or of its snapshot `ref.snapshot`), for assertions. */
   contentOf(ref: BlobRef): Buffer {
-    const b = this.containers.get(ref.container)?.get(ref.name);
+    const blob = this.containers.get(ref.container)?.get(ref.name);
+    const b = ref.snapshot === undefined ? blob : blob?.snapshots?.get(ref.snapshot);
     if (b === undefined) throw new BlobdiskError('not-found', `${ref.container}/${ref.name} does not exist`);
     return this.bytes(b, 0, b.size);
   }

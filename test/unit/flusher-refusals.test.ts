@@ -89,3 +89,40 @@ it('an fsync with --sync cloud fails (unavailable) when nothing could be uploade
     await h.close();
   }
 });
+
+it('an image whose backoff ends before the write-back delay of a later write is looked at once it is due, not in a busy loop', async () => {
+  const clock = new ManualClock();
+  const memory = new MemoryStore({ containers: ['c'] });
+  await memory.createPageBlob(page, 16 * G);
+  const faulty = new FaultyStore(memory, clock);
+  const metered = new MeteredStore(faulty);
+  const delay = 4 * DEFAULT_TUNABLES.minBackoffMs;
+  const h = harness(metered, { writeBackDelayMs: delay, timing: { clock, tunables: DEFAULT_TUNABLES } });
+  try {
+    const image = await h.open(page);
+    const unavailable = new BlobdiskError('unavailable', 'putPages failed: 503 ServerBusy');
+    const fail = { ops: ['putPages'], times: 1, action: { kind: 'fail', error: unavailable } } as const;
+    faulty.inject(fail);
+    const first = crypto.randomBytes(4096);
+    await image.write(first, 0);
+    await clock.advance(delay);
+    // The upload failed: the image backs off for minBackoffMs.
+    await until(() => faulty.hitsOf(fail) > 0);
+    await clock.advance(0);
+    // Written again: due one write-back delay from now, well after the backoff ends.
+    const second = crypto.randomBytes(4096);
+    await image.write(second, 3 * G);
+    // Time moves past the end of the backoff to the end of the delay. A flusher that looked
+    // at the image at once, again and again, from the end of its backoff would never let the
+    // clock get there.
+    const moved = clock.advance(delay + 100).then(() => 'moved' as const);
+    const stuck = new Promise<'stuck'>((r) => setTimeout(() => r('stuck'), 5_000));
+    expect(await Promise.race([moved, stuck])).toBe('moved');
+    await driven(clock, h.flusher.flush([image]));
+    expect(memory.contentOf(page).subarray(0, 4096).equals(first)).toBe(true);
+    expect(memory.contentOf(page).subarray(3 * G, 3 * G + 4096).equals(second)).toBe(true);
+  } finally {
+    faulty.heal();
+    await h.close();
+  }
+});

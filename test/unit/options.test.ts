@@ -26,9 +26,24 @@ describe('defaults', () => {
       dirtyWaitMs: 30_000,
       writeBackDelayMs: 500,
       uploadConcurrency: 8,
+      checkpoints: 0,
+      checkpointIntervalMs: 5 * 60_000,
       pageBlobPatterns: ['*.img', '*.raw', '*.vhd', '*.vmdk', '*.qcow2', '*.vdi'],
     });
     expect(Object.isFrozen(DEFAULTS)).toBe(true);
+  });
+});
+
+describe('checkpoints', () => {
+  it('takes the interval as a duration: 30s, 5m, 1h, plain seconds, or 0 for every fsync', () => {
+    const env = { AZURE_STORAGE_CONNECTION_STRING: 'UseDevelopmentStorage=true' };
+    const w = (args: Record<string, unknown>) => parseMountOptions({ mountpoint: 'm', ...args }, env).write;
+    expect(w({})).toMatchObject({ checkpoints: 0, checkpointIntervalMs: 300_000 });
+    expect(w({ checkpoints: 24, checkpointInterval: '1h' })).toMatchObject({ checkpoints: 24, checkpointIntervalMs: 3_600_000 });
+    expect(w({ checkpointInterval: '30s' }).checkpointIntervalMs).toBe(30_000);
+    expect(w({ checkpointInterval: '1.5m' }).checkpointIntervalMs).toBe(90_000);
+    expect(w({ checkpointInterval: '90' }).checkpointIntervalMs).toBe(90_000);
+    expect(w({ checkpointInterval: '0' }).checkpointIntervalMs).toBe(0);
   });
 });
 
@@ -99,6 +114,8 @@ describe('parseMountOptions', () => {
     [{ sync: 'sometimes' }, /--sync must be local .* or cloud/],
     [{ pageBlobPattern: ['vms/*.img'] }, /must be a file-name pattern/],
     [{ dirCacheTime: -1 }, /--dir-cache-time takes seconds/],
+    [{ checkpoints: 2.5 }, /--checkpoints takes how many checkpoints to keep per image, e\.g\. 24/],
+    [{ checkpointInterval: 'hourly' }, /--checkpoint-interval "hourly" is not a duration; give e\.g\. 30s, 5m, 1h or 0/],
   ])('rejects %p with one clear line', (args, message) => {
     expect(() => parseMountOptions({ mountpoint: 'm', ...args }, env)).toThrow(message);
   });
