@@ -9,6 +9,7 @@ import type { ContainerClient } from '@azure/storage-blob';
 import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../../lib/azurite';
 import { forceUnmount, makeTempDir, waitFor, removeTempDirs, sh, stopAllMounts, type RunningMount } from '../support/mount';
+import { seeded } from '../support/seeded';
 import { MiB, containerOn, freshCacheDir, mountOn, ok } from '../support/write-helpers';
 
 const CONTAINER = 'checkpoints';
@@ -30,16 +31,6 @@ afterAll(async () => {
   await removeTempDirs();
 });
 
-function random(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 2 ** 32;
-  };
-}
-
 /** Loop-mounts `file` on a new directory (ext4 replays its journal), then lets go of both. */
 async function mountAndRelease(file: string): Promise<void> {
   const loop = ok(await sh('losetup', ['--find', '--show', file]), 'losetup').stdout.trim();
@@ -53,7 +44,7 @@ async function mountAndRelease(file: string): Promise<void> {
 }
 
 test('every checkpoint taken before a kill -9 in an ext4 copy workload passes e2fsck -fn', async () => {
-  const rnd = random(SEED);
+  const rnd = seeded(SEED);
   const batches = 4 + Math.floor(rnd() * 5);
   const killAfter = 1 + Math.floor(rnd() * (batches - 1));
   const killMidCopy = rnd() < 0.5;

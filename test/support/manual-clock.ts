@@ -70,3 +70,16 @@ export async function until(condition: () => boolean, limitMs = 10_000): Promise
     await new Promise((r) => setTimeout(r, 1));
   }
 }
+
+/** Moves `clock` in small steps, with a turn of the event loop after each, until `p`
+ *  settles (for work that polls or backs off on the clock); at most `maxSteps` steps. */
+export async function driven<T>(clock: ManualClock, p: Promise<T>, stepMs = 50, maxSteps = 20_000): Promise<T> {
+  let settled = false;
+  const watched = p.finally(() => (settled = true));
+  watched.catch(() => undefined);
+  for (let i = 0; i < maxSteps && !settled; i++) {
+    await clock.advance(stepMs);
+    await new Promise((r) => setImmediate(r));
+  }
+  return watched;
+}

@@ -283,6 +283,13 @@ export class MemoryStore implements BlobStore {
     return this.touch(b);
   }
 
+  /** For tests: `ref` becomes a block blob holding `data` as one block (Put Block and Put Block List). */
+  async putBlockBlob(ref: BlobRef, data: Buffer): Promise<string> {
+    const id = Buffer.from(randomUUID()).toString('base64');
+    await this.stageBlock(ref, id, data);
+    return this.commitBlockList(ref, [id]);
+  }
+
   async stageBlock(ref: BlobRef, blockId: string, data: Buffer, conditions?: WriteConditions): Promise<void> {
     await this.enter('stageBlock');
     const b = this.find('stageBlock', ref);

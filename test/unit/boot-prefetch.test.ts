@@ -24,10 +24,7 @@ afterEach(async () => {
 
 async function blockBlob(store: MemoryStore, grains: number): Promise<Buffer> {
   const data = crypto.randomBytes(grains * G);
-  await store.createBlockBlob(ref);
-  const id = Buffer.from('a').toString('base64');
-  await store.stageBlock(ref, id, data);
-  await store.commitBlockList(ref, [id]);
+  await store.putBlockBlob(ref, data);
   return data;
 }
 

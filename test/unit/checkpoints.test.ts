@@ -11,7 +11,8 @@ import { FaultyStore } from '../../lib/store/faulty';
 import { DEFAULT_TUNABLES } from '../../lib/tunables';
 import { Image } from '../../lib/image/image';
 import { harness, Harness } from '../support/image-harness';
-import { ManualClock, until } from '../support/manual-clock';
+import { ManualClock, driven, until } from '../support/manual-clock';
+import { seeded } from '../support/seeded';
 import { MemoryStore } from '../support/memory-store';
 
 const G = 64 * 1024;
@@ -20,28 +21,6 @@ const SIZE = GRAINS * G;
 const disk = { container: 'c', name: 'disk.img' };
 const WAIT_MS = 30_000;
 
-/** Moves `clock` in small steps until `p` settles (uploads and the flush run on the clock). */
-async function driven<T>(clock: ManualClock, p: Promise<T>, stepMs = 50, maxSteps = 20_000): Promise<T> {
-  let settled = false;
-  const watched = p.finally(() => (settled = true));
-  watched.catch(() => undefined);
-  for (let i = 0; i < maxSteps && !settled; i++) {
-    await clock.advance(stepMs);
-    await new Promise((r) => setImmediate(r));
-  }
-  return watched;
-}
-
-/** A seeded generator, so a failure replays. */
-function random(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 2 ** 32;
-  };
-}
 
 interface Setup {
   clock: ManualClock;
@@ -73,7 +52,7 @@ const stateOf = (states: readonly Buffer[], content: Buffer): number => states.f
 
 it('every checkpoint equals the image at one fsync, with writes to its grains and to others during its uploads', async () => {
   const seed = Number(process.env.CHECKPOINT_SEED ?? 20261207);
-  const rnd = random(seed);
+  const rnd = seeded(seed);
   const { clock, memory, faulty, h, image } = await setup(1000);
   const unavailable = new BlobdiskError('unavailable', 'putPages failed: 503 ServerBusy');
   const model = Buffer.alloc(SIZE);

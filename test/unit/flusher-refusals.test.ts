@@ -8,22 +8,11 @@ import { FaultyStore } from '../../lib/store/faulty';
 import { MeteredStore } from '../../lib/store/metered';
 import { DEFAULT_TUNABLES } from '../../lib/tunables';
 import { harness } from '../support/image-harness';
-import { ManualClock, until } from '../support/manual-clock';
+import { ManualClock, driven, until } from '../support/manual-clock';
 import { MemoryStore } from '../support/memory-store';
 
 const G = 64 * 1024;
 
-/** Moves `clock` in small steps until `p` settles (the flush polls on the clock). */
-async function driven<T>(clock: ManualClock, p: Promise<T>, stepMs = 50, maxSteps = 10_000): Promise<T> {
-  let settled = false;
-  const watched = p.finally(() => (settled = true));
-  watched.catch(() => undefined);
-  for (let i = 0; i < maxSteps && !settled; i++) {
-    await clock.advance(stepMs);
-    await new Promise((r) => setImmediate(r));
-  }
-  return watched;
-}
 const page = { container: 'c', name: 'disk.img' };
 
 it('a refused upload stops that image\'s uploads at once, keeps its data, and a flush tries again', async () => {

@@ -19,7 +19,8 @@ import { runs, sectorsOf } from '../../lib/cache/sectors';
 import { NODE_DISK } from '../../lib/grainmap/disk';
 import { GrainMap } from '../../lib/grainmap/grainmap';
 import { silentLogger } from '../../lib/log';
-import { CrashDisk, seeded } from '../support/crash-disk';
+import { CrashDisk } from '../support/crash-disk';
+import { seeded } from '../support/seeded';
 
 const S = 512;
 const G = 8 * S;
