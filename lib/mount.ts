@@ -11,6 +11,7 @@ import path from 'node:path';
 import { CacheLock } from './cache/lock';
 import { ControlServer, controlSocketPath } from './control';
 import { BlobdiskError, UsageError, isBlobdiskError, isKind } from './errors';
+import { fastTable } from './fuse/fuse3';
 import { createOperations } from './fuse/ops';
 import { Handles } from './fuse/handles';
 import { FuseSession } from './fuse/session';
@@ -67,6 +68,8 @@ export interface MountStatus {
   readonly cacheSizeBytes: number;
   readonly grainSize: number;
   readonly cacheDirtyBytes: number;
+  /** FUSE reads and writes served on libfuse's threads from cached grains (lib/cache/native.ts), in all. */
+  readonly native: { readonly reads: number; readonly writes: number };
   readonly requests: number;
   readonly bytesDown: number;
   readonly bytesUp: number;
@@ -218,12 +221,16 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       log.info(`serving metrics at ${server.url}`);
     }
 
+    // Reads and writes of cached grains served on libfuse's threads (lib/cache/native.ts);
+    // BLOBDISK_FAST_PATH=0 serves every request in JavaScript (to compare, or to rule it out).
+    const fast = process.env.BLOBDISK_FAST_PATH === '0' ? undefined : fastTable(options.cache.grainSize, path.join(options.cache.dir, 'native.journal'));
     let stack: Stack;
     try {
       stack = buildStack(
         store,
         {
           cache: options.cache,
+          ...(fast ? { fast } : {}),
           read: options.read,
           sync: options.write.sync,
           // A write waiting for room waits on uploads to Azure: --io-timeout bounds it too.
@@ -259,8 +266,9 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
       handles,
       { uid: access.uid, gid: access.gid, fileMode: access.fileMode, dirMode: access.dirMode, grainSize: options.cache.grainSize },
       log,
+      cache.native,
     );
-    const session = await FuseSession.mount(options.mountpoint, ops, { allowOther: access.allowOther }, log);
+    const session = await FuseSession.mount(options.mountpoint, ops, { allowOther: access.allowOther, ...(fast ? { fast } : {}) }, log);
     // After an outside unmount (umount, fusermount3 -u) the kernel has nothing left to let go.
     cleanup.push(async () => {
       if ((await mountPoints()).has(options.mountpoint)) await session.unmount();
@@ -277,6 +285,7 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
         cacheSizeBytes: options.cache.sizeBytes,
         grainSize: options.cache.grainSize,
         cacheDirtyBytes: cache.stats.dirtyBytes,
+        native: cache.native.served(),
         requests: store.counters.requests,
         bytesDown: store.counters.bytesDown,
         bytesUp: store.counters.bytesUp,

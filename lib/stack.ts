@@ -7,6 +7,7 @@
 
 import path from 'node:path';
 import { GrainCache } from './cache/cache';
+import type { FastTable } from './cache/native';
 import type { CacheOptions, ReadOptions, SyncMode } from './config';
 import { Flusher } from './flusher/flusher';
 import { GrainMap } from './grainmap/grainmap';
@@ -21,6 +22,8 @@ import { SYSTEM_TIMING, type Timing } from './tunables';
 
 export interface StackOptions {
   readonly cache: CacheOptions;
+  /** The FUSE binding's fast path table (lib/cache/native.ts); absent: none. */
+  readonly fast?: FastTable;
   readonly read: ReadOptions;
   readonly sync: SyncMode;
   /** How long a write waits for room when the cache is full of dirty data. */
@@ -63,7 +66,7 @@ export function buildStack(store: BlobStore, o: StackOptions, log: Logger): Stac
   const timing = o.timing ?? SYSTEM_TIMING;
   const grainSize = o.cache.grainSize;
   const map = GrainMap.open(path.join(o.cache.dir, 'grainmap.db'), grainSize, timing, { log });
-  const cache = new GrainCache(o.cache, map, log, timing);
+  const cache = new GrainCache(o.cache, map, log, timing, o.fast);
   const flusher = new Flusher(store, cache, { grainSize, concurrency: o.uploadConcurrency, delayMs: o.writeBackDelayMs }, log, timing);
   const budget = new FetchBudget(o.read.fetchConcurrency);
   const images = new Images(

@@ -25,7 +25,8 @@ export interface Tunables {
   readonly roomPollMs: number;
   /** The cache: access times go to the grain map this often. */
   readonly touchFlushMs: number;
-  /** The cache: open grain files kept, and files opened for reading ahead of a reader. */
+  /** The cache: open grain files kept, and files opened for readNow() and writeNow() (and
+   *  published to the FUSE binding's fast path, see lib/cache/native.ts). */
   readonly maxOpenFiles: number;
   readonly maxReadFiles: number;
   /** The grain map: logged changes are folded into SQLite this often, or after this many. */
@@ -59,7 +60,7 @@ export const DEFAULT_TUNABLES: Tunables = Object.freeze({
   roomPollMs: 50,
   touchFlushMs: 5_000,
   maxOpenFiles: 128,
-  maxReadFiles: 256,
+  maxReadFiles: 1024,
   foldMs: 1_000,
   foldRecords: 4_096,
   sequentialSlackBytes: 1024 * 1024,

@@ -20,8 +20,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <fuse3/fuse.h>
 #include <node_api.h>
@@ -30,8 +33,70 @@ enum op {
   OP_INIT, OP_GETATTR, OP_FGETATTR, OP_READDIR, OP_OPEN, OP_CREATE, OP_READ, OP_WRITE,
   OP_FLUSH, OP_FSYNC, OP_RELEASE, OP_TRUNCATE, OP_FTRUNCATE, OP_UNLINK, OP_MKDIR, OP_RMDIR,
   OP_RENAME, OP_CHMOD, OP_CHOWN, OP_UTIMENS, OP_STATFS, OP_FALLOCATE,
-  OP_LOOP_ENDED /* not a FUSE operation: the session loop returned */
+  OP_LOOP_ENDED, /* not a FUSE operation: the session loop returned */
+  OP_KICK        /* not a FUSE operation: the fast path served requests JavaScript has not seen */
 };
+
+/* The fast path. JavaScript publishes grains whose file it holds open: whole, checked
+ * grains for reading, grains a whole-sector write may land in for writing. A read or write
+ * of the kernel that touches only published grains of an image bound to its handle is
+ * served here, on the libfuse thread, with pread/pwrite on the grain file; everything else
+ * goes to JavaScript. What was served is journaled (kind, image, offset, length) before it
+ * is answered, in a file of the cache directory mapped into memory, so a served write is
+ * known also after the process is killed (its bytes are in the page cache too), and
+ * JavaScript takes the journal (drain) to bring its grain states up to date, then lets the
+ * records go (ack) once the grain map has them: it does so
+ * before it relies on them (fsync, upload, eviction, a lock), and when kicked after the
+ * journal's first record. A revoke takes the table's write lock, so when it returns no
+ * served request of the grain is under way and every one before is in the journal. */
+enum { FAST_READ = 1, FAST_WRITE = 2 };
+enum { REC_READ = 1, REC_WRITE = 2 };
+#define FAST_BUCKETS 4096
+#define JOURNAL_RECORDS 65536 /* 2 MiB */
+#define SECTOR 512
+
+typedef struct grain_node {
+  uint32_t image;
+  int64_t idx;
+  int fd;
+  int flags;
+  /* Sectors that hold the grain's bytes, a bit each from the lowest (NULL: all of them);
+   * served writes set theirs. */
+  uint8_t *valid;
+  size_t valid_len;
+  struct grain_node *next;
+} grain_node_t;
+
+typedef struct bound {
+  uint64_t fh;
+  uint32_t image;
+} bound_t;
+
+/* The journal file: a ring of records, each 4 numbers (kind, image, offset, length). head
+ * and tail only grow; a record is written before tail moves past it, so one cut short by a
+ * kill is never counted. */
+#define JOURNAL_MAGIC 0x6a6e7262646b3031ull /* "blbdkj01" */
+typedef struct journal_file {
+  uint64_t magic;
+  uint64_t capacity;
+  uint64_t head;
+  uint64_t tail;
+  double records[];
+} journal_file_t;
+
+typedef struct fast {
+  pthread_rwlock_t lock; /* the grains and bound handles */
+  uint64_t grain_size;
+  grain_node_t *buckets[FAST_BUCKETS];
+  bound_t *bound;
+  size_t nbound, capbound;
+  pthread_mutex_t jlock; /* the journal */
+  journal_file_t *jf;    /* mapped; records [head, tail) not yet acknowledged */
+  uint64_t taken;        /* records before this were handed to JavaScript by drain */
+  size_t reserved;
+  int kick_pending;
+  double reads, writes; /* served here, in all */
+} fast_t;
 
 typedef struct session {
   struct fuse *fuse;
@@ -43,6 +108,7 @@ typedef struct session {
   unsigned max_request;
   int unmounted;
   int joined;
+  fast_t *fast; /* NULL: every request goes to JavaScript */
 } session_t;
 
 typedef struct request {
@@ -143,12 +209,160 @@ static int f_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
   return res;
 }
 
+
+/* ---- the fast path, on libfuse threads ---------------------------------------------------- */
+
+static request_t kick_request = {.op = OP_KICK};
+
+static size_t bucket_of(uint32_t image, int64_t idx) {
+  uint64_t h = (uint64_t)image * 0x9E3779B97F4A7C15ull ^ (uint64_t)idx * 0xC2B2AE3D27D4EB4Full;
+  return (size_t)(h >> 32) & (FAST_BUCKETS - 1);
+}
+
+/* Under the table's lock. */
+static grain_node_t *find_grain(fast_t *f, uint32_t image, int64_t idx) {
+  for (grain_node_t *n = f->buckets[bucket_of(image, idx)]; n; n = n->next)
+    if (n->image == image && n->idx == idx) return n;
+  return NULL;
+}
+
+/* Under the table's lock: whether sectors [from, to) of the grain hold its bytes. */
+static int sectors_valid(grain_node_t *n, int64_t from, int64_t to) {
+  if (!n->valid) return 1;
+  for (int64_t s = from / SECTOR; s < (to + SECTOR - 1) / SECTOR; s++) {
+    if ((size_t)(s >> 3) >= n->valid_len) return 0;
+    if (!(__atomic_load_n(&n->valid[s >> 3], __ATOMIC_RELAXED) & (1u << (s & 7)))) return 0;
+  }
+  return 1;
+}
+
+static void set_valid(grain_node_t *n, int64_t from, int64_t to) {
+  if (!n->valid) return;
+  for (int64_t s = from / SECTOR; s < to / SECTOR && (size_t)(s >> 3) < n->valid_len; s++)
+    __atomic_fetch_or(&n->valid[s >> 3], (uint8_t)(1u << (s & 7)), __ATOMIC_RELAXED);
+}
+
+/* Under the table's lock: the image bound to handle fh, or 0 (image ids start at 1). */
+static uint32_t bound_image(fast_t *f, uint64_t fh) {
+  for (size_t i = 0; i < f->nbound; i++)
+    if (f->bound[i].fh == fh) return f->bound[i].image;
+  return 0;
+}
+
+/* Room for one record, before the request is served; false when JavaScript has fallen so
+ * far behind that the journal is full (the request then goes to JavaScript). */
+static int reserve_record(fast_t *f) {
+  pthread_mutex_lock(&f->jlock);
+  journal_file_t *j = f->jf;
+  int ok = j->tail - j->head + f->reserved < j->capacity;
+  if (ok) f->reserved++;
+  pthread_mutex_unlock(&f->jlock);
+  return ok;
+}
+
+/* Journals a served request in its reserved room (or gives the room back when kind is 0);
+ * returns whether JavaScript must be kicked. */
+static int journal(fast_t *f, int kind, uint32_t image, int64_t offset, size_t length) {
+  pthread_mutex_lock(&f->jlock);
+  f->reserved--;
+  int kick = 0;
+  if (kind) {
+    journal_file_t *j = f->jf;
+    double *r = j->records + 4 * (j->tail % j->capacity);
+    r[0] = kind; r[1] = image; r[2] = (double)offset; r[3] = (double)length;
+    __atomic_store_n(&j->tail, j->tail + 1, __ATOMIC_RELEASE);
+    if (kind == REC_READ) f->reads++;
+    else f->writes++;
+    kick = !f->kick_pending;
+    f->kick_pending = 1;
+  }
+  pthread_mutex_unlock(&f->jlock);
+  return kick;
+}
+
+static void kick(void) {
+  session_t *s = fuse_get_context()->private_data;
+  napi_call_threadsafe_function(s->tsfn, &kick_request, napi_tsfn_nonblocking);
+}
+
+/* Serves a read whose grains are all published for reading: the bytes read, or -1 when
+ * JavaScript must serve it. */
+static int fast_read(fast_t *f, char *buf, size_t len, off_t off, uint64_t fh) {
+  if (len == 0 || !reserve_record(f)) return -1;
+  int kind = 0;
+  uint32_t image = 0;
+  pthread_rwlock_rdlock(&f->lock);
+  image = bound_image(f, fh);
+  int64_t g = (int64_t)f->grain_size;
+  int64_t first = off / g, last = (off + (int64_t)len - 1) / g;
+  int ok = image != 0;
+  for (int64_t idx = first; ok && idx <= last; idx++) {
+    grain_node_t *n = find_grain(f, image, idx);
+    int64_t from = off > idx * g ? off : idx * g;
+    int64_t to = off + (int64_t)len < (idx + 1) * g ? off + (int64_t)len : (idx + 1) * g;
+    ok = n && (n->flags & FAST_READ) && sectors_valid(n, from - idx * g, to - idx * g);
+  }
+  for (int64_t idx = first; ok && idx <= last; idx++) {
+    int fd = find_grain(f, image, idx)->fd;
+    int64_t from = off > idx * g ? off : idx * g;
+    int64_t to = off + (int64_t)len < (idx + 1) * g ? off + (int64_t)len : (idx + 1) * g;
+    for (int64_t at = from; at < to;) {
+      ssize_t n = pread(fd, buf + (at - off), (size_t)(to - at), at - idx * g);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) { ok = 0; break; }
+      if (n == 0) { memset(buf + (at - off), 0, (size_t)(to - at)); break; } /* a hole at the file's end */
+      at += n;
+    }
+  }
+  if (ok) kind = REC_READ;
+  pthread_rwlock_unlock(&f->lock);
+  if (journal(f, kind, image, off, len)) kick();
+  return ok ? (int)len : -1;
+}
+
+/* Serves a write of whole sectors within one grain published for writing: the bytes
+ * written, or -1 when JavaScript must serve it (a part that landed before a failure is
+ * journaled, and JavaScript writes the whole again). */
+static int fast_write(fast_t *f, const char *buf, size_t len, off_t off, uint64_t fh) {
+  int64_t g = (int64_t)f->grain_size;
+  if (len == 0 || off % SECTOR != 0 || len % SECTOR != 0 || off / g != (off + (int64_t)len - 1) / g) return -1;
+  if (!reserve_record(f)) return -1;
+  pthread_rwlock_rdlock(&f->lock);
+  uint32_t image = bound_image(f, fh);
+  int64_t idx = off / g;
+  grain_node_t *n = image ? find_grain(f, image, idx) : NULL;
+  size_t done = 0;
+  int ok = n && (n->flags & FAST_WRITE);
+  while (ok && done < len) {
+    ssize_t w = pwrite(n->fd, buf + done, len - done, off - idx * g + (off_t)done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) { ok = 0; break; }
+    done += (size_t)w;
+  }
+  done -= done % SECTOR; /* a torn sector is rewritten whole by JavaScript */
+  if (done > 0) set_valid(n, off - idx * g, off - idx * g + (int64_t)done);
+  int k = journal(f, done > 0 ? REC_WRITE : 0, image, off, done);
+  pthread_rwlock_unlock(&f->lock);
+  if (k) kick();
+  return ok ? (int)len : -1;
+}
+
 static int f_read(const char *path, char *buf, size_t len, off_t off, struct fuse_file_info *fi) {
+  session_t *s = fuse_get_context()->private_data;
+  if (s->fast) {
+    int n = fast_read(s->fast, buf, len, off, fi->fh);
+    if (n >= 0) return n;
+  }
   request_t r = {.op = OP_READ, .path = path, .buf = buf, .len = len, .offset = off, .fh = fi->fh};
   return call_js(&r);
 }
 
 static int f_write(const char *path, const char *buf, size_t len, off_t off, struct fuse_file_info *fi) {
+  session_t *s = fuse_get_context()->private_data;
+  if (s->fast) {
+    int n = fast_write(s->fast, buf, len, off, fi->fh);
+    if (n >= 0) return n;
+  }
   request_t r = {.op = OP_WRITE, .path = path, .buf = (char *)buf, .len = len, .offset = off, .fh = fi->fh};
   return call_js(&r);
 }
@@ -279,6 +493,7 @@ static void dispatch(napi_env env, napi_value js_dispatch, void *context, void *
   request_t *r = data;
   (void)context;
   if (env == NULL) { /* the function is being torn down: nobody will answer */
+    if (r->op == OP_KICK) return;
     if (r->op == OP_LOOP_ENDED) free(r);
     else { r->res = -EIO; sem_post(&r->done); }
     return;
@@ -287,7 +502,10 @@ static void dispatch(napi_env env, napi_value js_dispatch, void *context, void *
   size_t argc = 3;
   napi_get_undefined(env, &undefined);
   argv[0] = num(env, r->op);
-  if (r->op == OP_LOOP_ENDED) {
+  if (r->op == OP_KICK) {
+    argv[1] = undefined;
+    argv[2] = undefined;
+  } else if (r->op == OP_LOOP_ENDED) {
     argv[1] = undefined;
     argv[2] = undefined;
     free(r);
@@ -470,9 +688,13 @@ static void finalize_session(napi_env env, void *data, void *hint) {
  * the session loop serves requests from then on, starting with OP_INIT. Throws with
  * libfuse's reason on failure. */
 static napi_value mount(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
+  size_t argc = 6;
+  napi_value argv[6];
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  fast_t *fast = NULL;
+  napi_valuetype fast_type = napi_undefined;
+  if (argc > 5) napi_typeof(env, argv[5], &fast_type);
+  if (fast_type == napi_external) CHECK(env, napi_get_value_external(env, argv[5], (void **)&fast));
   char mountpoint[4096], given[4000], options[4096];
   size_t len;
   CHECK(env, napi_get_value_string_utf8(env, argv[0], mountpoint, sizeof mountpoint, &len));
@@ -486,6 +708,7 @@ static napi_value mount(napi_env env, napi_callback_info info) {
   if (!s) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
   s->writeback = writeback;
   s->max_request = max_request;
+  s->fast = fast;
   snprintf(options, sizeof options, "%s%smax_read=%u", given, *given ? "," : "", max_request);
   char *fargv[] = {"blobdisk", "-o", options, NULL};
   struct fuse_args args = FUSE_ARGS_INIT(3, fargv);
@@ -571,6 +794,229 @@ static napi_value unref(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+
+/* ---- the fast path's table, from Node's main thread ---------------------------------------- */
+
+static fast_t *fast_arg(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) {
+    napi_throw_error(env, NULL, "fuse3 binding: missing arguments");
+    return NULL;
+  }
+  fast_t *f = NULL;
+  if (napi_get_value_external(env, argv[0], (void **)&f) != napi_ok) napi_throw_error(env, NULL, "fuse3 binding: not a fast table");
+  return f;
+}
+
+static double arg_num(napi_env env, napi_value v) {
+  double d = 0;
+  napi_get_value_double(env, v, &d);
+  return d;
+}
+
+/* fastCreate(grainSize, journalFile) → table. The journal file is created, or kept with
+ * the records a killed process left (drain returns them first). The table lives as long as
+ * the process: libfuse threads of a session that uses it may outlive every JavaScript
+ * reference. */
+static napi_value fast_create(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char file[4096];
+  size_t len;
+  CHECK(env, napi_get_value_string_utf8(env, argv[1], file, sizeof file, &len));
+  size_t bytes = sizeof(journal_file_t) + sizeof(double) * 4 * JOURNAL_RECORDS;
+  int fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0 || ftruncate(fd, (off_t)bytes) != 0) {
+    char why[4200];
+    snprintf(why, sizeof why, "cannot open the fast path journal %s: %s", file, strerror(errno));
+    if (fd >= 0) close(fd);
+    napi_throw_error(env, NULL, why);
+    return NULL;
+  }
+  journal_file_t *jf = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  fast_t *f = calloc(1, sizeof *f);
+  if (jf == MAP_FAILED || !f) {
+    if (jf != MAP_FAILED) munmap(jf, bytes);
+    free(f);
+    napi_throw_error(env, NULL, "cannot map the fast path journal");
+    return NULL;
+  }
+  if (jf->magic != JOURNAL_MAGIC || jf->capacity != JOURNAL_RECORDS || jf->tail < jf->head || jf->tail - jf->head > JOURNAL_RECORDS) {
+    jf->capacity = JOURNAL_RECORDS;
+    jf->head = jf->tail = 0;
+    __atomic_store_n(&jf->magic, JOURNAL_MAGIC, __ATOMIC_RELEASE);
+  }
+  f->grain_size = (uint64_t)arg_num(env, argv[0]);
+  f->jf = jf;
+  f->taken = jf->head;
+  /* Writers first: with readers preferred, a few readers in a row on libfuse's threads
+   * could keep a revoke (and with it Node's event loop) waiting. */
+  pthread_rwlockattr_t attr;
+  pthread_rwlockattr_init(&attr);
+  pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&f->lock, &attr);
+  pthread_rwlockattr_destroy(&attr);
+  pthread_mutex_init(&f->jlock, NULL);
+  napi_value v;
+  CHECK(env, napi_create_external(env, f, NULL, NULL, &v));
+  return v;
+}
+
+/* fastPublish(table, image, idx, fd, flags, valid): the grain is served here through fd
+ * (a new fd replaces the flags, the same one adds to them); valid is its sector bitmap, or
+ * null when every sector holds its bytes. */
+static napi_value fast_publish(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  fast_t *f = fast_arg(env, info, 6, argv);
+  if (!f) return NULL;
+  uint32_t image = (uint32_t)arg_num(env, argv[1]);
+  int64_t idx = (int64_t)arg_num(env, argv[2]);
+  int fd = (int)arg_num(env, argv[3]), flags = (int)arg_num(env, argv[4]);
+  bool is_buffer = false;
+  void *bits = NULL;
+  size_t bits_len = 0;
+  napi_is_buffer(env, argv[5], &is_buffer);
+  if (is_buffer) napi_get_buffer_info(env, argv[5], &bits, &bits_len);
+  grain_node_t *fresh = malloc(sizeof *fresh);
+  uint8_t *valid = is_buffer ? malloc(bits_len ? bits_len : 1) : NULL;
+  if (!fresh || (is_buffer && !valid)) {
+    free(fresh);
+    free(valid);
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  if (valid && bits_len) memcpy(valid, bits, bits_len);
+  uint8_t *old = NULL;
+  pthread_rwlock_wrlock(&f->lock);
+  grain_node_t *n = find_grain(f, image, idx);
+  if (!n) {
+    *fresh = (grain_node_t){.image = image, .idx = idx, .fd = fd};
+    size_t b = bucket_of(image, idx);
+    fresh->next = f->buckets[b];
+    f->buckets[b] = fresh;
+    n = fresh;
+    fresh = NULL;
+  }
+  n->flags = n->fd == fd ? n->flags | flags : flags;
+  n->fd = fd;
+  old = n->valid;
+  n->valid = valid;
+  n->valid_len = bits_len;
+  pthread_rwlock_unlock(&f->lock);
+  free(old);
+  free(fresh);
+  return NULL;
+}
+
+/* fastRevoke(table, image, idx): once it returns, no request of the grain is served here,
+ * and those served before are journaled. */
+static napi_value fast_revoke(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  fast_t *f = fast_arg(env, info, 3, argv);
+  if (!f) return NULL;
+  uint32_t image = (uint32_t)arg_num(env, argv[1]);
+  int64_t idx = (int64_t)arg_num(env, argv[2]);
+  grain_node_t *gone = NULL;
+  pthread_rwlock_wrlock(&f->lock);
+  for (grain_node_t **p = &f->buckets[bucket_of(image, idx)]; *p; p = &(*p)->next) {
+    if ((*p)->image == image && (*p)->idx == idx) {
+      gone = *p;
+      *p = gone->next;
+      break;
+    }
+  }
+  pthread_rwlock_unlock(&f->lock);
+  if (gone) free(gone->valid);
+  free(gone);
+  return NULL;
+}
+
+/* fastBind(table, fh, image) / fastBind(table, fh, 0) unbinds: requests on handle fh are
+ * of that image. */
+static napi_value fast_bind(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  fast_t *f = fast_arg(env, info, 3, argv);
+  if (!f) return NULL;
+  uint64_t fh = (uint64_t)arg_num(env, argv[1]);
+  uint32_t image = (uint32_t)arg_num(env, argv[2]);
+  pthread_rwlock_wrlock(&f->lock);
+  size_t i = 0;
+  while (i < f->nbound && f->bound[i].fh != fh) i++;
+  if (image == 0) {
+    if (i < f->nbound) f->bound[i] = f->bound[--f->nbound];
+  } else if (i < f->nbound) {
+    f->bound[i].image = image;
+  } else {
+    if (f->nbound == f->capbound) {
+      size_t cap = f->capbound ? 2 * f->capbound : 16;
+      bound_t *grown = realloc(f->bound, cap * sizeof *grown);
+      if (grown) { f->bound = grown; f->capbound = cap; }
+    }
+    if (f->nbound < f->capbound) f->bound[f->nbound++] = (bound_t){.fh = fh, .image = image};
+  }
+  pthread_rwlock_unlock(&f->lock);
+  return NULL;
+}
+
+/* fastDrain(table) → the records journaled since the last drain as a Float64Array: first
+ * the journal position after them (for fastAck), then 4 numbers a record; undefined when
+ * there are none. */
+static napi_value fast_drain(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  fast_t *f = fast_arg(env, info, 1, argv);
+  if (!f) return NULL;
+  napi_value result, ab;
+  double *data = NULL;
+  pthread_mutex_lock(&f->jlock);
+  f->kick_pending = 0;
+  journal_file_t *j = f->jf;
+  uint64_t from = f->taken, to = j->tail;
+  size_t n = (size_t)(to - from);
+  if (n > 0 && napi_create_arraybuffer(env, (1 + n * 4) * sizeof(double), (void **)&data, &ab) == napi_ok) {
+    data[0] = (double)to;
+    for (uint64_t i = from; i < to; i++) memcpy(data + 1 + 4 * (i - from), j->records + 4 * (i % j->capacity), 4 * sizeof(double));
+    f->taken = to;
+  } else n = 0;
+  pthread_mutex_unlock(&f->jlock);
+  if (n == 0) {
+    napi_get_undefined(env, &result);
+    return result;
+  }
+  CHECK(env, napi_create_typedarray(env, napi_float64_array, 1 + n * 4, ab, 0, &result));
+  return result;
+}
+
+/* fastAck(table, position): the records before position are in the grain map; their room
+ * is free again. */
+static napi_value fast_ack(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  fast_t *f = fast_arg(env, info, 2, argv);
+  if (!f) return NULL;
+  uint64_t to = (uint64_t)arg_num(env, argv[1]);
+  pthread_mutex_lock(&f->jlock);
+  journal_file_t *j = f->jf;
+  if (to > j->head && to <= f->taken) __atomic_store_n(&j->head, to, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&f->jlock);
+  return NULL;
+}
+
+/* fastServed(table) → [reads, writes] served here so far. */
+static napi_value fast_served(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  fast_t *f = fast_arg(env, info, 1, argv);
+  if (!f) return NULL;
+  pthread_mutex_lock(&f->jlock);
+  double reads = f->reads, writes = f->writes;
+  pthread_mutex_unlock(&f->jlock);
+  napi_value arr;
+  CHECK(env, napi_create_array_with_length(env, 2, &arr));
+  napi_set_element(env, arr, 0, num(env, reads));
+  napi_set_element(env, arr, 1, num(env, writes));
+  return arr;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mount", NULL, mount, NULL, NULL, NULL, napi_default, NULL},
@@ -578,6 +1024,13 @@ static napi_value init(napi_env env, napi_value exports) {
       {"join", NULL, join, NULL, NULL, NULL, napi_default, NULL},
       {"unref", NULL, unref, NULL, NULL, NULL, napi_default, NULL},
       {"reply", NULL, reply, NULL, NULL, NULL, napi_default, NULL},
+      {"fastCreate", NULL, fast_create, NULL, NULL, NULL, napi_default, NULL},
+      {"fastPublish", NULL, fast_publish, NULL, NULL, NULL, napi_default, NULL},
+      {"fastRevoke", NULL, fast_revoke, NULL, NULL, NULL, napi_default, NULL},
+      {"fastBind", NULL, fast_bind, NULL, NULL, NULL, napi_default, NULL},
+      {"fastDrain", NULL, fast_drain, NULL, NULL, NULL, napi_default, NULL},
+      {"fastAck", NULL, fast_ack, NULL, NULL, NULL, napi_default, NULL},
+      {"fastServed", NULL, fast_served, NULL, NULL, NULL, napi_default, NULL},
   };
   CHECK(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

@@ -64,6 +64,7 @@ import { Timer } from '../clock';
 import { SYSTEM_TIMING, Timing } from '../tunables';
 import { GrainFiles } from './files';
 import { CacheStats, Entry, GrainIndex, GrainState, keyOf } from './grain-index';
+import { FAST_READ, FAST_WRITE, FastTable, NativeGrains, replayJournal } from './native';
 import { recover, sweep, syncGrains } from './power';
 import { Room } from './room';
 import { Verifier } from './verify';
@@ -82,6 +83,8 @@ export class GrainCache {
   private readonly ahead = new Map<string, string>();
   private readonly timer: Timer;
   private readonly grainSize: number;
+  /** Grains the FUSE binding serves on its own threads (native.ts). */
+  readonly native: NativeGrains;
 
   /** Generations come from one counter for the whole cache, so a grain dropped and
    *  made anew (a truncate, then a write) never repeats a generation an upload of its
@@ -93,18 +96,28 @@ export class GrainCache {
     private readonly map: GrainMap,
     private readonly log: Logger,
     private readonly timing: Timing = SYSTEM_TIMING,
+    /** The FUSE binding's fast path table; absent: JavaScript serves every request. */
+    fast?: FastTable,
   ) {
     const { tunables } = timing;
     this.grainSize = options.grainSize;
     this.index = new GrainIndex(options.grainSize);
+    this.native = new NativeGrains(fast, options.grainSize, {
+      wrote: (imageId, idx, ranges) => this.writes.landedNatively(imageId, idx, ranges),
+      read: (imageId, idx) => this.touch(imageId, idx),
+    });
     this.files = new GrainFiles(options.dir, options.grainSize, tunables.maxOpenFiles, tunables.maxReadFiles, map.disk);
+    this.files.closingRead = (entry) => this.native.revoke(entry.imageId, entry.idx);
     const drop = (entries: Entry[]): Promise<void> => this.drop(entries);
-    this.verifier = new Verifier(this.index, this.files, options.grainSize, log, drop);
-    this.room = new Room(this.index, options.sizeBytes, options.grainSize, drop, timing.clock, tunables.roomPollMs);
+    const dropClean = (entries: Entry[]): Promise<void> => this.drop(entries, true);
+    this.verifier = new Verifier(this.index, this.files, options.grainSize, log, dropClean);
+    this.room = new Room(this.index, options.sizeBytes, options.grainSize, dropClean, timing.clock, tunables.roomPollMs, () => this.native.settle());
     this.writes = new GrainWrites({
       grainSize: options.grainSize, sizeBytes: options.sizeBytes, index: this.index, files: this.files, verifier: this.verifier, room: this.room, ahead: this.ahead,
       nextGen: () => this.nextGen(), persist: (e) => this.persist(e), now: () => timing.clock.now(), drop, readWhole: (imageId, idx) => this.readWhole(imageId, idx),
+      settle: () => this.native.settle(), log,
     });
+    if (fast) this.replay(fast, map, log);
     const recorded = recover(map, map.disk, (row) => this.files.fileOf(row.imageId, row.idx), log);
     const rows = map.allGrains();
     sweep(map.disk, path.join(options.dir, 'grains'), rows);
@@ -117,6 +130,22 @@ export class GrainCache {
       });
     }
     this.timer = timing.clock.interval(() => this.flushTouches(), tunables.touchFlushMs);
+  }
+
+  /** Writes a killed process served natively but had not recorded become dirty sectors
+   *  (see replayJournal); the journal's records then go. */
+  private replay(fast: FastTable, map: GrainMap, log: Logger): void {
+    const batch = fast.drain();
+    if (!batch) return;
+    const last = map.boot();
+    // As recover() (power.ts): no boot recorded means the writer ran in this boot.
+    if (last === undefined || last === map.disk.bootId()) {
+      const { changed, missing } = replayJournal(batch, map.allGrains(), this.grainSize, this.timing.clock.now());
+      for (const row of changed) map.putGrain(row);
+      if (changed.length > 0) log.info(`took in writes to ${changed.length} grains that the last process acknowledged but had not recorded`);
+      if (missing > 0) log.error(`${missing} writes the last process acknowledged name grains no longer cached; their data is not uploaded`);
+    }
+    fast.ack(batch[0] as number);
   }
 
   get stats(): CacheStats {
@@ -155,12 +184,46 @@ export class GrainCache {
 
   /** Indices of an image's dirty grains, ascending. */
   dirtyGrains(imageId: number): number[] {
+    this.native.settle();
     return this.index.dirtyGrains(imageId);
   }
 
   /** Dirty bytes of one image and when its oldest dirty grain became dirty (0: none). */
   dirtyOf(imageId: number): { bytes: number; since: number } {
+    this.native.settle();
     return this.index.dirtyOf(imageId);
+  }
+
+  /** Lets the FUSE binding serve reads of a cached grain's valid sectors natively: one
+   *  checked (the caller knows it lies within its image), through its file opened for readNow(). */
+  publishRead(imageId: number, idx: number): void {
+    if (!this.native.active || this.native.has(imageId, idx, FAST_READ)) return;
+    const key = keyOf(imageId, idx);
+    const entry = this.index.get(key);
+    if (!entry || this.verifier.needsCheck(entry)) return;
+    const fd = this.files.syncFd(key, entry);
+    if (fd !== undefined) this.native.publish(imageId, idx, fd, FAST_READ, entry.valid);
+  }
+
+  /** Lets the FUSE binding land whole-sector writes in a cached grain natively (and read its
+   *  valid sectors). The caller knows nothing holds the grain (lock, checkpoint), the image
+   *  is writable and the grain lies within its size. */
+  publishWrite(imageId: number, idx: number): void {
+    if (!this.native.active || this.native.has(imageId, idx, FAST_WRITE | FAST_READ)) return;
+    const key = keyOf(imageId, idx);
+    const entry = this.index.get(key);
+    if (!entry || this.verifier.needsCheck(entry)) return;
+    const fd = this.files.syncFd(key, entry);
+    if (fd !== undefined) this.native.publish(imageId, idx, fd, FAST_WRITE | FAST_READ, entry.valid);
+  }
+
+  /** A read of the grain was served natively: it is the most recently used. */
+  private touch(imageId: number, idx: number): void {
+    const key = keyOf(imageId, idx);
+    const entry = this.index.get(key);
+    if (!entry) return;
+    this.index.use(key, entry);
+    this.touched.set(key, { imageId, idx, at: this.timing.clock.now() });
   }
 
   /** Up to `limit` cached grains of an image, most recently used first (a handoff's hot list). */
@@ -325,18 +388,24 @@ export class GrainCache {
    *  grain data before the rows that describe it (--sync local fsync; see power.ts). Fails
    *  (failed, no-space) when the local disk does; the next call syncs the same again. */
   async sync(imageId?: number): Promise<void> {
+    this.native.settle();
     const pending = [...this.index.values()].filter((e) => e.unsynced && (imageId === undefined || e.imageId === imageId));
     await syncGrains(this.index, this.files, pending, (records) => this.map.durable(records));
   }
 
   private remove(key: string, entry: Entry): void {
+    this.native.revoke(entry.imageId, entry.idx);
     this.index.delete(key, entry);
     this.touched.delete(key);
     this.files.close(key);
     this.files.closeRead(key);
   }
 
-  private async drop(entries: Entry[]): Promise<void> {
+  /** Drops grains; with `cleanOnly`, only those still clean once the FUSE binding's
+   *  natively served writes are settled (an eviction, a failed check). */
+  private async drop(entries: Entry[], cleanOnly = false): Promise<void> {
+    for (const e of entries) this.native.revoke(e.imageId, e.idx);
+    if (cleanOnly) entries = entries.filter((e) => !e.dirty && !e.landing);
     for (const e of entries) this.remove(keyOf(e.imageId, e.idx), e);
     this.map.deleteGrains(entries);
     // Dirty data, or a record of an fsync: gone for good before the file goes (see power.ts).
@@ -346,8 +415,9 @@ export class GrainCache {
 
   /** Drops every clean grain of an image (its blob changed remotely). Returns how many. */
   async dropClean(imageId: number): Promise<number> {
+    this.native.settle();
     const victims = [...this.index.values()].filter((e) => e.imageId === imageId && !e.dirty);
-    await this.drop(victims);
+    await this.drop(victims, true);
     return victims.length;
   }
 
@@ -382,6 +452,7 @@ export class GrainCache {
 
   /** Writes pending access times and closes files; the grain map stays open (its owner closes it). */
   async close(): Promise<void> {
+    this.native.settle();
     this.timer.cancel();
     this.flushTouches();
     // Data left dirty (Azure unreachable at unmount) must survive a power loss before the next mount.

@@ -87,7 +87,13 @@ export class GrainFiles {
   /** Opens the grain's file for readNow() and writeNow(), while `entry` is the grain's; false
    *  when it cannot be opened. */
   openForRead(key: string, entry: Entry): boolean {
-    if (this.readFiles.get(key)?.entry === entry) return true;
+    const known = this.readFiles.get(key);
+    if (known?.entry === entry) {
+      // Used again: the last to close (a hot grain stays open, and served natively).
+      this.readFiles.delete(key);
+      this.readFiles.set(key, known);
+      return true;
+    }
     this.closeRead(key);
     let fd: number;
     try {
@@ -113,10 +119,15 @@ export class GrainFiles {
     return this.openForRead(key, entry) ? this.readFd(key, entry) : undefined;
   }
 
+  /** Told before a file opened for readNow() closes (its descriptor may be published to
+   *  the FUSE binding, see native.ts). */
+  closingRead: (entry: Entry) => void = () => undefined;
+
   closeRead(key: string): void {
     const file = this.readFiles.get(key);
     if (!file) return;
     this.readFiles.delete(key);
+    this.closingRead(file.entry);
     try {
       this.disk.closeSync(file.fd);
     } catch {

@@ -21,6 +21,8 @@ export class Room {
     private readonly clock: Clock,
     /** How often a write waiting for room looks again. */
     private readonly pollMs: number,
+    /** Brings the grain states up to date with writes the FUSE binding served natively. */
+    private readonly settle: () => void = () => undefined,
   ) {}
 
   /** Bytes neither used nor promised. */
@@ -34,6 +36,7 @@ export class Room {
   async make(bytes: number, forDirty: boolean, waitMs = 0): Promise<boolean> {
     const until = this.clock.now() + waitMs;
     for (;;) {
+      this.settle();
       const victims: Entry[] = [];
       let free = this.free;
       for (const entry of this.index.values()) {

@@ -5,6 +5,7 @@
 
 import path from 'node:path';
 import { BlobdiskError } from '../errors';
+import { Logger } from '../log';
 import { crc32 } from './crc';
 import { GrainFiles } from './files';
 import { Entry, GrainIndex, keyOf } from './grain-index';
@@ -33,6 +34,9 @@ export interface CacheParts {
   drop(entries: Entry[]): Promise<void>;
   /** The whole grain as its file holds it. */
   readWhole(imageId: number, idx: number): Promise<Buffer>;
+  /** Brings the grain states up to date with writes the FUSE binding served natively. */
+  settle(): void;
+  readonly log: Logger;
 }
 
 export class GrainWrites {
@@ -142,6 +146,21 @@ export class GrainWrites {
     return true;
   }
 
+  /** A write the FUSE binding landed natively in the grain's file: its sectors are
+   *  written, as land() records them. False when the grain is not cached (it cannot be:
+   *  a grain is revoked before it leaves the cache). */
+  landedNatively(imageId: number, idx: number, ranges: readonly (readonly [number, number])[]): boolean {
+    const entry = this.parts.index.get(keyOf(imageId, idx));
+    if (!entry) {
+      this.parts.log.error(`a write to grain ${idx} of image ${imageId} landed after the grain left the cache; its bytes are not uploaded`);
+      return false;
+    }
+    entry.gen = this.parts.nextGen();
+    for (const [offset, length] of ranges) this.record(entry, offset, length, false);
+    this.parts.persist(entry);
+    return true;
+  }
+
   /** A grain that a write is about to land in, not cached until now. */
   private newWritten(imageId: number, idx: number): Entry {
     const entry: Entry = { imageId, idx, checksum: null, valid: emptyBitmap(this.parts.grainSize), dirty: null, gen: this.parts.nextGen(), uploadedGen: -1, verified: true, unsynced: false, dirtySince: 0 };
@@ -191,7 +210,7 @@ export class GrainWrites {
   }
 
   /** Sectors [offset, offset + length) of the grain are written: valid, dirty, unsynced. */
-  private record(entry: Entry, offset: number, length: number): void {
+  private record(entry: Entry, offset: number, length: number, persist = true): void {
     const [from, to] = sectorSpan(offset, offset + length);
     if (entry.valid) {
       setBits(entry.valid, from, to);
@@ -208,7 +227,7 @@ export class GrainWrites {
     // And once more now that the bits are set: an upload that saw the bitmap without them
     // (while the bytes were landing) must not mark the grain clean either.
     entry.gen = this.parts.nextGen();
-    this.parts.persist(entry);
+    if (persist) this.parts.persist(entry);
   }
 
   /** After an upload of the grain as it was at generation `gen` (content `data`, which
@@ -219,6 +238,8 @@ export class GrainWrites {
     const key = keyOf(imageId, idx);
     const before = this.parts.index.get(key);
     const crc = before?.dirty && before.gen === gen ? await this.parts.verifier.crc.of(data) : undefined;
+    // Writes served natively until now count: one that landed after `data` was read makes the grain stay dirty.
+    this.parts.settle();
     const entry = this.parts.index.get(key);
     if (!entry) return;
     entry.uploadedGen = Math.max(entry.uploadedGen, gen);

@@ -57,13 +57,16 @@ export async function statusCommand(target: string, json: boolean, io: Io, watch
   }
 }
 
-function table(status: MountStatus): string {  const percent = (r: number | null): string => (r === null ? '-' : `${(100 * r).toFixed(1)}%`);
+function table(status: MountStatus): string {
+  const percent = (r: number | null): string => (r === null ? '-' : `${(100 * r).toFixed(1)}%`);
   const lines = [
     `mount ${status.mountpoint} (pid ${status.pid})`,
     `cache ${status.cacheDir}: ${formatSize(status.cacheUsedBytes)} of ${formatSize(status.cacheSizeBytes)}, grain ${formatSize(status.grainSize)}`,
     `traffic: ${status.requests} requests, ${formatSize(status.bytesDown)} down, ${formatSize(status.bytesUp)} up; ` +
       `${formatSize(status.dirtyBytes)} waiting for upload; hit ratio ${percent(status.hitRatio)}`,
   ];
+  // Absent from the answer of an older mount.
+  if (status.native) lines.push(`served from cached grains without JavaScript: ${status.native.reads} reads, ${status.native.writes} writes`);
   if (status.azureUnreachableSince !== null) {
     const since = Math.round((Date.now() - Date.parse(status.azureUnreachableSince)) / 1000);
     lines.push(`Azure unreachable since ${status.azureUnreachableSince} (${since} s); ${formatSize(status.dirtyBytes)} wait in the cache for it`);

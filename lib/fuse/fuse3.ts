@@ -5,6 +5,7 @@
 
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import type { FastTable } from '../cache/native';
 
 export interface Stat {
   mode: number; uid: number; gid: number; size: number; nlink: number;
@@ -41,6 +42,8 @@ export interface Operations {
   utimens?(path: string, atime: number, mtime: number, cb: Done): void;
   /** fallocate(2) on an open file: `mode` holds the FALLOC_FL_* bits. */
   fallocate?(path: string, mode: number, offset: number, length: number, fd: number, cb: Done): void;
+  /** Not a FUSE operation: the fast path served requests (see lib/cache/native.ts). */
+  kick?(): void;
 }
 
 export interface MountOptions {
@@ -50,6 +53,13 @@ export interface MountOptions {
   readonly writeback: boolean;
   /** Largest read and write request (max_read, max_write; libfuse 3.14 allows 1 MiB). */
   readonly maxRequest?: number;
+  /** The fast path's table (fastTable()); absent: every request goes to JavaScript. */
+  readonly fast?: NativeFastTable;
+}
+
+/** A fast path table of the binding, for GrainCache and Fuse3.mount. */
+export interface NativeFastTable extends FastTable {
+  readonly handle: object;
 }
 
 /** What the kernel agreed to at INIT. */
@@ -61,11 +71,18 @@ export interface Connection {
 export const MAX_REQUEST = 1024 * 1024;
 
 interface Native {
-  mount(mountpoint: string, options: string, writeback: boolean, maxRequest: number, dispatch: (...args: never[]) => void): object;
+  mount(mountpoint: string, options: string, writeback: boolean, maxRequest: number, dispatch: (...args: never[]) => void, fast?: object): object;
   unmount(session: object): void;
   join(session: object): number;
   unref(session: object): void;
   reply(request: object, result: number, value?: unknown): void;
+  fastCreate(grainSize: number, journalFile: string): object;
+  fastPublish(table: object, imageId: number, idx: number, fd: number, flags: number, valid: Buffer | null): void;
+  fastRevoke(table: object, imageId: number, idx: number): void;
+  fastBind(table: object, fh: number, imageId: number): void;
+  fastDrain(table: object): Float64Array | undefined;
+  fastAck(table: object, position: number): void;
+  fastServed(table: object): [number, number];
 }
 
 // The opcodes of native/fuse3.c, in its order.
@@ -75,6 +92,7 @@ const OPS = [
   'utimens', 'statfs', 'fallocate',
 ] as const;
 const LOOP_ENDED = OPS.length;
+const KICK = OPS.length + 1;
 const EIO = -5;
 const ENOSYS = -38;
 
@@ -89,6 +107,26 @@ function load(): Native {
     if (dirname(dir) === dir) break;
   }
   throw new Error('the FUSE binding is not built: run `npm install` (it needs libfuse3-dev and a C compiler)');
+}
+
+/** A fast path table for a mount with grains of `grainSize` bytes, journaling into
+ *  `journalFile` (in the cache directory): the FUSE binding then serves reads and writes of
+ *  published grains on libfuse's threads (lib/cache/native.ts). */
+export function fastTable(grainSize: number, journalFile: string): NativeFastTable {
+  const binding = load();
+  const handle = binding.fastCreate(grainSize, journalFile);
+  return {
+    handle,
+    publish: (imageId, idx, fd, flags, valid) => binding.fastPublish(handle, imageId, idx, fd, flags, valid),
+    revoke: (imageId, idx) => binding.fastRevoke(handle, imageId, idx),
+    bind: (fh, imageId) => binding.fastBind(handle, fh, imageId),
+    drain: () => binding.fastDrain(handle),
+    ack: (position) => binding.fastAck(handle, position),
+    served: () => {
+      const [reads, writes] = binding.fastServed(handle);
+      return { reads, writes };
+    },
+  };
 }
 
 const ms = (t: Date | number): number => (typeof t === 'number' ? t : t.getTime());
@@ -166,6 +204,10 @@ export class Fuse3 {
     const initialized = new Promise<Connection>((resolve) => (ready = resolve));
     let session: object | undefined;
     const dispatch = (op: number, request: object, path: string, ...args: unknown[]): void => {
+      if (op === KICK) {
+        ops.kick?.();
+        return;
+      }
       if (op === LOOP_ENDED) {
         // The loop thread has returned: collect it on the next turn (session is set by then).
         setImmediate(() => finish(session ? binding.join(session) : 0));
@@ -188,7 +230,7 @@ export class Fuse3 {
         answer(EIO, OPS[op] === 'read' || OPS[op] === 'write' ? args[1] : undefined);
       }
     };
-    session = binding.mount(mountpoint, options.options.join(','), options.writeback, options.maxRequest ?? MAX_REQUEST, dispatch as (...args: never[]) => void);
+    session = binding.mount(mountpoint, options.options.join(','), options.writeback, options.maxRequest ?? MAX_REQUEST, dispatch as (...args: never[]) => void, options.fast?.handle);
     const first = await Promise.race([initialized, ended.then(() => undefined)]);
     if (!first) throw new Error('the kernel ended the FUSE session before it started (see libfuse\'s message above)');
     return new Fuse3(mountpoint, first, binding, session, ended);

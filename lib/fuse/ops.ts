@@ -64,7 +64,20 @@ async function fallocate(handles: Handles, fd: number, mode: number, offset: num
   if (!keepSize && kind !== FALLOC_FL_PUNCH_HOLE && offset + length > image.size) await image.truncate(offset + length);
 }
 
-export function createOperations(ns: Namespace, handles: Handles, options: OpsOptions, log: Logger): Operations {
+/** The fast path's side the operations use (lib/cache/native.ts). */
+export interface NativeSide {
+  bind(fh: number, imageId: number): void;
+  settle(): void;
+}
+
+export function createOperations(ns: Namespace, handles: Handles, options: OpsOptions, log: Logger, native?: NativeSide): Operations {
+  // Every request JavaScript serves first takes in what the FUSE binding served natively,
+  // so it sees every write acknowledged before it (cheap: one call when nothing is new).
+  const settle = native ? () => native.settle() : () => undefined;
+  const opened = (fd: number, imageId: number): number => {
+    native?.bind(fd, imageId);
+    return fd;
+  };
   /** Answers `cb` with 0 (or what `ok` makes of the result) or the errno of the failure. */
   const reply = <T>(op: string, path: string, work: Promise<T>, cb: (result: number, value?: never) => void, ok: (v: T) => number = () => 0): void => {
     work.then(
@@ -111,38 +124,42 @@ export function createOperations(ns: Namespace, handles: Handles, options: OpsOp
     },
     open: (path, flags, cb) => {
       const writing = (flags & O_ACCMODE) !== O_RDONLY;
-      const opened = (async () => {
+      const opening = (async () => {
         const image = writing ? await ns.openForWrite(path) : await ns.open(path);
         if (writing && flags & O_TRUNC) await image.truncate(0);
-        return handles.add({ image, path, flags });
+        return opened(handles.add({ image, path, flags }), image.id);
       })();
-      opened.then(
+      opening.then(
         (fd) => cb(0, fd),
         (e: unknown) => cb(toErrno('open', path, e, log)),
       );
     },
     create: (path, _mode, cb) => {
       ns.create(path).then(
-        (image) => cb(0, handles.add({ image, path, flags: 2 })),
+        (image) => cb(0, opened(handles.add({ image, path, flags: 2 }), image.id)),
         (e: unknown) => cb(toErrno('create', path, e, log)),
       );
     },
     // Reads of staged grains and writes into open grain files are answered at once: each
     // FUSE request waits for its answer, so turns through promises add to every round trip.
     read: (path, fd, buf, len, pos, cb) => {
+      settle();
       if (!answeredNow('read', path, cb, () => handles.find(fd)?.image.readNow(buf, pos, len))) {
         reply('read', path, (async () => handle(fd).image.readInto(buf, pos, len))(), cb, (n) => n);
       }
     },
     write: (path, fd, buf, len, pos, cb) => {
+      settle();
       const data = buf.subarray(0, len);
       if (!answeredNow('write', path, cb, () => handles.find(fd)?.image.writeNow(data, pos))) {
         reply('write', path, (async () => handle(fd).image.write(data, pos))(), cb, (n) => n);
       }
     },
     flush: (_path, _fd, cb) => cb(0),
+    kick: settle,
     fsync: (path, _datasync, fd, cb) => reply('fsync', path, (async () => handle(fd).image.fsync())(), cb),
     release: (_path, fd, cb) => {
+      native?.bind(fd, 0);
       handles.release(fd);
       cb(0);
     },

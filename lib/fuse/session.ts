@@ -5,7 +5,7 @@
 
 import { UsageError } from '../errors';
 import type { Logger } from '../log';
-import { Fuse3, Operations } from './fuse3';
+import { Fuse3, NativeFastTable, Operations } from './fuse3';
 
 export interface SessionOptions {
   /** Other users may use the mount (libvirt's QEMU runs as libvirt-qemu). */
@@ -14,6 +14,8 @@ export interface SessionOptions {
    *  blobdisk later (at the latest on fsync and close). Off: a write returns only once it
    *  is in blobdisk's cache, which is the write contract blobdisk documents. */
   readonly writebackCache?: boolean;
+  /** Reads and writes of published grains served on libfuse's threads (lib/cache/native.ts). */
+  readonly fast?: NativeFastTable;
 }
 
 export class FuseSession {
@@ -31,7 +33,7 @@ export class FuseSession {
     const o = ['fsname=blobdisk', 'subtype=blobdisk', 'default_permissions'];
     if (options.allowOther) o.push('allow_other');
     try {
-      const fuse = await Fuse3.mount(mountpoint, ops, { options: o, writeback: options.writebackCache ?? false });
+      const fuse = await Fuse3.mount(mountpoint, ops, { options: o, writeback: options.writebackCache ?? false, ...(options.fast ? { fast: options.fast } : {}) });
       log.debug(`FUSE session at ${mountpoint}: requests up to ${fuse.connection.maxWrite} bytes, writeback cache ${fuse.connection.writeback ? 'on' : 'off'}`);
       return new FuseSession(mountpoint, fuse, log);
     } catch (e) {

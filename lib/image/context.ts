@@ -55,7 +55,7 @@ export interface ImageDeps {
 
 export class ImageContext {
   readonly counters: ImageCounters = newImageCounters();
-  readonly locks = new GrainLocks();
+  readonly locks: GrainLocks;
   /** Bumped when sizes or the remote change: fetches started before must not fill the cache. */
   epoch = 0;
   mtime: Date;
@@ -67,6 +67,7 @@ export class ImageContext {
     readonly deps: ImageDeps,
     readonly remote: RemoteBlob,
   ) {
+    this.locks = new GrainLocks((idx) => deps.cache.native.revoke(remote.id, idx));
     this.mtime = remote.info.lastModified;
     this.timing = deps.timing ?? SYSTEM_TIMING;
     const cp = deps.checkpoints;

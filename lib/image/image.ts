@@ -39,6 +39,13 @@ export class Image implements UploadSource {
     this.fetcher = new Fetcher(this.ctx);
     this.reader = new Reader(this.ctx, this.fetcher);
     this.writer = new Writer(this.ctx, this.reader, this.fetcher, () => deps.uploads.notify(this));
+    deps.cache.native.listen(remote.id, {
+      wrote: (offset, length) => this.writer.landedNatively(offset, length),
+      read: (offset, length) => {
+        this.boot?.note(offset, length);
+        this.reader.readNatively(offset, length);
+      },
+    });
     // The blob changed elsewhere: what was fetched or staged under the old ETag is stale.
     remote.onChanged(() => {
       this.ctx.epoch++;
@@ -158,7 +165,11 @@ export class Image implements UploadSource {
       // The grains dirty now, with their generations, taken at once: the image at this fsync.
       const dirty = new Map<number, number>();
       for (const idx of this.deps.cache.dirtyGrains(this.id)) dirty.set(idx, this.deps.cache.state(this.id, idx)?.gen ?? 0);
-      if (cp.fsynced(dirty)) this.deps.uploads.notify(this);
+      if (cp.fsynced(dirty)) {
+        // Writes to the barrier's grains wait from now on (Writer), so none may land natively.
+        this.deps.cache.native.revokeImage(this.id);
+        this.deps.uploads.notify(this);
+      }
     }
     if (this.deps.sync === 'cloud') await this.deps.uploads.flush([this], this.deps.syncStallMs !== undefined ? { stallMs: this.deps.syncStallMs } : {});
   }

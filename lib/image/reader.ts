@@ -99,6 +99,17 @@ export class Reader {
     return end - offset;
   }
 
+  /** The FUSE binding served [offset, offset + length) natively (see lib/cache/native.ts):
+   *  counted, and a sequential reader's streak goes on as if readNow() had served it. */
+  readNatively(offset: number, length: number): void {
+    const end = offset + length;
+    const g = this.ctx.deps.grainSize;
+    this.ctx.counters.hits += Math.floor((end - 1) / g) - Math.floor(offset / g) + 1;
+    this.ctx.counters.bytesRead += length;
+    this.noteReader(offset, end);
+    if (this.streak > 0) this.readAhead(end);
+  }
+
   private isWarm(idx: number): boolean {
     const staged = this.staged.get(idx);
     return staged?.warm === true && staged.epoch === this.ctx.epoch;
@@ -124,6 +135,8 @@ export class Reader {
     if (cache.covers(this.ctx.id, idx, start, end)) {
       if (!cache.checked(this.ctx.id, idx) || !cache.readNow(this.ctx.id, idx, start, end - start, target, at)) return false;
       this.ctx.counters.hits++;
+      // Its next reads are served by the FUSE binding itself, when the grain is whole and within the size.
+      if ((idx + 1) * this.ctx.deps.grainSize <= this.ctx.size) cache.publishRead(this.ctx.id, idx);
       return true;
     }
     if (!this.knownZeros(idx)) return false;

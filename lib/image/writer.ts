@@ -78,7 +78,17 @@ export class Writer {
     if (!now) return undefined;
     this.reader.unstage(first);
     this.written(offset, end);
+    // Its next writes are landed by the FUSE binding itself while nothing holds the grain
+    // (a lock or checkpoint revokes it) and it lies within the size (no write there grows it).
+    if ((first + 1) * g <= this.ctx.size) this.ctx.deps.cache.publishWrite(this.ctx.id, first);
     return data.length;
+  }
+
+  /** The FUSE binding landed [offset, offset + length) natively (see lib/cache/native.ts);
+   *  the cache has recorded the sectors. */
+  landedNatively(offset: number, length: number): void {
+    this.reader.unstage(Math.floor(offset / this.ctx.deps.grainSize));
+    this.written(offset, offset + length);
   }
 
   /** Makes [offset, offset + length) read as zeros without changing the size (fallocate

@@ -141,6 +141,8 @@ export class RemoteBlob {
   /** Puts the image in conflict for `reason` and says so in the log. */
   setConflict(reason: string): void {
     this.conflictReason = reason;
+    // No more writes land natively (see lib/cache/native.ts): they fail from now on.
+    this.deps.cache.native.revokeImage(this.row.id);
     this.deps.log.error(reason);
   }
 

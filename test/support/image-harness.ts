@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { GrainCache } from '../../lib/cache/cache';
+import type { FastTable } from '../../lib/cache/native';
 import { Flusher } from '../../lib/flusher/flusher';
 import { GrainMap } from '../../lib/grainmap/grainmap';
 import { FetchBudget, Image } from '../../lib/image/image';
@@ -44,6 +45,8 @@ export interface HarnessOptions {
   checkpoints?: CheckpointOptions;
   /** Remember each image's first minute of reads and warm them at the next boot (lib/image/boot.ts). */
   bootPrefetch?: boolean;
+  /** A fast path table (lib/cache/native.ts), as a mount with the FUSE binding has. */
+  fast?: FastTable;
 }
 
 export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
@@ -53,6 +56,7 @@ export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
     store,
     {
       cache: { dir, sizeBytes: o.cacheBytes ?? 1024 * grainSize, grainSize },
+      ...(o.fast !== undefined ? { fast: o.fast } : {}),
       read: { readAheadGrains: o.readAheadGrains ?? 4, fetchConcurrency: 4, maxFetchBytes: 4 * grainSize },
       sync: o.sync ?? 'local',
       dirtyWaitMs: o.dirtyWaitMs ?? 200,
