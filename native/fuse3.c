@@ -273,8 +273,13 @@ static int journal(fast_t *f, int kind, uint32_t image, int64_t offset, size_t l
     __atomic_store_n(&j->tail, j->tail + 1, __ATOMIC_RELEASE);
     if (kind == REC_READ) f->reads++;
     else f->writes++;
-    kick = !f->kick_pending;
-    f->kick_pending = 1;
+    /* A write is taken in soon (the flusher waits for it); reads only when the journal
+     * fills up, or whenever JavaScript settles anyway: waking the event loop for each would
+     * cost more than serving them. */
+    if (!f->kick_pending && (kind == REC_WRITE || j->tail - j->head >= j->capacity / 4)) {
+      kick = 1;
+      f->kick_pending = 1;
+    }
   }
   pthread_mutex_unlock(&f->jlock);
   return kick;
@@ -288,7 +293,10 @@ static void kick(void) {
 /* Serves a read whose grains are all published for reading: the bytes read, or -1 when
  * JavaScript must serve it. */
 static int fast_read(fast_t *f, char *buf, size_t len, off_t off, uint64_t fh) {
-  if (len == 0 || !reserve_record(f)) return -1;
+  if (len == 0) return -1;
+  /* A read needs no record to be right: with the journal full it is served unrecorded
+   * (JavaScript misses only its recency). */
+  int recorded = reserve_record(f);
   int kind = 0;
   uint32_t image = 0;
   pthread_rwlock_rdlock(&f->lock);
@@ -316,7 +324,7 @@ static int fast_read(fast_t *f, char *buf, size_t len, off_t off, uint64_t fh) {
   }
   if (ok) kind = REC_READ;
   pthread_rwlock_unlock(&f->lock);
-  if (journal(f, kind, image, off, len)) kick();
+  if (recorded && journal(f, kind, image, off, len)) kick();
   return ok ? (int)len : -1;
 }
 

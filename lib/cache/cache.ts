@@ -82,6 +82,7 @@ export class GrainCache {
   /** Grains not cached whose files prepare() opened ahead of a sequential writer. */
   private readonly ahead = new Map<string, string>();
   private readonly timer: Timer;
+  private readonly settleTimer: Timer | undefined;
   private readonly grainSize: number;
   /** Grains the FUSE binding serves on its own threads (native.ts). */
   readonly native: NativeGrains;
@@ -130,6 +131,9 @@ export class GrainCache {
       });
     }
     this.timer = timing.clock.interval(() => this.flushTouches(), tunables.touchFlushMs);
+    // Reads served natively do not wake JavaScript (see native/fuse3.c): their recency and
+    // counts come in with the next request JavaScript serves, or at the latest this often.
+    this.settleTimer = fast ? timing.clock.interval(() => this.native.settle(), 1000) : undefined;
   }
 
   /** Writes a killed process served natively but had not recorded become dirty sectors
@@ -454,6 +458,7 @@ export class GrainCache {
   async close(): Promise<void> {
     this.native.settle();
     this.timer.cancel();
+    this.settleTimer?.cancel();
     this.flushTouches();
     // Data left dirty (Azure unreachable at unmount) must survive a power loss before the next mount.
     await this.sync().catch((e: unknown) => this.log.warn(`could not sync the cache at close: ${(e as Error).message}`));

@@ -113,6 +113,34 @@ export class GrainFiles {
     return true;
   }
 
+  /** Creates the file of a grain not cached until now (its directory too), for synchronous
+   *  use while `entry` is the grain's; undefined when it cannot be done at once (the file is
+   *  open, or a removal of its old file is under way) or failed. */
+  createSync(key: string, entry: Entry): number | undefined {
+    if (this.files.has(key) || this.removing.has(key) || this.readFiles.has(key)) return undefined;
+    const file = this.fileOf(entry.imageId, entry.idx);
+    const dir = path.dirname(file);
+    let fd: number;
+    try {
+      if (!this.dirs.has(dir)) {
+        this.disk.mkdirSync(dir);
+        this.dirs.add(dir);
+        this.unsyncedDirs.add(path.dirname(dir));
+      }
+      fd = this.disk.openSync(file, true);
+    } catch {
+      return undefined;
+    }
+    this.unsyncedDirs.add(dir);
+    this.readFiles.set(key, { fd, entry });
+    while (this.readFiles.size > this.maxReadFiles) {
+      const oldest = this.readFiles.keys().next().value;
+      if (oldest === undefined || oldest === key) break;
+      this.closeRead(oldest);
+    }
+    return fd;
+  }
+
   /** A descriptor of the grain's file for synchronous use while `entry` is the grain's,
    *  opened now when needed (see openForRead); undefined when it cannot be opened. */
   syncFd(key: string, entry: Entry): number | undefined {

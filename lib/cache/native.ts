@@ -45,8 +45,10 @@ export interface FastTable {
 
 /** What an open image does with requests served natively. */
 export interface NativeListener {
-  wrote(offset: number, length: number): void;
-  read(offset: number, length: number): void;
+  /** Writes landed in `grains`, the last of them at [offset, offset + length). */
+  wrote(grains: ReadonlySet<number>, offset: number, length: number): void;
+  /** `count` reads of `bytes` in all touched `grains`, the last of them at [offset, offset + length). */
+  read(grains: ReadonlySet<number>, count: number, bytes: number, offset: number, length: number): void;
 }
 
 /** The cache's bookkeeping of a request served natively: false when the grain is not cached. */
@@ -139,21 +141,41 @@ export class NativeGrains {
         grain.ranges.push([offset - idx * g, batch[i + 3] as number]);
         grains.set(key, grain);
       }
-      for (const grain of grains.values()) this.cache.wrote(grain.imageId, grain.idx, grain.ranges);
-      for (let i = 1; i < batch.length; i += 4) {
-        if (batch[i] === REC_WRITE) this.listeners.get(batch[i + 1] as number)?.wrote(batch[i + 2] as number, batch[i + 3] as number);
+      const images = new Map<number, { grains: Set<number>; offset: number; length: number }>();
+      for (const grain of grains.values()) {
+        this.cache.wrote(grain.imageId, grain.idx, grain.ranges);
+        const image = images.get(grain.imageId) ?? { grains: new Set<number>(), offset: 0, length: 0 };
+        image.grains.add(grain.idx);
+        images.set(grain.imageId, image);
       }
+      for (let i = 1; i < batch.length; i += 4) {
+        const image = batch[i] === REC_WRITE ? images.get(batch[i + 1] as number) : undefined;
+        if (image) [image.offset, image.length] = [batch[i + 2] as number, batch[i + 3] as number];
+      }
+      // Once an image a batch: what follows a write (times, the flusher's turn) needs no more.
+      for (const [imageId, image] of images) this.listeners.get(imageId)?.wrote(image.grains, image.offset, image.length);
     } finally {
       this.settling = false;
     }
     this.table.ack(batch[0] as number);
+    // Reads come by the thousand between two settles: once a grain and an image a batch.
+    const reads = new Map<number, { grains: Set<number>; count: number; bytes: number; offset: number; length: number }>();
     for (let i = 1; i < batch.length; i += 4) {
       if (batch[i] !== REC_READ) continue;
       const imageId = batch[i + 1] as number;
       const offset = batch[i + 2] as number;
       const length = batch[i + 3] as number;
-      for (let idx = Math.floor(offset / g); idx * g < offset + length; idx++) this.cache.read(imageId, idx);
-      this.listeners.get(imageId)?.read(offset, length);
+      const image = reads.get(imageId) ?? { grains: new Set<number>(), count: 0, bytes: 0, offset, length };
+      for (let idx = Math.floor(offset / g); idx * g < offset + length; idx++) image.grains.add(idx);
+      image.count++;
+      image.bytes += length;
+      image.offset = offset;
+      image.length = length;
+      reads.set(imageId, image);
+    }
+    for (const [imageId, image] of reads) {
+      for (const idx of image.grains) this.cache.read(imageId, idx);
+      this.listeners.get(imageId)?.read(image.grains, image.count, image.bytes, image.offset, image.length);
     }
   }
 

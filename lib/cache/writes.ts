@@ -135,12 +135,25 @@ export class GrainWrites {
     // A cached grain whose file left the open files (a random writer touches more grains
     // than are kept open) is opened synchronously: microseconds, against a turn through
     // the thread pool for the open and another for the write.
-    const fd = this.parts.files.fd(key) ?? (entry ? this.parts.files.syncFd(key, entry) : undefined);
-    if (fd === undefined) return false;
+    let fd = this.parts.files.fd(key) ?? (entry ? this.parts.files.syncFd(key, entry) : undefined);
     if (!entry) {
-      if (!this.parts.ahead.has(key) || this.parts.room.free < this.parts.grainSize) return false;
-      entry = this.newWritten(imageId, idx);
+      if (this.parts.room.free < this.parts.grainSize) return false;
+      if (fd !== undefined) {
+        if (!this.parts.ahead.has(key)) return false;
+        entry = this.newWritten(imageId, idx);
+      } else {
+        // A grain not cached: its file is created now (whole sectors need nothing of Azure's).
+        if (this.parts.files.isOpen(key) || this.parts.files.removal(key)) return false;
+        const fresh = this.newWritten(imageId, idx);
+        fd = this.parts.files.createSync(key, fresh);
+        if (fd === undefined) {
+          this.parts.index.delete(key, fresh);
+          return false;
+        }
+        entry = fresh;
+      }
     }
+    if (fd === undefined) return false;
     entry.gen = this.parts.nextGen();
     this.land(entry, fd, offset, data);
     return true;

@@ -40,10 +40,11 @@ export class Image implements UploadSource {
     this.reader = new Reader(this.ctx, this.fetcher);
     this.writer = new Writer(this.ctx, this.reader, this.fetcher, () => deps.uploads.notify(this));
     deps.cache.native.listen(remote.id, {
-      wrote: (offset, length) => this.writer.landedNatively(offset, length),
-      read: (offset, length) => {
-        this.boot?.note(offset, length);
-        this.reader.readNatively(offset, length);
+      wrote: (grains, offset, length) => this.writer.landedNatively(grains, offset, length),
+      read: (grains, count, bytes, offset, length) => {
+        const g = deps.grainSize;
+        for (const idx of grains) this.boot?.note(idx * g, 1);
+        this.reader.readNatively(count, bytes, offset, length);
       },
     });
     // The blob changed elsewhere: what was fetched or staged under the old ETag is stale.

@@ -99,15 +99,14 @@ export class Reader {
     return end - offset;
   }
 
-  /** The FUSE binding served [offset, offset + length) natively (see lib/cache/native.ts):
-   *  counted, and a sequential reader's streak goes on as if readNow() had served it. */
-  readNatively(offset: number, length: number): void {
-    const end = offset + length;
-    const g = this.ctx.deps.grainSize;
-    this.ctx.counters.hits += Math.floor((end - 1) / g) - Math.floor(offset / g) + 1;
-    this.ctx.counters.bytesRead += length;
-    this.noteReader(offset, end);
-    if (this.streak > 0) this.readAhead(end);
+  /** The FUSE binding served `count` reads of `bytes` natively, the last at
+   *  [offset, offset + length) (see lib/cache/native.ts): counted (a hit a read), and a
+   *  sequential reader's streak goes on from the last as if readNow() had served it. */
+  readNatively(count: number, bytes: number, offset: number, length: number): void {
+    this.ctx.counters.hits += count;
+    this.ctx.counters.bytesRead += bytes;
+    this.noteReader(offset, offset + length);
+    if (this.streak > 0) this.readAhead(offset + length);
   }
 
   private isWarm(idx: number): boolean {

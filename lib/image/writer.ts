@@ -84,10 +84,10 @@ export class Writer {
     return data.length;
   }
 
-  /** The FUSE binding landed [offset, offset + length) natively (see lib/cache/native.ts);
-   *  the cache has recorded the sectors. */
-  landedNatively(offset: number, length: number): void {
-    this.reader.unstage(Math.floor(offset / this.ctx.deps.grainSize));
+  /** The FUSE binding landed writes in `grains` natively, the last at [offset, offset +
+   *  length) (see lib/cache/native.ts); the cache has recorded their sectors. */
+  landedNatively(grains: ReadonlySet<number>, offset: number, length: number): void {
+    for (const idx of grains) this.reader.unstage(idx);
     this.written(offset, offset + length);
   }
 

@@ -174,11 +174,18 @@ describe('GrainCache', () => {
     fourth.map.close();
   });
 
-  it('lands a write at once in a grain whose file was opened ahead, and removes unused files at close', async () => {
+  it('lands a write at once in a grain not cached (its file created) or opened ahead, and removes unused files at close', async () => {
     const { cache, image, map, dir } = setup(3);
     const fileOf = (idx: number): string => path.join(dir, 'grains', String(image), String(idx));
     const data = Buffer.alloc(4096, 9);
-    expect(cache.writeNow(image, 1, 0, data)).toBe(false); // not prepared: the caller takes write()
+    // A grain not cached, with room to spare: its file is created at once.
+    expect(cache.writeNow(image, 4, 512, data)).toBe(true);
+    expect(cache.covers(image, 4, 512, 4608)).toBe(true);
+    expect(cache.covers(image, 4, 0, 512)).toBe(false);
+    expect(fs.existsSync(fileOf(4))).toBe(true);
+    await cache.write(image, 4, 512, Buffer.alloc(4096), 0); // the next check below wants it gone again
+    await cache.truncate(image, 4 * G);
+    expect(cache.has(image, 4)).toBe(false);
     cache.prepare(image, 1);
     cache.prepare(image, 2);
     await Promise.all([cache.fileReady(image, 1), cache.fileReady(image, 2)]); // the files open in the thread pool
@@ -196,6 +203,7 @@ describe('GrainCache', () => {
     await cache.write(image, 3, 0, data, 0);
     expect(cache.writeNow(image, 2, 0, data)).toBe(false);
     expect(cache.has(image, 2)).toBe(false);
+    expect(cache.writeNow(image, 5, 0, data)).toBe(false); // nor is a new file created then
     await cache.close();
     expect(fs.existsSync(fileOf(1))).toBe(true);
     expect(fs.existsSync(fileOf(2))).toBe(false);

@@ -16,7 +16,7 @@ test('default tunables are pinned', () => {
     roomPollMs: 50,
     touchFlushMs: 5_000,
     maxOpenFiles: 128,
-    maxReadFiles: 256,
+    maxReadFiles: 1024,
     foldMs: 1_000,
     foldRecords: 4_096,
     sequentialSlackBytes: 1024 * 1024,
