@@ -70,6 +70,7 @@ typedef struct grain_node {
 typedef struct bound {
   uint64_t fh;
   uint32_t image;
+  int64_t last_end; /* where the last read served here on this handle ended */
 } bound_t;
 
 /* The journal file: a ring of records, each 4 numbers (kind, image, offset, length). head
@@ -242,11 +243,34 @@ static void set_valid(grain_node_t *n, int64_t from, int64_t to) {
     __atomic_fetch_or(&n->valid[s >> 3], (uint8_t)(1u << (s & 7)), __ATOMIC_RELAXED);
 }
 
+/* Under the table's lock: the binding of handle fh, or NULL. */
+static bound_t *bound_of(fast_t *f, uint64_t fh) {
+  for (size_t i = 0; i < f->nbound; i++)
+    if (f->bound[i].fh == fh) return &f->bound[i];
+  return NULL;
+}
+
 /* Under the table's lock: the image bound to handle fh, or 0 (image ids start at 1). */
 static uint32_t bound_image(fast_t *f, uint64_t fh) {
-  for (size_t i = 0; i < f->nbound; i++)
-    if (f->bound[i].fh == fh) return f->bound[i].image;
-  return 0;
+  bound_t *b = bound_of(f, fh);
+  return b ? b->image : 0;
+}
+
+#define READ_AHEAD_GRAINS 4
+
+/* Under the table's lock: a sequential reader (this read starts where the last one on its
+ * handle ended) that enters a grain gets the next grains' files read into the page cache
+ * in the background, as the kernel does within one file. */
+static void read_ahead(fast_t *f, bound_t *b, uint32_t image, off_t off, size_t len) {
+  int64_t g = (int64_t)f->grain_size;
+  int64_t last = __atomic_exchange_n(&b->last_end, off + (int64_t)len, __ATOMIC_RELAXED);
+  int enters = off % g == 0 || (off + (int64_t)len - 1) / g != off / g;
+  if (last != off || !enters) return;
+  for (int64_t idx = (off + (int64_t)len - 1) / g + 1, n = 0; n < READ_AHEAD_GRAINS; idx++, n++) {
+    grain_node_t *next = find_grain(f, image, idx);
+    if (!next || !(next->flags & FAST_READ)) break;
+    posix_fadvise(next->fd, 0, g, POSIX_FADV_WILLNEED);
+  }
 }
 
 /* Room for one record, before the request is served; false when JavaScript has fallen so
@@ -300,7 +324,8 @@ static int fast_read(fast_t *f, char *buf, size_t len, off_t off, uint64_t fh) {
   int kind = 0;
   uint32_t image = 0;
   pthread_rwlock_rdlock(&f->lock);
-  image = bound_image(f, fh);
+  bound_t *b = bound_of(f, fh);
+  image = b ? b->image : 0;
   int64_t g = (int64_t)f->grain_size;
   int64_t first = off / g, last = (off + (int64_t)len - 1) / g;
   int ok = image != 0;
@@ -322,7 +347,10 @@ static int fast_read(fast_t *f, char *buf, size_t len, off_t off, uint64_t fh) {
       at += n;
     }
   }
-  if (ok) kind = REC_READ;
+  if (ok) {
+    kind = REC_READ;
+    read_ahead(f, b, image, off, len);
+  }
   pthread_rwlock_unlock(&f->lock);
   if (recorded && journal(f, kind, image, off, len)) kick();
   return ok ? (int)len : -1;
@@ -962,7 +990,7 @@ static napi_value fast_bind(napi_env env, napi_callback_info info) {
       bound_t *grown = realloc(f->bound, cap * sizeof *grown);
       if (grown) { f->bound = grown; f->capbound = cap; }
     }
-    if (f->nbound < f->capbound) f->bound[f->nbound++] = (bound_t){.fh = fh, .image = image};
+    if (f->nbound < f->capbound) f->bound[f->nbound++] = (bound_t){.fh = fh, .image = image, .last_end = -1};
   }
   pthread_rwlock_unlock(&f->lock);
   return NULL;
