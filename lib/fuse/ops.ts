@@ -20,6 +20,8 @@ const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
 
 const WRITE_BITS = 0o222;
+/** How long after a kick the natively served requests are taken in. */
+const KICK_DELAY_MS = 2;
 
 export interface OpsOptions {
   readonly uid: number;
@@ -74,6 +76,16 @@ export function createOperations(ns: Namespace, handles: Handles, options: OpsOp
   // Every request JavaScript serves first takes in what the FUSE binding served natively,
   // so it sees every write acknowledged before it (cheap: one call when nothing is new).
   const settle = native ? () => native.settle() : () => undefined;
+  // A kick (the binding served writes) is answered a moment later, so that one turn of the
+  // event loop takes in the writes of a few milliseconds: what waits on them (fsync, an
+  // upload's clean mark, eviction) settles for itself first.
+  let kicked: NodeJS.Timeout | undefined;
+  const kick = (): void => {
+    kicked ??= setTimeout(() => {
+      kicked = undefined;
+      settle();
+    }, KICK_DELAY_MS).unref();
+  };
   const opened = (fd: number, imageId: number): number => {
     native?.bind(fd, imageId);
     return fd;
@@ -156,7 +168,7 @@ export function createOperations(ns: Namespace, handles: Handles, options: OpsOp
       }
     },
     flush: (_path, _fd, cb) => cb(0),
-    kick: settle,
+    kick,
     fsync: (path, _datasync, fd, cb) => reply('fsync', path, (async () => handle(fd).image.fsync())(), cb),
     release: (_path, fd, cb) => {
       native?.bind(fd, 0);
