@@ -109,8 +109,8 @@ export class GrainCache {
     });
     this.files = new GrainFiles(options.dir, options.grainSize, tunables.maxOpenFiles, tunables.maxReadFiles, map.disk);
     this.files.closingRead = (entry) => this.native.revoke(entry.imageId, entry.idx);
-    const drop = (entries: Entry[]): Promise<void> => this.drop(entries);
-    const dropClean = (entries: Entry[]): Promise<void> => this.drop(entries, true);
+    const drop = async (entries: Entry[]): Promise<void> => void (await this.drop(entries));
+    const dropClean = async (entries: Entry[]): Promise<void> => void (await this.drop(entries, true));
     this.verifier = new Verifier(this.index, this.files, options.grainSize, log, dropClean);
     this.room = new Room(this.index, options.sizeBytes, options.grainSize, dropClean, timing.clock, tunables.roomPollMs, () => this.native.settle());
     this.writes = new GrainWrites({
@@ -118,7 +118,7 @@ export class GrainCache {
       nextGen: () => this.nextGen(), persist: (e) => this.persist(e), now: () => timing.clock.now(), drop, readWhole: (imageId, idx) => this.readWhole(imageId, idx),
       settle: () => this.native.settle(), log,
     });
-    if (fast) this.replay(fast, map, log);
+    if (fast) this.replay(fast);
     const recorded = recover(map, map.disk, (row) => this.files.fileOf(row.imageId, row.idx), log);
     const rows = map.allGrains();
     sweep(map.disk, path.join(options.dir, 'grains'), rows);
@@ -138,16 +138,16 @@ export class GrainCache {
 
   /** Writes a killed process served natively but had not recorded become dirty sectors
    *  (see replayJournal); the journal's records then go. */
-  private replay(fast: FastTable, map: GrainMap, log: Logger): void {
+  private replay(fast: FastTable): void {
     const batch = fast.drain();
     if (!batch) return;
-    const last = map.boot();
+    const last = this.map.boot();
     // As recover() (power.ts): no boot recorded means the writer ran in this boot.
-    if (last === undefined || last === map.disk.bootId()) {
-      const { changed, missing } = replayJournal(batch, map.allGrains(), this.grainSize, this.timing.clock.now());
-      for (const row of changed) map.putGrain(row);
-      if (changed.length > 0) log.info(`took in writes to ${changed.length} grains that the last process acknowledged but had not recorded`);
-      if (missing > 0) log.error(`${missing} writes the last process acknowledged name grains no longer cached; their data is not uploaded`);
+    if (last === undefined || last === this.map.disk.bootId()) {
+      const { changed, missing } = replayJournal(batch, this.map.allGrains(), this.grainSize, this.timing.clock.now());
+      for (const row of changed) this.map.putGrain(row);
+      if (changed.length > 0) this.log.info(`took in writes to ${changed.length} grains that the last process acknowledged but had not recorded`);
+      if (missing > 0) this.log.error(`${missing} writes the last process acknowledged name grains no longer cached; their data is not uploaded`);
     }
     fast.ack(batch[0] as number);
   }
@@ -198,27 +198,26 @@ export class GrainCache {
     return this.index.dirtyOf(imageId);
   }
 
-  /** Lets the FUSE binding serve reads of a cached grain's valid sectors natively: one
-   *  checked (the caller knows it lies within its image), through its file opened for readNow(). */
+  /** Lets the FUSE binding serve reads of a cached grain's valid sectors natively, through
+   *  its file opened for readNow(), once the grain is checked. The caller knows it lies
+   *  within its image's size. */
   publishRead(imageId: number, idx: number): void {
-    if (!this.native.active || this.native.has(imageId, idx, FAST_READ)) return;
-    const key = keyOf(imageId, idx);
-    const entry = this.index.get(key);
-    if (!entry || this.verifier.needsCheck(entry)) return;
-    const fd = this.files.syncFd(key, entry);
-    if (fd !== undefined) this.native.publish(imageId, idx, fd, FAST_READ, entry.valid);
+    this.publish(imageId, idx, FAST_READ);
   }
 
-  /** Lets the FUSE binding land whole-sector writes in a cached grain natively (and read its
-   *  valid sectors). The caller knows nothing holds the grain (lock, checkpoint), the image
-   *  is writable and the grain lies within its size. */
+  /** publishRead(), and whole-sector writes landed natively too: the caller knows nothing
+   *  holds the grain (lock, checkpoint) and the image is writable. */
   publishWrite(imageId: number, idx: number): void {
-    if (!this.native.active || this.native.has(imageId, idx, FAST_WRITE | FAST_READ)) return;
+    this.publish(imageId, idx, FAST_WRITE | FAST_READ);
+  }
+
+  private publish(imageId: number, idx: number, flags: number): void {
+    if (!this.native.active || this.native.has(imageId, idx, flags)) return;
     const key = keyOf(imageId, idx);
     const entry = this.index.get(key);
     if (!entry || this.verifier.needsCheck(entry)) return;
     const fd = this.files.syncFd(key, entry);
-    if (fd !== undefined) this.native.publish(imageId, idx, fd, FAST_WRITE | FAST_READ, entry.valid);
+    if (fd !== undefined) this.native.publish(imageId, idx, fd, flags, entry.valid);
   }
 
   /** A read of the grain was served natively: it is the most recently used. */
@@ -398,7 +397,6 @@ export class GrainCache {
   }
 
   private remove(key: string, entry: Entry): void {
-    this.native.revoke(entry.imageId, entry.idx);
     this.index.delete(key, entry);
     this.touched.delete(key);
     this.files.close(key);
@@ -407,7 +405,8 @@ export class GrainCache {
 
   /** Drops grains; with `cleanOnly`, only those still clean once the FUSE binding's
    *  natively served writes are settled (an eviction, a failed check). */
-  private async drop(entries: Entry[], cleanOnly = false): Promise<void> {
+  private async drop(entries: Entry[], cleanOnly = false): Promise<number> {
+    // Revoked before anything else: the binding may write into a grain until then.
     for (const e of entries) this.native.revoke(e.imageId, e.idx);
     if (cleanOnly) entries = entries.filter((e) => !e.dirty && !e.landing);
     for (const e of entries) this.remove(keyOf(e.imageId, e.idx), e);
@@ -415,14 +414,14 @@ export class GrainCache {
     // Dirty data, or a record of an fsync: gone for good before the file goes (see power.ts).
     if (entries.some((e) => e.dirty || e.recorded)) this.map.durable();
     await Promise.all(entries.map((e) => this.files.remove(keyOf(e.imageId, e.idx), this.files.fileOf(e.imageId, e.idx))));
+    return entries.length;
   }
 
   /** Drops every clean grain of an image (its blob changed remotely). Returns how many. */
   async dropClean(imageId: number): Promise<number> {
     this.native.settle();
     const victims = [...this.index.values()].filter((e) => e.imageId === imageId && !e.dirty);
-    await this.drop(victims, true);
-    return victims.length;
+    return this.drop(victims, true);
   }
 
   /** Drops every grain of an image, dirty ones too (its blob was deleted). */

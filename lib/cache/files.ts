@@ -104,12 +104,7 @@ export class GrainFiles {
     } catch {
       return false;
     }
-    this.readFiles.set(key, { fd, entry });
-    while (this.readFiles.size > this.maxReadFiles) {
-      const oldest = this.readFiles.keys().next().value;
-      if (oldest === undefined) break;
-      this.closeRead(oldest);
-    }
+    this.keepRead(key, { fd, entry });
     return true;
   }
 
@@ -132,13 +127,19 @@ export class GrainFiles {
       return undefined;
     }
     this.unsyncedDirs.add(dir);
-    this.readFiles.set(key, { fd, entry });
+    this.keepRead(key, { fd, entry });
+    return fd;
+  }
+
+  /** Keeps `file` among the files opened for readNow() and writeNow(), closing the oldest
+   *  beyond their bound. */
+  private keepRead(key: string, file: ReadFile): void {
+    this.readFiles.set(key, file);
     while (this.readFiles.size > this.maxReadFiles) {
       const oldest = this.readFiles.keys().next().value;
       if (oldest === undefined || oldest === key) break;
       this.closeRead(oldest);
     }
-    return fd;
   }
 
   /** A descriptor of the grain's file for synchronous use while `entry` is the grain's,

@@ -26,6 +26,14 @@ export const FAST_WRITE = 2;
 const REC_READ = 1;
 const REC_WRITE = 2;
 
+/** Calls `fn` for each record of `kind` in a drained batch (its first number is the journal
+ *  position, then 4 numbers a record: kind, image, offset, length). */
+function forEachRecord(batch: Float64Array, kind: number, fn: (imageId: number, offset: number, length: number) => void): void {
+  for (let i = 1; i < batch.length; i += 4) {
+    if (batch[i] === kind) fn(batch[i + 1] as number, batch[i + 2] as number, batch[i + 3] as number);
+  }
+}
+
 /** The binding's table (lib/fuse/fuse3.ts makes one). */
 export interface FastTable {
   /** `valid`: the grain's valid-sector bitmap, null when all are. */
@@ -51,9 +59,9 @@ export interface NativeListener {
   read(grains: ReadonlySet<number>, count: number, bytes: number, offset: number, length: number): void;
 }
 
-/** The cache's bookkeeping of a request served natively: false when the grain is not cached. */
+/** The cache's bookkeeping of requests served natively. */
 export interface NativeBookkeeping {
-  wrote(imageId: number, idx: number, ranges: readonly (readonly [number, number])[]): boolean;
+  wrote(imageId: number, idx: number, ranges: readonly (readonly [number, number])[]): void;
   read(imageId: number, idx: number): void;
 }
 
@@ -131,28 +139,22 @@ export class NativeGrains {
     this.settling = true;
     try {
       const grains = new Map<string, { imageId: number; idx: number; ranges: [number, number][] }>();
-      for (let i = 1; i < batch.length; i += 4) {
-        if (batch[i] !== REC_WRITE) continue;
-        const imageId = batch[i + 1] as number;
-        const offset = batch[i + 2] as number;
+      // Per image: its grains written and the last write (what follows a write, times and
+      // the flusher's turn, needs no more than once an image a batch).
+      const images = new Map<number, { grains: Set<number>; offset: number; length: number }>();
+      forEachRecord(batch, REC_WRITE, (imageId, offset, length) => {
         const idx = Math.floor(offset / g);
         const key = keyOf(imageId, idx);
         const grain = grains.get(key) ?? { imageId, idx, ranges: [] };
-        grain.ranges.push([offset - idx * g, batch[i + 3] as number]);
+        grain.ranges.push([offset - idx * g, length]);
         grains.set(key, grain);
-      }
-      const images = new Map<number, { grains: Set<number>; offset: number; length: number }>();
-      for (const grain of grains.values()) {
-        this.cache.wrote(grain.imageId, grain.idx, grain.ranges);
-        const image = images.get(grain.imageId) ?? { grains: new Set<number>(), offset: 0, length: 0 };
-        image.grains.add(grain.idx);
-        images.set(grain.imageId, image);
-      }
-      for (let i = 1; i < batch.length; i += 4) {
-        const image = batch[i] === REC_WRITE ? images.get(batch[i + 1] as number) : undefined;
-        if (image) [image.offset, image.length] = [batch[i + 2] as number, batch[i + 3] as number];
-      }
-      // Once an image a batch: what follows a write (times, the flusher's turn) needs no more.
+        const image = images.get(imageId) ?? { grains: new Set<number>(), offset, length };
+        image.grains.add(idx);
+        image.offset = offset;
+        image.length = length;
+        images.set(imageId, image);
+      });
+      for (const grain of grains.values()) this.cache.wrote(grain.imageId, grain.idx, grain.ranges);
       for (const [imageId, image] of images) this.listeners.get(imageId)?.wrote(image.grains, image.offset, image.length);
     } finally {
       this.settling = false;
@@ -160,11 +162,7 @@ export class NativeGrains {
     this.table.ack(batch[0] as number);
     // Reads come by the thousand between two settles: once a grain and an image a batch.
     const reads = new Map<number, { grains: Set<number>; count: number; bytes: number; offset: number; length: number }>();
-    for (let i = 1; i < batch.length; i += 4) {
-      if (batch[i] !== REC_READ) continue;
-      const imageId = batch[i + 1] as number;
-      const offset = batch[i + 2] as number;
-      const length = batch[i + 3] as number;
+    forEachRecord(batch, REC_READ, (imageId, offset, length) => {
       const image = reads.get(imageId) ?? { grains: new Set<number>(), count: 0, bytes: 0, offset, length };
       for (let idx = Math.floor(offset / g); idx * g < offset + length; idx++) image.grains.add(idx);
       image.count++;
@@ -172,7 +170,7 @@ export class NativeGrains {
       image.offset = offset;
       image.length = length;
       reads.set(imageId, image);
-    }
+    });
     for (const [imageId, image] of reads) {
       for (const idx of image.grains) this.cache.read(imageId, idx);
       this.listeners.get(imageId)?.read(image.grains, image.count, image.bytes, image.offset, image.length);
@@ -194,19 +192,16 @@ export function replayJournal(batch: Float64Array, rows: readonly GrainRow[], gr
   const byKey = new Map<string, { -readonly [K in keyof GrainRow]: GrainRow[K] }>(rows.map((r) => [keyOf(r.imageId, r.idx), { ...r }]));
   const changed = new Map<string, GrainRow>();
   let missing = 0;
-  for (let i = 1; i < batch.length; i += 4) {
-    if (batch[i] !== REC_WRITE) continue;
-    const imageId = batch[i + 1] as number;
-    const offset = batch[i + 2] as number;
+  forEachRecord(batch, REC_WRITE, (imageId, offset, length) => {
     const idx = Math.floor(offset / grainSize);
     const key = keyOf(imageId, idx);
     const row = byKey.get(key);
     if (!row) {
       missing++;
-      continue;
+      return;
     }
     const start = offset - idx * grainSize;
-    const [from, to] = sectorSpan(start, start + (batch[i + 3] as number));
+    const [from, to] = sectorSpan(start, start + length);
     const dirty = row.dirty ? Buffer.from(row.dirty) : emptyBitmap(grainSize);
     if (!row.dirty) row.lastAccess = now;
     setBits(dirty, from, to);
@@ -219,6 +214,6 @@ export function replayJournal(batch: Float64Array, rows: readonly GrainRow[], gr
     row.valid = valid;
     row.checksum = null;
     changed.set(key, row);
-  }
+  });
   return { changed: [...changed.values()], missing };
 }

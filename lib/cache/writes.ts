@@ -159,19 +159,17 @@ export class GrainWrites {
     return true;
   }
 
-  /** A write the FUSE binding landed natively in the grain's file: its sectors are
-   *  written, as land() records them. False when the grain is not cached (it cannot be:
-   *  a grain is revoked before it leaves the cache). */
-  landedNatively(imageId: number, idx: number, ranges: readonly (readonly [number, number])[]): boolean {
+  /** Writes the FUSE binding landed natively in the grain's file at `ranges` (offset,
+   *  length): their sectors are written, as land() records them. The grain is cached: a
+   *  grain is revoked, and its writes taken in, before it leaves the cache (logged if not). */
+  landedNatively(imageId: number, idx: number, ranges: readonly (readonly [number, number])[]): void {
     const entry = this.parts.index.get(keyOf(imageId, idx));
     if (!entry) {
       this.parts.log.error(`a write to grain ${idx} of image ${imageId} landed after the grain left the cache; its bytes are not uploaded`);
-      return false;
+      return;
     }
-    entry.gen = this.parts.nextGen();
     for (const [offset, length] of ranges) this.record(entry, offset, length, false);
     this.parts.persist(entry);
-    return true;
   }
 
   /** A grain that a write is about to land in, not cached until now. */

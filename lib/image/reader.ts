@@ -134,7 +134,7 @@ export class Reader {
     if (cache.covers(this.ctx.id, idx, start, end)) {
       if (!cache.checked(this.ctx.id, idx) || !cache.readNow(this.ctx.id, idx, start, end - start, target, at)) return false;
       this.ctx.counters.hits++;
-      // Its next reads are served by the FUSE binding itself, when the grain is whole and within the size.
+      // Its next reads of cached sectors are served by the FUSE binding itself (within the size: no short reads there).
       if ((idx + 1) * this.ctx.deps.grainSize <= this.ctx.size) cache.publishRead(this.ctx.id, idx);
       return true;
     }

@@ -130,8 +130,9 @@ test('kill -9 while writes are served natively: the next mount on the cache uplo
   // Past the first write of each grain (served by JavaScript), then mostly natively.
   while (writers.some((w) => acked(w.countFile) < 3_000 && w.child.exitCode === null)) await new Promise((res) => setTimeout(res, 20));
   const before = await first.status();
-  // The kill lands while the journal holds writes JavaScript has not taken in (its header
-  // is read live from the page cache): those are the ones the next mount must take in.
+  // The kill lands while the journal holds records not yet acknowledged (its header is read
+  // live from the page cache), so the next mount has a journal to take in; whether the
+  // process had already recorded them this test cannot tell (the unit test of the replay can).
   const journal = path.join(cacheDir, 'native.journal');
   const deadline = Date.now() + 30_000;
   while (journalBacklog(journal) < 32 && Date.now() < deadline) await new Promise((res) => setImmediate(res));
