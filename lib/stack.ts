@@ -68,7 +68,7 @@ export function buildStack(store: BlobStore, o: StackOptions, log: Logger): Stac
   const map = GrainMap.open(path.join(o.cache.dir, 'grainmap.db'), grainSize, timing, { log });
   const cache = new GrainCache(o.cache, map, log, timing, o.fast);
   const flusher = new Flusher(store, cache, { grainSize, concurrency: o.uploadConcurrency, delayMs: o.writeBackDelayMs }, log, timing);
-  const budget = new FetchBudget(o.read.fetchConcurrency);
+  const budget = new FetchBudget(o.read.fetchConcurrency, grainSize);
   const images = new Images(
     {
       store, cache, map, log, grainSize,
@@ -93,6 +93,7 @@ export function buildStack(store: BlobStore, o: StackOptions, log: Logger): Stac
     close() {
       closing ??= (async () => {
         for (const image of await images.all()) await image.close();
+        budget.buffers.clear();
         flusher.stop();
         await cache.close();
         map.close();

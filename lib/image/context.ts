@@ -14,11 +14,20 @@ import { Uploads } from '../remote/uploads';
 import { BlobStore } from '../store/types';
 import { SYSTEM_TIMING, Timing } from '../tunables';
 import { GrainLocks } from './grain-lock';
+import { BufferPool } from './pool';
 
-/** Ranged GETs in flight across the whole mount; read-ahead waits its turn, demand reads do not. */
+/** Ranged GETs in flight across the whole mount; read-ahead waits its turn, demand reads do
+ *  not. Their grain buffers come from one pool: about two per GET are filling or being
+ *  stored at a time (see pending.ts). */
 export class FetchBudget {
   inFlight = 0;
-  constructor(readonly limit: number) {}
+  readonly buffers: BufferPool;
+  constructor(
+    readonly limit: number,
+    grainSize: number,
+  ) {
+    this.buffers = new BufferPool(grainSize, Math.max(2, Math.min(2 * limit + 2, Math.floor((64 * 1024 * 1024) / grainSize))));
+  }
   get available(): boolean {
     return this.inFlight < this.limit;
   }

@@ -1,8 +1,9 @@
 /* Fetching grains: one ranged GET for a run of grains (single flight: a grain has at most
  * one fetch, in `pending`, that every reader of it shares). A reader is released as soon
- * as its bytes arrived; the whole grain goes into the cache once complete, under the
- * grain lock, unless the epoch moved meanwhile. GETs in flight are bounded per mount by
- * the FetchBudget; their grain buffers are reused (pool.ts). */
+ * as its bytes arrived; each grain goes into the cache as soon as its last byte did (while
+ * the GET streams on), under the grain lock, unless the epoch moved meanwhile, and its
+ * buffer goes back to the pool (pool.ts). GETs in flight are bounded per mount by the
+ * FetchBudget. */
 
 import { BlobdiskError, isBlobdiskError } from '../errors';
 import { ImageContext } from './context';
@@ -12,19 +13,17 @@ import { BufferPool } from './pool';
 export class Fetcher {
   /** The fetch under way per grain. */
   readonly pending = new Map<number, PendingGrain>();
-  /** Grain buffers of fetches, reused (see pool.ts). */
-  private readonly buffers: BufferPool;
   /** Fetches under way, so that closing waits until their grains are in the cache. */
   private readonly fetching = new Set<Promise<void>>();
   /** Grains whose fetch just failed because Azure did not answer: fetched again only after
    *  `until` (the kernel reads a page again at once when its read-ahead failed). */
   private readonly unreachable = new Map<number, { readonly error: BlobdiskError; readonly until: number }>();
 
-  constructor(private readonly ctx: ImageContext) {
-    // Enough for the grains of a full read-ahead window in flight, at most 64 MiB.
-    const g = ctx.deps.grainSize;
-    const window = ctx.deps.read.readAheadGrains + Math.ceil(ctx.deps.read.maxFetchBytes / g) + 2;
-    this.buffers = new BufferPool(g, Math.max(2, Math.min(window, Math.floor((64 * 1024 * 1024) / g))));
+  constructor(private readonly ctx: ImageContext) {}
+
+  /** Grain buffers of fetches, the mount's (see pool.ts). */
+  private get buffers(): BufferPool {
+    return this.ctx.deps.budget.buffers;
   }
 
   /** Starts one ranged GET for grains [first, first + count) and returns the first's pending state. */
@@ -47,7 +46,7 @@ export class Fetcher {
       const base = idx * g;
       const from = Math.min(g, Math.max(0, start - base));
       const to = Math.max(from, Math.min(g, end - base));
-      const p = new PendingGrain(idx, this.buffers.take(), from, to);
+      const p = new PendingGrain(idx, () => this.buffers.take(), from, to);
       this.pending.set(idx, p);
       grains.push(p);
     }
@@ -57,11 +56,7 @@ export class Fetcher {
     const fetching = this.run(grains, start, end).finally(() => {
       this.ctx.deps.budget.inFlight--;
       this.fetching.delete(fetching);
-      for (const p of grains) {
-        // Only grains that left the pending table: a reader may still find the others.
-        const buf = this.pending.get(p.idx) === p ? undefined : p.recycle();
-        if (buf) this.buffers.give(buf);
-      }
+      for (const p of grains) this.recycle(p);
     });
     this.fetching.add(fetching);
     const head = grains[0];
@@ -69,10 +64,27 @@ export class Fetcher {
     return head;
   }
 
+  /** Gives grain `p`'s buffer back to the pool once it left the pending table (a reader
+   *  may still find it there). */
+  private recycle(p: PendingGrain): void {
+    const buf = this.pending.get(p.idx) === p ? undefined : p.recycle();
+    if (buf) this.buffers.give(buf);
+  }
+
   private async run(grains: PendingGrain[], start: number, end: number): Promise<void> {
     const g = this.ctx.deps.grainSize;
     const epoch = this.ctx.epoch;
     const startedAt = this.ctx.timing.clock.now();
+    // Grains complete in order as the bytes arrive; each is stored at once.
+    const storing: Promise<void>[] = [];
+    let next = 0;
+    const completeUpTo = (pos: number): void => {
+      for (let p = grains[next]; p && pos >= p.idx * g + p.to; p = grains[++next]) {
+        this.unreachable.delete(p.idx);
+        p.complete();
+        storing.push(this.store(p, epoch));
+      }
+    };
     try {
       const now = startedAt;
       // A run that holds a grain just failed (the kernel's re-read, with read-ahead) fails with it.
@@ -83,6 +95,7 @@ export class Fetcher {
         const options = this.ctx.remote.leaseId === undefined ? { etag: this.ctx.remote.etag } : {};
         const stream = await this.ctx.deps.store.read(this.ctx.remote.ref, start, end - start, options);
         let pos = start;
+        completeUpTo(pos);
         for await (const chunk of stream) {
           let used = 0;
           while (used < chunk.length) {
@@ -94,38 +107,43 @@ export class Fetcher {
             pos += take;
           }
           this.ctx.counters.bytesDown += chunk.length;
+          completeUpTo(pos);
         }
         // The body was cut short: the connection, not the blob, failed.
         if (pos !== end) throw new BlobdiskError('unavailable', `Azure ended the read of ${this.ctx.remote.ref.name} at ${pos} instead of ${end}`);
       }
-      for (const p of grains) {
-        this.unreachable.delete(p.idx);
-        p.complete();
-      }
-      for (const p of grains) {
-        try {
-          // Checked under the grain lock, and again by the cache just before it keeps the
-          // grain: a truncate or a change of the blob meanwhile makes these bytes stale.
-          const valid = (): boolean => epoch === this.ctx.epoch;
-          await this.ctx.locks.run(p.idx, async () => (valid() ? this.ctx.deps.cache.fill(this.ctx.id, p.idx, p.data, valid, p.checksum) : false));
-        } catch (e) {
-          this.ctx.deps.log.warn(`could not cache grain ${p.idx} of ${this.ctx.remote.ref.name}: ${(e as Error).message}`);
-        } finally {
-          if (this.pending.get(p.idx) === p) this.pending.delete(p.idx);
-          p.stored();
-        }
-      }
+      completeUpTo(Infinity);
     } catch (e) {
       const error = isBlobdiskError(e) ? e : new BlobdiskError('failed', `reading ${this.ctx.remote.ref.name} failed: ${(e as Error).message}`, { cause: e });
       const { clock, tunables } = this.ctx.timing;
+      // The grains complete before the failure are stored; the others fail.
+      const failed = grains.slice(next);
       if (error.kind === 'unavailable' && clock.now() - startedAt >= tunables.silentAfterMs) {
         const until = clock.now() + tunables.failFastMs;
-        for (const p of grains) if (!(this.unreachable.get(p.idx)?.error === error)) this.unreachable.set(p.idx, { error, until });
+        for (const p of failed) if (!(this.unreachable.get(p.idx)?.error === error)) this.unreachable.set(p.idx, { error, until });
       }
-      for (const p of grains) {
+      for (const p of failed) {
         p.fail(error);
         if (this.pending.get(p.idx) === p) this.pending.delete(p.idx);
       }
+    } finally {
+      await Promise.all(storing);
+    }
+  }
+
+  /** Keeps complete grain `p` in the cache, then lets readers go to the cache and its buffer go. */
+  private async store(p: PendingGrain, epoch: number): Promise<void> {
+    try {
+      // Checked under the grain lock, and again by the cache just before it keeps the
+      // grain: a truncate or a change of the blob meanwhile makes these bytes stale.
+      const valid = (): boolean => epoch === this.ctx.epoch;
+      await this.ctx.locks.run(p.idx, async () => (valid() ? this.ctx.deps.cache.fill(this.ctx.id, p.idx, p.data, valid, p.checksum) : false));
+    } catch (e) {
+      this.ctx.deps.log.warn(`could not cache grain ${p.idx} of ${this.ctx.remote.ref.name}: ${(e as Error).message}`);
+    } finally {
+      if (this.pending.get(p.idx) === p) this.pending.delete(p.idx);
+      p.stored();
+      this.recycle(p);
     }
   }
 
@@ -145,9 +163,8 @@ export class Fetcher {
     await Promise.all(this.fetching);
   }
 
-  /** Lets fetches under way store their grains, then frees the buffers. */
+  /** Lets fetches under way store their grains. */
   async close(): Promise<void> {
     await this.settled();
-    this.buffers.clear();
   }
 }

@@ -6,10 +6,11 @@
  * 5 GB/s of the fast CRC), so the cache need not send the grain to its checksum worker and
  * wait for the answer.
  *
- * `data` comes from the image's buffer pool and goes back once the fetch is over. Readers
- * therefore take their bytes through copyTo(), which copies the moment they have arrived,
- * so none holds the buffer afterwards; a caller that reads `data` itself after waitFor()
- * makes the buffer its own for good (it is then not reused). */
+ * `data` comes from the image's buffer pool when the grain's first bytes arrive (a GET of
+ * eight grains holds one or two buffers at a time, not eight), and goes back once the
+ * grain is stored. Readers therefore take their bytes through copyTo(), which copies the
+ * moment they have arrived, so none holds the buffer afterwards; a caller that reads
+ * `data` itself after waitFor() makes the buffer its own for good (it is then not reused). */
 
 import { crc32 } from '../cache/crc';
 
@@ -35,8 +36,10 @@ interface Waiter {
 
 export class PendingGrain {
   private received = 0;
-  /** CRC-32 of the grain's first from + received bytes. */
-  private crc: number;
+  /** CRC-32 of the grain's first from + received bytes (once `buf` is taken). */
+  private crc = 0;
+  /** Taken from the pool at the first use (see the file's header). */
+  private buf: Buffer | undefined;
   private done = false;
   private lent = false;
   private released = false;
@@ -48,16 +51,13 @@ export class PendingGrain {
 
   constructor(
     readonly idx: number,
-    /** The grain's bytes; a pooled buffer of any content (zeroed here outside [from, to)). */
-    private buf: Buffer,
+    /** Gives the grain's buffer: pooled, of any content (zeroed here outside [from, to)). */
+    private readonly take: () => Buffer,
     /** First fetched byte within the grain. */
     readonly from: number,
     /** End of the fetched bytes within the grain. */
     readonly to: number,
   ) {
-    if (from > 0) buf.fill(0, 0, from);
-    if (to < buf.length) buf.fill(0, to);
-    this.crc = from > 0 ? crc32(buf.subarray(0, from)) : 0;
     this.finished = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
     this.finished.catch(() => undefined);
   }
@@ -65,7 +65,12 @@ export class PendingGrain {
   /** The grain's bytes, for the fetch that fills them and the cache that stores them. */
   get data(): Buffer {
     if (this.released) throw new Error(`grain ${this.idx}: its fetch buffer was already reused`);
-    return this.buf;
+    if (this.buf) return this.buf;
+    const buf = this.take();
+    if (this.from > 0) buf.fill(0, 0, this.from);
+    if (this.to < buf.length) buf.fill(0, this.to);
+    this.crc = this.from > 0 ? crc32(buf.subarray(0, this.from)) : 0;
+    return (this.buf = buf);
   }
 
   /** CRC-32 of the whole grain (`data`), once the fetch is complete. */
@@ -110,7 +115,7 @@ export class PendingGrain {
   /** Appends the next bytes of the stream (the fetch writes them in order from `from`). */
   append(chunk: Buffer, chunkStart: number, chunkEnd: number): void {
     const at = this.from + this.received;
-    copyBytes(chunk, chunkStart, chunkEnd, this.buf, at);
+    copyBytes(chunk, chunkStart, chunkEnd, this.data, at);
     this.received += chunkEnd - chunkStart;
     this.crc = crc32(chunk.subarray(chunkStart, chunkEnd), this.crc);
     this.release();
@@ -121,7 +126,7 @@ export class PendingGrain {
     const still: Waiter[] = [];
     for (const w of this.waiters) {
       if (this.ready(w.start, w.end)) {
-        if (w.target) copyBytes(this.buf, w.start, w.end, w.target, w.at);
+        if (w.target) copyBytes(this.data, w.start, w.end, w.target, w.at);
         w.resolve();
       } else still.push(w);
     }
@@ -130,7 +135,8 @@ export class PendingGrain {
 
   complete(): void {
     if (this.done) return;
-    if (this.to < this.buf.length) this.crc = crc32(this.buf.subarray(this.to), this.crc);
+    const buf = this.data;
+    if (this.to < buf.length) this.crc = crc32(buf.subarray(this.to), this.crc);
     this.done = true;
     this.release();
   }
@@ -148,9 +154,9 @@ export class PendingGrain {
     this.settle?.reject(e);
   }
 
-  /** Hands the buffer back once the fetch is over and the grain left the pending table:
-   *  every reader has copied its bytes or failed. Returns it unless a waitFor() caller
-   *  may still read it. */
+  /** Hands the buffer back once the grain is stored (or its fetch failed) and it left the
+   *  pending table: every reader has copied its bytes or failed. Returns it unless none was
+   *  taken or a waitFor() caller may still read it. */
   recycle(): Buffer | undefined {
     if (this.released || this.lent || this.waiters.length > 0) return undefined;
     this.released = true;

@@ -6,6 +6,7 @@ import { MemoryStore } from '../support/memory-store';
 import { harness } from '../support/image-harness';
 import { ManualClock } from '../support/manual-clock';
 import { DEFAULT_TUNABLES } from '../../lib/tunables';
+import { BufferPool } from '../../lib/image/pool';
 
 const G = 64 * 1024;
 const ref = { container: 'c', name: 'disk.img' };
@@ -144,6 +145,35 @@ describe('Image reads', () => {
     await h.close();
   });
 
+  it('stores each grain of a GET as soon as its last byte arrived, while the GET streams on', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    const data = crypto.randomBytes(4 * G);
+    // Zeros (no pages) up to grain 8, then grains 8 to 11 written.
+    await pageBlob(store, 12 * G, [[8 * G, data]]);
+    const h = harness(store, { readAheadGrains: 4 });
+    const image = await h.open(ref);
+    const id = image.id;
+    store.settings.chunkSize = G / 4;
+    store.settings.chunkDelayMs = 15;
+    // A sequential reader of the zeros: its read-ahead window reaches grains 8 to 11, one GET of 16 chunks.
+    for (let at = 0; at < 8 * G; at += G / 2) expect(await image.read(at, G / 2)).toEqual(Buffer.alloc(G / 2));
+    const seen: boolean[] = [];
+    const until = Date.now() + 10_000;
+    while (!h.cache.has(id, 11) && Date.now() < until) {
+      if (h.cache.has(id, 8)) seen.push(h.cache.has(id, 10));
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(image.counters.readAheadFetches).toBe(1);
+    // Grain 8 was in the cache while grain 10 was still on its way.
+    expect(seen).toContain(false);
+    // A buffer is taken per grain as its bytes arrive and given back once it is stored.
+    expect(h.budget.buffers.idleCount).toBeGreaterThan(0);
+    expect(h.budget.buffers.idleCount).toBeLessThanOrEqual(2);
+    expect(await image.read(8 * G, 4 * G)).toEqual(data);
+    expect(image.counters.fetches).toBe(1);
+    await h.close();
+  });
+
   it('reads ahead of a sequential reader, in GETs covering several grains', async () => {
     const store = new MemoryStore({ containers: ['c'] });
     const data = crypto.randomBytes(32 * G);
@@ -212,5 +242,27 @@ describe('Image reads', () => {
     expect((await image.read(0, G)).equals(data.get(0) as Buffer)).toBe(true);
     await flushing;
     await h.close();
+  });
+});
+
+describe('BufferPool', () => {
+  afterEach(() => jest.useRealTimers());
+
+  it('reuses given buffers up to its bound and lets the idle ones go once no fetch took one for 5 s', () => {
+    jest.useFakeTimers();
+    const pool = new BufferPool(1024, 2);
+    const [a, b, c] = [pool.take(), pool.take(), pool.take()];
+    for (const buf of [a, b, c]) pool.give(buf);
+    expect(pool.idleCount).toBe(2);
+    expect([a, b]).toContain(pool.take());
+    pool.give(Buffer.alloc(512)); // not of the pool's size
+    expect(pool.idleCount).toBe(1);
+    jest.advanceTimersByTime(4_000);
+    pool.take(); // a fetch took one: the idle ones stay 5 s more
+    pool.give(a);
+    jest.advanceTimersByTime(4_000);
+    expect(pool.idleCount).toBe(1);
+    jest.advanceTimersByTime(1_500);
+    expect(pool.idleCount).toBe(0);
   });
 });
