@@ -19,7 +19,8 @@ export interface Tunables {
   /** The flusher: retry backoff, doubling from the first to the last. */
   readonly minBackoffMs: number;
   readonly maxBackoffMs: number;
-  /** Page uploads read and plan dirty grains this many bytes at a time. */
+  /** Page uploads read and plan dirty grains this many bytes at a time: a Put Page's
+   *  largest, so the requests in flight hold about concurrency windows. */
   readonly uploadWindowBytes: number;
   /** The cache: how often a write waiting for room looks again. */
   readonly roomPollMs: number;
@@ -56,7 +57,7 @@ export const DEFAULT_TUNABLES: Tunables = Object.freeze({
   minMaxAgeMs: 5_000,
   minBackoffMs: 500,
   maxBackoffMs: 30_000,
-  uploadWindowBytes: 8 * 1024 * 1024,
+  uploadWindowBytes: 4 * 1024 * 1024,
   roomPollMs: 50,
   touchFlushMs: 5_000,
   maxOpenFiles: 128,

@@ -9,12 +9,16 @@ import { BlobdiskError } from '../errors';
 import { LOGICAL_SIZE_KEY, logicalSizeText } from '../remote/remote';
 import { UploadSource } from '../remote/uploads';
 import { MAX_PAGE_BLOB_BYTES } from '../store/types';
+import { BufferPool } from '../image/pool';
 import { PageUpload, planPageUploads } from './plan';
 import { UploaderDeps, mayBeClean, roundDown, roundUp } from './upload';
 
+/** Window buffers kept for the next windows; the uploads in flight hold a few more. */
+const SPARE_WINDOWS = 4;
+
 export class PageUploader {
-  /** Window buffers of finished uploads, for the next ones. */
-  private readonly spareWindows: Buffer[] = [];
+  /** Window buffers of finished uploads, for the next ones (let go when uploads pause). */
+  private spareWindows: BufferPool | undefined;
 
   constructor(private readonly deps: UploaderDeps) {}
 
@@ -100,8 +104,9 @@ export class PageUploader {
     };
     const next = async (): Promise<Job | undefined> => {
       for (;;) {
-        // Keep a window read ahead of the requests in flight.
-        if (ready.length <= this.deps.concurrency && nextGrain < dirty.length) {
+        // Keep a window read ahead of the requests in flight, and no more: each holds up to
+        // windowBytes, and a sequential writer's windows are two 4 MiB requests each.
+        if (ready.length <= 1 && nextGrain < dirty.length) {
           reading ??= readWindow()
             .catch((e: unknown) => void (failure ??= e))
             .finally(() => (reading = undefined));
@@ -157,14 +162,14 @@ export class PageUploader {
   private async windowDone(image: UploadSource, window: { grains: readonly { idx: number; gen: number; data: Buffer; end: number }[]; buffer?: Buffer }): Promise<void> {
     const clean = window.grains.filter((grain) => mayBeClean(image, grain.end));
     await Promise.all(clean.map((grain) => this.deps.cache.markUploaded(image.remote.id, grain.idx, grain.gen, grain.data)));
-    if (window.buffer && this.spareWindows.length < this.deps.concurrency + 2) this.spareWindows.push(window.buffer);
+    if (window.buffer) this.spareWindows?.give(window.buffer);
   }
 
   /** A window buffer of `bytes`, reused: fresh ones of 8 MiB per window kept the garbage
    *  collector busy for a tenth of a drain. Shared memory, so that the cache checksums
    *  uploaded grains in its worker thread without a copy. */
   private windowBuffer(bytes: number): Buffer {
-    const spare = this.spareWindows.pop();
-    return spare && spare.length === bytes ? spare : Buffer.from(new SharedArrayBuffer(bytes));
+    if (this.spareWindows?.size !== bytes) this.spareWindows = new BufferPool(bytes, SPARE_WINDOWS);
+    return this.spareWindows.take();
   }
 }

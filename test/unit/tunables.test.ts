@@ -12,7 +12,7 @@ test('default tunables are pinned', () => {
     minMaxAgeMs: 5_000,
     minBackoffMs: 500,
     maxBackoffMs: 30_000,
-    uploadWindowBytes: 8 * 1024 * 1024,
+    uploadWindowBytes: 4 * 1024 * 1024,
     roomPollMs: 50,
     touchFlushMs: 5_000,
     maxOpenFiles: 128,
