@@ -2,13 +2,16 @@
  * who mounted gets in; with it, --uid, --gid, --file-mode and --dir-mode are what stat shows
  * and what the kernel enforces (default_permissions), so another user (libvirt's QEMU runs
  * as libvirt-qemu) reads and writes exactly as those allow. The other users here are
- * Debian's `nobody` and `daemon`, driven with runuser. Needs root and /dev/fuse. */
+ * Debian's `nobody` and `daemon`, driven with runuser; `nobody` also mounts and unmounts
+ * through fusermount3 as a user who is not root does. Needs root and /dev/fuse. */
 
 import type { ContainerClient } from '@azure/storage-blob';
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../../lib/azurite';
-import { cliEnv, makeTempDir, newMountpoint, removeTempDirs, runCli, type RunResult, sh, statOf, stopAllMounts } from '../support/mount';
+import { CLI, cliEnv, forceUnmount, isMounted, makeTempDir, newMountpoint, removeTempDirs, runCli, type RunResult, sh, sha256, statOf, stopAllMounts, waitFor, within } from '../support/mount';
 import { containerOn, freshCacheDir, mountOn, ok, sdkDownload, unmountClean } from '../support/write-helpers';
 
 const CONTAINER = 'access';
@@ -77,6 +80,39 @@ it('with --allow-other, owner and modes are what stat shows and what the kernel 
   }
   const blob = await sdkDownload(container, 'vms/disk.img');
   expect(blob.subarray(8 * 4096, 9 * 4096).equals(Buffer.alloc(4096, 0x5a))).toBe(true);
+});
+
+it('a user who is not root mounts through fusermount3, writes, and unmounts with blobdisk unmount', async () => {
+  // Everything the user needs is its own: the mountpoint, the cache and a home.
+  const base = await makeTempDir('blobdisk-user-');
+  const [mnt, cache, home] = ['mnt', 'cache', 'home'].map((d) => path.join(base, d)) as [string, string, string];
+  for (const dir of [mnt, home]) await fsp.mkdir(dir);
+  ok(await sh('chown', ['-R', 'nobody:nogroup', base]), 'chown');
+  const src = path.join(home, 'pattern');
+  const data = crypto.randomBytes(1024 * 1024);
+  await fsp.writeFile(src, data, { mode: 0o644 });
+  const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home, AZURE_STORAGE_CONNECTION_STRING: azurite.connectionString };
+  const child = spawn('runuser', ['-u', 'nobody', '--', process.execPath, CLI, 'mount', mnt, '--container', CONTAINER, '--cache-dir', cache], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  try {
+    expect(await waitFor(async () => err.includes('blobdisk: mounted ') || child.exitCode !== null, 30_000, 100)).toBe(true);
+    expect(err).toContain('blobdisk: mounted ');
+    // The kernel shows the user's mount, made by fusermount3 (user_id is the user's).
+    const nobody = Number((await sh('id', ['-u', 'nobody'])).stdout.trim());
+    expect((await fsp.readFile('/proc/self/mountinfo', 'utf8')).split('\n').find((l) => l.includes(` ${mnt} `))).toContain(`user_id=${nobody}`);
+    const file = path.join(mnt, 'vms/user.img');
+    ok(await as('nobody', 'dd', [`if=${src}`, `of=${file}`, 'bs=64k', 'conv=fsync', 'status=none']), 'dd as nobody');
+    expect((await as('nobody', 'sha256sum', [file])).stdout.split(' ')[0]).toBe(sha256(data));
+    ok(await as('nobody', process.execPath, [CLI, 'unmount', mnt]), 'blobdisk unmount as nobody');
+    expect(await within(exited, 60_000, 'still running')).toBe(0);
+    expect(await isMounted(mnt)).toBe(false);
+  } finally {
+    if (child.exitCode === null) child.kill('SIGKILL');
+    await forceUnmount(mnt);
+  }
+  expect((await sdkDownload(container, 'vms/user.img')).equals(data)).toBe(true);
 });
 
 it('a read-only mount drops the write bits of the modes it was given', async () => {
