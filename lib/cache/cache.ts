@@ -347,6 +347,11 @@ export class GrainCache {
   write(imageId: number, idx: number, offset: number, data: Buffer, waitMs: number): Promise<void> {
     return this.writes.write(imageId, idx, offset, data, waitMs);
   }
+  /** Makes grain `idx` all zeros, written and dirty, with no blocks in its file (see Writes.zeroGrain). */
+  zeroGrain(imageId: number, idx: number, waitMs: number): Promise<void> {
+    return this.writes.zeroGrain(imageId, idx, waitMs);
+  }
+
 
   /** write() at once, when the grain's file is open; false (nothing done) otherwise. */
   writeNow(imageId: number, idx: number, offset: number, data: Buffer): boolean {

@@ -4,8 +4,9 @@
  * zeros. A write of whole sectors into one cached grain that nobody holds is done at once
  * (writeNow), without a turn through promises. Truncates move the sizes through
  * RemoteBlob (see its table) and cut the cache. A punched hole (guest discard) is a write
- * of zeros, skipped where nothing is cached and Azure holds no data; the page upload turns
- * zero runs into Clear Pages. */
+ * of zeros, skipped where nothing is cached and Azure holds no data; a whole grain of it
+ * costs no disk (its file is cut to nothing and grown back); the page upload turns zero
+ * runs into Clear Pages. */
 
 import { SECTOR } from '../cache/sectors';
 import { BlobdiskError } from '../errors';
@@ -103,9 +104,24 @@ export class Writer {
       const to = Math.min(end, (idx + 1) * g);
       // Already zeros: no cached data and no data in Azure (a fetch under way means there is).
       if (!this.ctx.deps.cache.has(this.ctx.id, idx) && !this.fetcher.pending.get(idx) && !(await this.ctx.remote.has(from, to))) continue;
+      if (to - from === g) {
+        await this.zeroGrain(idx);
+        continue;
+      }
       zeros ??= Buffer.alloc(Math.min(g, end - offset));
       await this.write(zeros.subarray(0, to - from), from);
     }
+  }
+
+  /** Makes the whole of grain `idx` zeros, written, as a write of zeros would. */
+  private async zeroGrain(idx: number): Promise<void> {
+    const g = this.ctx.deps.grainSize;
+    const cp = this.ctx.checkpoints;
+    if (cp?.open) await cp.wait(idx);
+    this.reader.unstage(idx);
+    await this.ctx.locks.run(idx, () => this.ctx.deps.cache.zeroGrain(this.ctx.id, idx, this.ctx.deps.dirtyWaitMs));
+    this.reader.unstage(idx);
+    this.written(idx * g, (idx + 1) * g);
   }
 
   /** After a write landed: the image's size, times and the flusher's turn; a sequential

@@ -80,6 +80,34 @@ describe('Image writes and the flusher', () => {
     await h.close();
   });
 
+  it('punches whole grains without writing zeros: their files hold no blocks, and Azure gets Clear Pages', async () => {
+    const store = new MemoryStore({ containers: ['c'] });
+    const data = crypto.randomBytes(4 * G);
+    await store.createPageBlob(page, 4 * G);
+    await store.putPages(page, 0, data);
+    const h = harness(store);
+    const image = await h.open(page);
+    expect(await image.read(0, 4 * G)).toEqual(data); // grains 0 to 3 cached, whole
+    // Grains 1 and 2 whole, and half of grain 3.
+    await image.zero(G, 2.5 * G);
+    const expected = Buffer.concat([data.subarray(0, G), Buffer.alloc(2.5 * G), data.subarray(3.5 * G)]);
+    expect(await image.read(0, 4 * G)).toEqual(expected);
+    for (const idx of [1, 2]) {
+      const st = fs.statSync(path.join(h.dir, 'grains', String(image.id), String(idx)));
+      expect({ size: st.size, blocks: st.blocks }).toEqual({ size: G, blocks: 0 });
+    }
+    expect(h.cache.state(image.id, 1)?.dirty).toBeTruthy();
+    await h.flusher.flush([image]);
+    expect(image.counters.bytesCleared).toBe(2.5 * G);
+    expect(image.counters.bytesUp).toBe(0);
+    expect(await store.pageRanges(page, 0, 4 * G)).toEqual([
+      { start: 0, end: G },
+      { start: 3.5 * G, end: 4 * G },
+    ]);
+    expect(store.contentOf(page)).toEqual(expected);
+    await h.close();
+  });
+
   it('keeps a grain dirty when it is written again while its upload runs', async () => {
     const store = new MemoryStore({ containers: ['c'] });
     await store.createPageBlob(page, 4 * G);
