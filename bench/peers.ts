@@ -9,7 +9,10 @@
  *   a cold boot-style trace; peak RSS of each mount process (VmHWM); mount time and first
  *   access of a small and of a 1 TiB sparse page blob, and peak RSS serving random reads
  *   across the 1 TiB one; the SDK's streamed whole-blob GET and its parallel download.
- * Every mount is a child process, always unmounted, also on failure.
+ * Every mount is a child process, always unmounted, also on failure. blobdisk mounting as
+ * root raises its mount's kernel read-ahead to 1 MiB; the bench gives rclone's and the bare
+ * filesystem's mounts the same (root may do that for any FUSE mount), so that no column
+ * reads sequentially with the kernel's 128 KiB.
  *
  *   node dist/bench/peers.js [--reps N] [--quick]
  * Results: tables and a one-line summary of the ratios on stdout, JSON in .bench/peers.json. */
@@ -23,7 +26,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { AZURITE_ACCOUNT, startAzurite, type RunningAzurite } from '../lib/azurite';
 import { sdkDownload, writePageBlob } from './azure';
-import { Daemon, MB, MiB, cpuSeconds, dropCaches, ensureUnmounted, median, mountedPaths, round, run, runOk, table, timedRead, waitQuiet } from './lib';
+import { Daemon, MB, MiB, cpuSeconds, dropCaches, ensureUnmounted, median, mountedPaths, round, run, runOk, setFuseReadAhead, table, timedRead, waitQuiet } from './lib';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const BLOBDISK = path.join(ROOT, 'bin', 'blobdisk');
@@ -173,6 +176,8 @@ class ColumnMount {
     ColumnMount.live.add(m);
     try {
       await waitMounted(mnt, daemon);
+      // What blobdisk does for its own mount as root (lib/fuse/session.ts).
+      if (column === 'rclone' || column === 'bare') await setFuseReadAhead(mnt, 1024);
     } catch (e) {
       await m.stop().catch(() => undefined);
       throw e;

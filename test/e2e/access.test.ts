@@ -19,6 +19,12 @@ const CONTAINER = 'access';
 let azurite: RunningAzurite;
 let container: ContainerClient;
 
+/** The kernel's read-ahead of the mount at `mnt`, in KiB (its device from mountinfo). */
+async function readAheadKiB(mnt: string): Promise<number> {
+  const line = (await fsp.readFile('/proc/self/mountinfo', 'utf8')).split('\n').find((l) => l.split(' ')[4] === mnt);
+  return Number((await fsp.readFile(`/sys/class/bdi/${line?.split(' ')[2] ?? 'none'}/read_ahead_kb`, 'utf8')).trim());
+}
+
 /** `cmd args` run as `user` (a child process through runuser). */
 const as = (user: string, cmd: string, args: string[]): Promise<RunResult> => sh('runuser', ['-u', user, '--', cmd, ...args]);
 
@@ -34,12 +40,14 @@ afterAll(async () => {
   await removeTempDirs();
 });
 
-it('keeps other users out without --allow-other, and shows the mounting user as owner', async () => {
+it('keeps other users out without --allow-other, shows the mounting user as owner, and reads ahead 1 MiB', async () => {
   const mount = await mountOn(azurite.connectionString, CONTAINER, await freshCacheDir(), [], { mnt: await newMountpoint('blobdisk-access-', true) });
   try {
     const file = path.join(mount.mnt, 'vms/disk.img');
     expect(await statOf(file, '%u %g %a')).toBe(`${process.getuid?.()} ${process.getgid?.()} 644`);
     expect(await statOf(path.join(mount.mnt, 'vms'), '%a')).toBe('755');
+    // Root's mount reads ahead a whole request (1 MiB), not the kernel's 128 KiB.
+    expect(await readAheadKiB(mount.mnt)).toBe(1024);
     const r = await as('nobody', 'ls', [mount.mnt]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/Permission denied/);
@@ -102,6 +110,8 @@ it('a user who is not root mounts through fusermount3, writes, and unmounts with
     // The kernel shows the user's mount, made by fusermount3 (user_id is the user's).
     const nobody = Number((await sh('id', ['-u', 'nobody'])).stdout.trim());
     expect((await fsp.readFile('/proc/self/mountinfo', 'utf8')).split('\n').find((l) => l.includes(` ${mnt} `))).toContain(`user_id=${nobody}`);
+    // A user may not raise the kernel's read-ahead: the mount keeps 128 KiB.
+    expect(await readAheadKiB(mnt)).toBe(128);
     const file = path.join(mnt, 'vms/user.img');
     ok(await as('nobody', 'dd', [`if=${src}`, `of=${file}`, 'bs=64k', 'conv=fsync', 'status=none']), 'dd as nobody');
     expect((await as('nobody', 'sha256sum', [file])).stdout.split(' ')[0]).toBe(sha256(data));
