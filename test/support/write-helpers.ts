@@ -56,9 +56,10 @@ export async function ddWrite(file: string, offset: number, data: Buffer, option
 
 /** Bytes [offset, offset + length) of `file` (through the mount) read by dd in a child process;
  *  shorter when the file ends first. */
-export async function readRange(file: string, offset: number, length: number): Promise<Buffer> {
+export async function readRange(file: string, offset: number, length: number, options: { direct?: boolean } = {}): Promise<Buffer> {
   const out = await scratchFile('dd-out');
-  ok(await sh('dd', [`if=${file}`, `of=${out}`, `bs=${MiB}`, `skip=${offset}`, `count=${length}`, 'iflag=skip_bytes,count_bytes', 'status=none'], { timeoutMs: 180_000 }), `dd read of ${file}`);
+  const iflag = `iflag=skip_bytes,count_bytes${options.direct ? ',direct' : ''}`;
+  ok(await sh('dd', [`if=${file}`, `of=${out}`, `bs=${MiB}`, `skip=${offset}`, `count=${length}`, iflag, 'status=none'], { timeoutMs: 180_000 }), `dd read of ${file}`);
   const data = await fsp.readFile(out);
   await fsp.rm(out, { force: true });
   return data;
