@@ -250,7 +250,8 @@ async function main(): Promise<void> {
   let proxy: CountingProxy | undefined;
   const results: Record<Column, Row[]> & { sdk: Row[]; quiet: number[] } = { blobdisk: [], rclone: [], bare: [], base: [], sdk: [], quiet: [] };
   try {
-    azurite = await startAzurite({ inMemory: true });
+    // Three full rounds pass some gigabytes of blobs through Azurite's memory.
+    azurite = await startAzurite({ inMemory: true, heapMiB: 12 * 1024 });
     proxy = await CountingProxy.start(azurite.port);
     const direct = { connectionString: azurite.connectionString, blobEndpoint: azurite.endpoint, key: azurite.accountKey };
     const viaProxy = {

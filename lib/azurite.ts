@@ -31,6 +31,10 @@ export interface AzuriteOptions {
   /** Serve HTTPS with this certificate and key (PEM files), and accept Microsoft Entra ID
    *  bearer tokens (Azurite's basic OAuth: issuer, audience and lifetime are checked). */
   readonly tls?: { readonly cert: string; readonly key: string };
+  /** Largest JavaScript heap of Azurite's process, in MiB (Node's default: about 4 GiB). An
+   *  in-memory Azurite that gigabytes of blobs passed through spent its time collecting
+   *  garbage near that limit. */
+  readonly heapMiB?: number;
 }
 
 export interface RunningAzurite {
@@ -147,7 +151,8 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Runnin
   if (options.inMemory !== true && options.location !== undefined) await mkdir(options.location, { recursive: true });
   if (pidFile !== undefined) await waitForPreviousAzurite(pidFile, STOP_TIMEOUT_MS * 2);
 
-  const child = spawn(process.execPath, ['-e', WRAPPER, azuriteBlobMain(), ...args], {
+  const heap = options.heapMiB === undefined ? [] : [`--max-old-space-size=${options.heapMiB}`];
+  const child = spawn(process.execPath, [...heap, '-e', WRAPPER, azuriteBlobMain(), ...args], {
     stdio: ['pipe', 'pipe', 'pipe'],
     // Its own process group: Ctrl-C in the terminal must reach blobdisk only, which still
     // needs Azurite to drain dirty data before it stops it.
