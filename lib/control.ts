@@ -24,8 +24,21 @@ export function controlDir(uid: number = process.getuid?.() ?? 0): string {
   return uid === 0 ? '/run/blobdisk' : `/tmp/blobdisk-${uid}`;
 }
 
+/** `mountpoint` as the kernel's mount table names it: absolute, with its parent's symlinks
+ *  resolved (not the mountpoint's own: resolving it would be a request to the mount). */
+export function canonicalMountpoint(mountpoint: string): string {
+  const resolved = path.resolve(mountpoint);
+  try {
+    return path.join(fs.realpathSync(path.dirname(resolved)), path.basename(resolved));
+  } catch {
+    return resolved;
+  }
+}
+
+/** The mount's control socket: one per mountpoint, however a command names it (a symlinked
+ *  path reaches the same mount as the real one). */
 export function controlSocketPath(mountpoint: string, dir: string = controlDir()): string {
-  const hash = crypto.createHash('sha256').update(path.resolve(mountpoint)).digest('hex').slice(0, 24);
+  const hash = crypto.createHash('sha256').update(canonicalMountpoint(mountpoint)).digest('hex').slice(0, 24);
   return path.join(dir, `${hash}.sock`);
 }
 

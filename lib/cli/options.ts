@@ -7,6 +7,7 @@ import path from 'node:path';
 import { AccessArgs, parseAccess } from './access';
 import { AUTH_MODES, AuthMode, DEFAULTS, LOG_LEVELS, LogLevel, MountOptions, SyncMode } from '../config';
 import { UsageError } from '../errors';
+import { canonicalMountpoint } from '../control';
 import { parseListenAddress } from '../prometheus';
 import { Credentials, defaultEndpoint, sasProblem } from '../store/credentials';
 import { formatSize, isPowerOfTwo, parseSize } from '../units';
@@ -198,7 +199,8 @@ export function parseMountOptions(args: MountArgs, env: NodeJS.ProcessEnv = proc
   const problem = creds?.kind === 'sas' ? sasProblem(creds.sas, args.readOnly ?? false) : undefined;
   if (problem !== undefined) throw new UsageError(problem);
   const options: MountOptions = {
-    mountpoint: path.resolve(args.mountpoint),
+    // As the kernel's mount table names it (a symlinked path would never be found there).
+    mountpoint: canonicalMountpoint(args.mountpoint),
     credentials: creds,
     container: args.container,
     dataDir,

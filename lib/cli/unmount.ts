@@ -4,8 +4,7 @@
  * command that stops it. */
 
 import fsp from 'node:fs/promises';
-import path from 'node:path';
-import { controlPidPath, controlRequest, controlSocketPath } from '../control';
+import { canonicalMountpoint, controlPidPath, controlRequest, controlSocketPath } from '../control';
 import { UsageError, errorMessage } from '../errors';
 import { isAlive } from '../pid';
 import { mountPoints } from '../preflight';
@@ -43,7 +42,7 @@ async function mountProcess(mountpoint: string): Promise<number | undefined> {
 }
 
 export async function unmountCommand(target: string, io: Io): Promise<number> {
-  const mountpoint = path.resolve(target);
+  const mountpoint = canonicalMountpoint(target);
   const progress = uploadProgress(io, 'draining');
   let result: DrainResult;
   try {

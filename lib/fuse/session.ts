@@ -4,7 +4,7 @@
  * modes; libfuse 3 has no request timeout and always sends big writes) and unmounts again. */
 
 import fsp from 'node:fs/promises';
-import path from 'node:path';
+import { canonicalMountpoint } from '../control';
 import { UsageError } from '../errors';
 import type { Logger } from '../log';
 import { Fuse3, NativeFastTable, Operations } from './fuse3';
@@ -63,7 +63,7 @@ export class FuseSession {
 async function raiseReadAhead(mountpoint: string, bytes: number, log: Logger): Promise<void> {
   if (process.getuid?.() !== 0) return;
   try {
-    const target = path.resolve(mountpoint);
+    const target = canonicalMountpoint(mountpoint);
     const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
     const line = (await fsp.readFile('/proc/self/mountinfo', 'utf8')).split('\n').reverse().find((l) => unescape(l.split(' ')[4] ?? '') === target);
     const dev = line?.split(' ')[2];

@@ -119,6 +119,23 @@ describe('blobdisk unmount', () => {
     expect(stopped.clean).toBe(true);
   });
 
+  test('a mount made through a symlinked path is found by its real path too: unmount drains it, never clears it', async () => {
+    const real = await makeTempDir('blobdisk-real-');
+    await fsp.mkdir(path.join(real, 'mnt'));
+    const link = path.join(await makeTempDir('blobdisk-link-'), 'to-real');
+    await fsp.symlink(real, link);
+    const m = await startMount(mountArgs('symlinked'), { mnt: path.join(link, 'mnt') });
+    expect(await sha256OfFile(path.join(m.mnt, 'disk.img'))).toBe(sha256(DATA));
+    expect((await runCli(['status', path.join(real, 'mnt'), '--json'])).code).toBe(0);
+    const r = await runCli(['unmount', path.join(real, 'mnt')], { timeoutMs: 90_000 });
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: `blobdisk: unmounted ${path.join(real, 'mnt')}\n` });
+    expect(await within(m.exited, 30_000, 'still running' as const)).toEqual({ code: 0, signal: null });
+    // The process drained and unmounted itself; nothing pulled the mount from under it.
+    expect(m.stderr()).not.toContain('unmounted from outside');
+    expect(await isMounted(path.join(real, 'mnt'))).toBe(false);
+    await m.stop();
+  });
+
   test('status and unmount of a directory nothing is mounted on fail with one line', async () => {
     const dir = await makeTempDir();
     for (const args of [['unmount', dir], ['status', dir, '--json']]) {

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { checkControlDir, controlDir, controlSocketPath } from '../../lib/control';
+import { canonicalMountpoint, checkControlDir, controlDir, controlSocketPath } from '../../lib/control';
 
 describe('the control directory', () => {
   let base: string;
@@ -15,6 +15,13 @@ describe('the control directory', () => {
     expect(controlDir(1000)).toBe('/tmp/blobdisk-1000');
     expect(controlSocketPath('/mnt/blobs', '/run/blobdisk')).toMatch(/^\/run\/blobdisk\/[0-9a-f]{24}\.sock$/);
     expect(controlSocketPath('/mnt/blobs/', '/d')).toBe(controlSocketPath('/mnt/blobs', '/d'));
+  });
+
+  it('is the same for a mountpoint named through a symlinked parent and by its real path', () => {
+    fs.mkdirSync(path.join(base, 'real'));
+    fs.symlinkSync(path.join(base, 'real'), path.join(base, 'link'));
+    expect(controlSocketPath(path.join(base, 'link', 'mnt'), '/d')).toBe(controlSocketPath(path.join(base, 'real', 'mnt'), '/d'));
+    expect(canonicalMountpoint(path.join(base, 'link', 'mnt'))).toBe(path.join(fs.realpathSync(base), 'real', 'mnt'));
   });
 
   it('is trusted only when it is a directory of ours that nobody else can use', () => {
