@@ -8,6 +8,7 @@ import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../../lib/azurite';
 import {
   cliEnv,
+  forceUnmount,
   isMounted,
   lines,
   makeTempDir,
@@ -125,15 +126,20 @@ describe('blobdisk unmount', () => {
     const link = path.join(await makeTempDir('blobdisk-link-'), 'to-real');
     await fsp.symlink(real, link);
     const m = await startMount(mountArgs('symlinked'), { mnt: path.join(link, 'mnt') });
-    expect(await sha256OfFile(path.join(m.mnt, 'disk.img'))).toBe(sha256(DATA));
-    expect((await runCli(['status', path.join(real, 'mnt'), '--json'])).code).toBe(0);
-    const r = await runCli(['unmount', path.join(real, 'mnt')], { timeoutMs: 90_000 });
-    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: `blobdisk: unmounted ${path.join(real, 'mnt')}\n` });
-    expect(await within(m.exited, 30_000, 'still running' as const)).toEqual({ code: 0, signal: null });
-    // The process drained and unmounted itself; nothing pulled the mount from under it.
-    expect(m.stderr()).not.toContain('unmounted from outside');
-    expect(await isMounted(path.join(real, 'mnt'))).toBe(false);
-    await m.stop();
+    try {
+      expect(await sha256OfFile(path.join(m.mnt, 'disk.img'))).toBe(sha256(DATA));
+      expect((await runCli(['status', path.join(real, 'mnt'), '--json'])).code).toBe(0);
+      const r = await runCli(['unmount', path.join(real, 'mnt')], { timeoutMs: 90_000 });
+      expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: `blobdisk: unmounted ${path.join(real, 'mnt')}\n` });
+      expect(await within(m.exited, 30_000, 'still running' as const)).toEqual({ code: 0, signal: null });
+      // The process drained and unmounted itself; nothing pulled the mount from under it.
+      expect(m.stderr()).not.toContain('unmounted from outside');
+      expect(await isMounted(path.join(real, 'mnt'))).toBe(false);
+    } finally {
+      await m.stop();
+      // The kernel names the mount by its real path: a failed run must not leave it behind.
+      await forceUnmount(path.join(real, 'mnt'));
+    }
   });
 
   test('status and unmount of a directory nothing is mounted on fail with one line', async () => {
