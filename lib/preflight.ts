@@ -9,19 +9,31 @@ import type { AccessOptions } from './config';
 import { UsageError } from './errors';
 import { formatSize } from './units';
 
-/** Mount points of this machine, from /proc/self/mountinfo (octal escapes decoded). */
-export async function mountPoints(): Promise<Map<string, string>> {
+/** One mount of this machine: where, of which type, on which device (MAJOR:MINOR). */
+export interface MountEntry {
+  readonly type: string;
+  readonly device: string;
+}
+
+/** Mount points of this machine, from /proc/self/mountinfo (octal escapes decoded); a path
+ *  mounted over again names the topmost mount. */
+export async function mountTable(): Promise<Map<string, MountEntry>> {
   const text = await fsp.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
-  const out = new Map<string, string>();
+  const out = new Map<string, MountEntry>();
   for (const line of text.split('\n')) {
     const fields = line.split(' ');
     const sep = fields.indexOf('-');
-    const mnt = fields[4];
+    const [device, mnt] = [fields[2], fields[4]];
     const type = fields[sep + 1];
-    if (mnt === undefined || sep < 0 || type === undefined) continue;
-    out.set(mnt.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))), type);
+    if (mnt === undefined || device === undefined || sep < 0 || type === undefined) continue;
+    out.set(mnt.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))), { type, device });
   }
   return out;
+}
+
+/** Mount points of this machine and their types (see mountTable). */
+export async function mountPoints(): Promise<Map<string, string>> {
+  return new Map([...(await mountTable())].map(([mnt, e]) => [mnt, e.type]));
 }
 
 export async function checkMountpoint(mountpoint: string): Promise<void> {

@@ -6,6 +6,7 @@
 import fsp from 'node:fs/promises';
 import { canonicalMountpoint } from '../control';
 import { UsageError } from '../errors';
+import { mountTable } from '../preflight';
 import type { Logger } from '../log';
 import { Fuse3, NativeFastTable, Operations } from './fuse3';
 
@@ -63,10 +64,7 @@ export class FuseSession {
 async function raiseReadAhead(mountpoint: string, bytes: number, log: Logger): Promise<void> {
   if (process.getuid?.() !== 0) return;
   try {
-    const target = canonicalMountpoint(mountpoint);
-    const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
-    const line = (await fsp.readFile('/proc/self/mountinfo', 'utf8')).split('\n').reverse().find((l) => unescape(l.split(' ')[4] ?? '') === target);
-    const dev = line?.split(' ')[2];
+    const dev = (await mountTable()).get(canonicalMountpoint(mountpoint))?.device;
     if (!dev || !/^\d+:\d+$/.test(dev)) return;
     await fsp.writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, String(Math.floor(bytes / 1024)));
     log.debug(`kernel read-ahead of ${mountpoint} set to ${Math.floor(bytes / 1024)} KiB`);
