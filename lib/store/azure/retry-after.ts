@@ -53,7 +53,12 @@ export function retryAfterPolicy(): PipelinePolicy {
  *  client made from that one shares it; it offers no option to add a policy there, so this
  *  reaches its cached pipeline, and fails loudly if a new SDK version no longer has it. */
 export function addRetryAfter(pipeline: Pipeline): void {
+  corePipeline(pipeline, 'Retry-After').addPolicy(retryAfterPolicy(), { afterPhase: 'Retry' });
+}
+
+/** The core pipeline behind `pipeline` (see addRetryAfter), for adding `what`'s policy. */
+export function corePipeline(pipeline: Pipeline, what: string): CorePipeline {
   const core = (pipeline as unknown as { _corePipeline?: CorePipeline })._corePipeline;
-  if (core === undefined || typeof core.addPolicy !== 'function') throw new Error('the storage SDK has no core pipeline to add the Retry-After policy to');
-  core.addPolicy(retryAfterPolicy(), { afterPhase: 'Retry' });
+  if (core === undefined || typeof core.addPolicy !== 'function') throw new Error(`the storage SDK has no core pipeline to add the ${what} policy to`);
+  return core;
 }

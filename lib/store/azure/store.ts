@@ -31,6 +31,7 @@ import { resolve } from './connection';
 import { checkAligned, checkPageBlobSize, conditionsOf, etagOf, invalid, kindOf, lowerKeys, mergeRanges, quoteEtag } from './convert';
 import { azureCode, toBlobdiskError, type ErrorContext } from './errors';
 import { copyBlob, createSnapshot, listSnapshots, pageRangesDiff, startCopy, type StoreIo } from './snapshots';
+import { addLeanHeaders } from './lean-headers';
 import { addRetryAfter } from './retry-after';
 
 /** Clear Pages is split into calls of at most this size (Azure would accept more; keep calls bounded). */
@@ -75,6 +76,7 @@ export class AzureStore implements BlobStore {
     const shared = newPipeline(credential, pipeline);
     this.service = new BlobServiceClient(url, shared);
     addRetryAfter(shared);
+    addLeanHeaders(shared);
   }
 
   /** What snapshots.ts uses of this store. */
