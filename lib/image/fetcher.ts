@@ -2,8 +2,10 @@
  * one fetch, in `pending`, that every reader of it shares). A reader is released as soon
  * as its bytes arrived; each grain goes into the cache as soon as its last byte did (while
  * the GET streams on), under the grain lock, unless the epoch moved meanwhile, and its
- * buffer goes back to the pool (pool.ts). GETs in flight are bounded per mount by the
- * FetchBudget. */
+ * buffer goes back to the pool (pool.ts). When the store offers it (the Azure store does),
+ * the body is pulled straight into the grains' buffers, with readers released as the
+ * bytes land; otherwise its chunks are copied in. GETs in flight are bounded per mount by
+ * the FetchBudget. */
 
 import { BlobdiskError, isBlobdiskError } from '../errors';
 import { ImageContext } from './context';
@@ -96,7 +98,35 @@ export class Fetcher {
         const stream = await this.ctx.deps.store.read(this.ctx.remote.ref, start, end - start, options);
         let pos = start;
         completeUpTo(pos);
-        for await (const chunk of stream) {
+        const grainAt = (at: number): PendingGrain => {
+          const p = grains[Math.floor(at / g) - (grains[0]?.idx ?? 0)];
+          if (!p || at >= p.idx * g + p.to) throw new BlobdiskError('failed', `Azure sent more bytes than asked for ${this.ctx.remote.ref.name}`);
+          return p;
+        };
+        // Straight into the grains' buffers when the store can; the readers of a grain are
+        // released as its bytes arrive, not when the pull of the whole grain is done.
+        const direct = stream.direct;
+        if (direct) {
+          try {
+            while (pos < end) {
+              const p = grainAt(pos);
+              const at = pos - p.idx * g;
+              let seen = 0;
+              const n = await direct.pull(p.data, at, p.to - at, (filled) => {
+                p.arrived(filled - seen);
+                seen = filled;
+              });
+              p.arrived(n - seen);
+              if (n === 0) break;
+              pos += n;
+              this.ctx.counters.bytesDown += n;
+              completeUpTo(pos);
+            }
+          } finally {
+            if (pos < end) direct.cancel();
+          }
+        }
+        for await (const chunk of direct ? [] : stream) {
           let used = 0;
           while (used < chunk.length) {
             const p = grains[Math.floor(pos / g) - (grains[0]?.idx ?? 0)];

@@ -121,6 +121,21 @@ export class PendingGrain {
     this.release();
   }
 
+  /** `n` more bytes arrived, read straight into `data` after those before (a direct read
+   *  pulls into `data` from `from + arrivedBytes` up to `to`). */
+  arrived(n: number): void {
+    if (n <= 0) return;
+    const at = this.from + this.received;
+    this.crc = crc32(this.data.subarray(at, at + n), this.crc);
+    this.received += n;
+    this.release();
+  }
+
+  /** Bytes of [from, to) that arrived. */
+  get arrivedBytes(): number {
+    return this.received;
+  }
+
   private release(): void {
     if (this.waiters.length === 0) return;
     const still: Waiter[] = [];

@@ -2,7 +2,7 @@
  * passes every call through one method, around(), which sees the operation and the blob.
  * Stacked like s3backer's layers: new MeteredStore(new FaultyStore(new AzureStore(...))). */
 
-import type { BlobInfo, BlobRef, BlobStore, BlockInfo, ByteRange, CopyStatus, Listing, PageDiff, ReadOptions, SnapshotInfo, WriteConditions } from './types';
+import type { BlobInfo, BlobRef, BlobStore, BlockInfo, ByteRange, CopyStatus, Listing, PageDiff, ReadBody, ReadOptions, SnapshotInfo, WriteConditions } from './types';
 
 /** The operations of a store (its methods but close()). */
 export type StoreOp = Exclude<keyof BlobStore, 'close' | 'emulator'>;
@@ -35,7 +35,7 @@ export abstract class StoreDecorator implements BlobStore {
   getInfo(ref: BlobRef): Promise<BlobInfo> {
     return this.around('getInfo', ref, () => this.inner.getInfo(ref));
   }
-  read(ref: BlobRef, offset: number, length: number, options?: ReadOptions): Promise<AsyncIterable<Buffer>> {
+  read(ref: BlobRef, offset: number, length: number, options?: ReadOptions): Promise<ReadBody> {
     return this.around('read', ref, () => this.inner.read(ref, offset, length, options));
   }
   pageRanges(ref: BlobRef, start: number, end: number, options?: ReadOptions): Promise<ByteRange[]> {

@@ -10,7 +10,7 @@ import { systemClock, type Clock } from '../clock';
 import { isBlobdiskError } from '../errors';
 import { azureCode } from './azure/errors';
 import { StoreDecorator, type StoreOp, type Target } from './decorator';
-import type { BlobRef, BlobStore, ReadOptions, StoreCounters, WriteConditions } from './types';
+import type { BlobRef, BlobStore, DirectRead, ReadBody, ReadOptions, StoreCounters, WriteConditions } from './types';
 
 /** One store request, as it ended. */
 export interface RequestEnd {
@@ -59,15 +59,27 @@ export class MeteredStore extends StoreDecorator {
     }
   }
 
-  override async read(ref: BlobRef, offset: number, length: number, options?: ReadOptions): Promise<AsyncIterable<Buffer>> {
+  override async read(ref: BlobRef, offset: number, length: number, options?: ReadOptions): Promise<ReadBody> {
     const body = await super.read(ref, offset, length, options);
     const counters = this.counters;
-    return (async function* counted(): AsyncGenerator<Buffer> {
-      for await (const chunk of body) {
-        counters.bytesDown += chunk.length;
-        yield chunk;
-      }
-    })();
+    const inner = body.direct;
+    const direct: DirectRead | undefined = inner && {
+      pull: async (into, at, want, progress) => {
+        const n = await inner.pull(into, at, want, progress);
+        counters.bytesDown += n;
+        return n;
+      },
+      cancel: () => inner.cancel(),
+    };
+    return {
+      ...(direct ? { direct } : {}),
+      async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
+        for await (const chunk of body) {
+          counters.bytesDown += chunk.length;
+          yield chunk;
+        }
+      },
+    };
   }
 
   override putPages(ref: BlobRef, offset: number, data: Buffer, conditions?: WriteConditions): Promise<string> {

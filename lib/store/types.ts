@@ -84,6 +84,23 @@ export interface ReadOptions {
   readonly signal?: AbortSignal;
 }
 
+/** A read's body straight into the caller's buffers (see ReadBody). */
+export interface DirectRead {
+  /** Fills into[offset, offset + length) with the next bytes; resolves with the count, fewer
+   *  only at the end of the body or just before a failure, which the next pull reports.
+   *  `progress` hears how many have arrived so far, as they do. */
+  pull(into: Buffer, offset: number, length: number, progress?: (filled: number) => void): Promise<number>;
+  /** Lets go of the bytes not pulled (closes the connection). */
+  cancel(): void;
+}
+
+/** A read's body: its bytes in order as they arrive. A store may also offer `direct`, the
+ *  same bytes pulled into the caller's own buffers, with no copy and nothing allocated per
+ *  chunk; a caller uses one or the other. */
+export interface ReadBody extends AsyncIterable<Buffer> {
+  readonly direct?: DirectRead;
+}
+
 /** Requests and bytes exchanged with a store, as MeteredStore counts them. */
 export interface StoreCounters {
   requests: number;
@@ -114,7 +131,7 @@ export interface BlobStore {
   /** Ranged GET of [offset, offset + length), clipped by the caller to the blob size.
    *  The returned iterable yields the bytes in order as they arrive; its total is `length`.
    *  With `etag`, stale when the blob no longer has it (before or while streaming). */
-  read(ref: BlobRef, offset: number, length: number, options?: ReadOptions): Promise<AsyncIterable<Buffer>>;
+  read(ref: BlobRef, offset: number, length: number, options?: ReadOptions): Promise<ReadBody>;
   /** Allocated page ranges of a page blob intersecting [start, end), clipped to it,
    *  sorted and with adjacent ranges merged. With `etag`, stale when it changed. */
   pageRanges(ref: BlobRef, start: number, end: number, options?: ReadOptions): Promise<ByteRange[]>;

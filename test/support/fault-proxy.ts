@@ -98,6 +98,8 @@ export class FaultProxy {
   private readonly hung = new Set<Socket>();
   private readonly sockets = new Set<Socket>();
   private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+  /** Client connections accepted so far. */
+  connections = 0;
   /** Every request seen, oldest first (bounded: the last 10,000). */
   readonly requests: RequestRecord[] = [];
 
@@ -117,6 +119,7 @@ export class FaultProxy {
     proxy = new FaultProxy(server, { host: upstream.host ?? '127.0.0.1', port: upstream.port });
     server.on('connection', (s: Socket) => {
       proxy?.sockets.add(s);
+      if (proxy) proxy.connections++;
       s.once('close', () => proxy?.sockets.delete(s));
     });
     await new Promise<void>((resolve, reject) => {

@@ -10,7 +10,7 @@ import { BlobdiskError } from '../../lib/errors';
 import {
   MAX_COMMITTED_BLOCKS, MAX_PAGE_BLOB_BYTES, MAX_PUT_PAGE_BYTES, PAGE_SIZE,
   type BlobInfo, type BlobKind, type BlobRef, type BlobStore, type BlockInfo, type ByteRange,
-  type CopyStatus, type Listing, type PageDiff, type ReadOptions, type SnapshotInfo, type WriteConditions,
+  type CopyStatus, type DirectRead, type Listing, type PageDiff, type ReadBody, type ReadOptions, type SnapshotInfo, type WriteConditions,
 } from '../../lib/store/types';
 
 /** Tests may change these at any time through `store.settings`. */
@@ -21,6 +21,9 @@ export interface MemoryStoreOptions {
   chunkSize?: number;
   /** ...waiting this long before each piece after the first. */
   chunkDelayMs?: number;
+  /** read() also offers the body as a direct read (pulled into the caller's buffers), as
+   *  the Azure store does; the pieces arrive as above. */
+  direct?: boolean;
   /** Containers that exist from the start. */
   containers?: readonly string[];
   /** Time for Last-Modified and lease expiry (the real clock by default). */
@@ -57,6 +60,8 @@ export class MemoryStore implements BlobStore {
   private readonly staged = new Map<string, Map<string, Buffer>>();
   private seq = 0;
   private closed = false;
+  /** Pulls of direct reads (settings.direct) so far. */
+  directPulls = 0;
   /** Copies left pending (settings.copiesPending): what finishCopies() completes. */
   private readonly pendingCopies: (() => void)[] = [];
 
@@ -200,7 +205,7 @@ export class MemoryStore implements BlobStore {
     return this.info(ref.name, this.get('getInfo', ref));
   }
 
-  async read(ref: BlobRef, offset: number, length: number, options: ReadOptions = {}): Promise<AsyncIterable<Buffer>> {
+  async read(ref: BlobRef, offset: number, length: number, options: ReadOptions = {}): Promise<ReadBody> {
     await this.enter('read');
     if (length === 0) return (async function* empty() {})();
     const b = this.get('read', ref);
@@ -209,7 +214,7 @@ export class MemoryStore implements BlobStore {
     const data = this.bytes(b, offset, Math.min(b.size, offset + length));
     const chunk = this.settings.chunkSize ?? Math.max(1, data.length);
     const delay = this.settings.chunkDelayMs ?? 0;
-    return (async function* stream(): AsyncGenerator<Buffer> {
+    const stream = (async function* stream(): AsyncGenerator<Buffer> {
       for (let at = 0; at < data.length; at += chunk) {
         if (at > 0 && delay > 0) await sleep(delay);
         if (options.signal?.aborted === true) throw new BlobdiskError('unavailable', `read ${ref.container}/${ref.name} failed: aborted`);
@@ -217,6 +222,9 @@ export class MemoryStore implements BlobStore {
         yield piece;
       }
     })();
+    if (this.settings.direct !== true) return stream;
+    const direct = directOf(stream, () => this.directPulls++);
+    return { direct, [Symbol.asyncIterator]: () => stream };
   }
 
   async pageRanges(ref: BlobRef, start: number, end: number, options: ReadOptions = {}): Promise<ByteRange[]> {
@@ -478,4 +486,33 @@ function checkAligned(op: string, ref: BlobRef, offset: number, length: number, 
   if (offset < 0 || offset % PAGE_SIZE !== 0 || length <= 0 || length % PAGE_SIZE !== 0 || length > max) {
     throw new BlobdiskError('invalid', `${op} ${ref.container}/${ref.name} failed: range ${offset}+${length} is not 512-aligned or exceeds ${max} bytes`);
   }
+}
+
+/** The pieces of `stream` pulled into the caller's buffers, progress told per piece. */
+function directOf(stream: AsyncGenerator<Buffer>, counted: () => void): DirectRead {
+  let piece: Buffer | undefined;
+  let used = 0;
+  return {
+    async pull(into, at, want, progress) {
+      counted();
+      let got = 0;
+      while (got < want) {
+        if (piece === undefined || used === piece.length) {
+          const next = await stream.next();
+          if (next.done === true) break;
+          piece = next.value;
+          used = 0;
+        }
+        const n = Math.min(want - got, piece.length - used);
+        piece.copy(into, at + got, used, used + n);
+        used += n;
+        got += n;
+        progress?.(got);
+      }
+      return got;
+    },
+    cancel() {
+      void stream.return(undefined);
+    },
+  };
 }

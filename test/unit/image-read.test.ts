@@ -174,6 +174,34 @@ describe('Image reads', () => {
     await h.close();
   });
 
+  it('a direct body is pulled into the grains\' buffers: a reader is released as its bytes arrive, and each grain is stored as it completes', async () => {
+    const store = new MemoryStore({ containers: ['c'], direct: true });
+    const data = crypto.randomBytes(4 * G);
+    await pageBlob(store, 4 * G, [[0, data]]);
+    const metered = new MeteredStore(store);
+    const h = harness(metered);
+    const image = await h.open(ref);
+    store.settings.chunkSize = G / 4;
+    store.settings.chunkDelayMs = 15;
+    const all = image.read(0, 4 * G);
+    // Grain 1's first piece releases its reader while the rest of grain 1 is on its way.
+    expect(await image.read(G, 4096)).toEqual(data.subarray(G, G + 4096));
+    expect(h.cache.has(image.id, 1)).toBe(false);
+    expect(await all).toEqual(data);
+    await image.settled();
+    expect(metered.counters.bytesDown).toBe(4 * G);
+    expect(store.directPulls).toBeGreaterThanOrEqual(4);
+    for (let g = 0; g < 4; g++) expect(h.cache.has(image.id, g)).toBe(true);
+    await h.close();
+    // Each grain went into the cache whole, with its checksum: a later process finds it intact.
+    const second = harness(store, { dir: h.dir });
+    const again = await second.open(ref);
+    expect(await again.read(0, 4 * G)).toEqual(data);
+    expect(second.cache.stats.corruptions).toBe(0);
+    expect(again.counters.fetches).toBe(0);
+    await second.close();
+  });
+
   it('reads ahead of a sequential reader, in GETs covering several grains', async () => {
     const store = new MemoryStore({ containers: ['c'] });
     const data = crypto.randomBytes(32 * G);

@@ -5,6 +5,8 @@
  * (the SDK's tryTimeoutInMs only sets the server-side timeout, so a host that accepts
  * connections and never answers would otherwise hang the caller) and translates failures.
  * Listings go through eachPage(): one call() per page, following continuation tokens.
+ * Ranged reads go through the SDK's pipeline too, but to our own HTTP client
+ * (direct-get.ts), whose body the fetcher pulls straight into grain buffers.
  * Azure limits that Azurite does not enforce are checked before sending (Put Page ≤ 4 MiB
  * and 512-aligned, lease durations, page blob size). */
 
@@ -24,6 +26,8 @@ import {
   type Listing,
   type PageDiff,
   type SnapshotInfo,
+  type DirectRead,
+  type ReadBody,
   type ReadOptions,
   type WriteConditions,
 } from '../types';
@@ -31,12 +35,16 @@ import { resolve } from './connection';
 import { checkAligned, checkPageBlobSize, conditionsOf, etagOf, invalid, kindOf, lowerKeys, mergeRanges, quoteEtag } from './convert';
 import { azureCode, toBlobdiskError, type ErrorContext } from './errors';
 import { copyBlob, createSnapshot, listSnapshots, pageRangesDiff, startCopy, type StoreIo } from './snapshots';
+import { createPipelineRequest, RestError, type Pipeline as CorePipeline, type PipelineResponse } from '@azure/core-rest-pipeline';
+import { DirectClient, directBody } from './direct-get';
 import { addLeanHeaders } from './lean-headers';
-import { addRetryAfter } from './retry-after';
+import { addRetryAfter, corePipeline } from './retry-after';
 
 /** Clear Pages is split into calls of at most this size (Azure would accept more; keep calls bounded). */
 export const MAX_CLEAR_PAGES_BYTES = MAX_PUT_PAGE_BYTES;
 const RETRY_DELAY_MS = 200;
+/** The Blob service version of our own GETs (the SDK sets its own on the requests it makes). */
+const SERVICE_VERSION = '2025-01-05';
 const MAX_RETRY_DELAY_MS = 2000;
 
 export class AzureStore implements BlobStore {
@@ -77,7 +85,13 @@ export class AzureStore implements BlobStore {
     this.service = new BlobServiceClient(url, shared);
     addRetryAfter(shared);
     addLeanHeaders(shared);
+    this.core = corePipeline(shared, 'direct GET');
   }
+
+  /** The SDK's pipeline, which our ranged GETs go through with the direct client. */
+  private readonly core: CorePipeline;
+  private readonly direct = new DirectClient();
+
 
   /** What snapshots.ts uses of this store. */
   private readonly io: StoreIo = {
@@ -196,37 +210,71 @@ export class AzureStore implements BlobStore {
     };
   }
 
-  async read(ref: BlobRef, offset: number, length: number, options: ReadOptions = {}): Promise<AsyncIterable<Buffer>> {
+  async read(ref: BlobRef, offset: number, length: number, options: ReadOptions = {}): Promise<ReadBody> {
     if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
       throw invalid('read', ref, `bad range offset ${offset} length ${length}`);
     }
     // A zero count would make the SDK ask for everything up to the end of the blob.
     if (length === 0) return (async function* empty() {})();
     const ctx = this.ctx('read', ref);
-    const conditions = options.etag === undefined ? {} : { ifMatch: options.etag };
-    const response = await this.call(
-      ctx,
-      (abortSignal) => this.blob(ref).download(offset, length, { conditions, abortSignal, maxRetryRequests: this.maxTries - 1 }),
-      options.signal,
-    );
-    const body = response.readableStreamBody;
-    if (body === undefined) throw new BlobdiskError('failed', 'read failed: Azure answered without a body');
-    const host = this.host;
-    const signIn = this.signIn;
-    const signal = options.signal;
-    return (async function* stream(): AsyncGenerator<Buffer> {
-      try {
-        for await (const chunk of body) {
-          const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string | Uint8Array);
-          yield buf;
+    const response = await this.call(ctx, (abortSignal) => this.get(ref, offset, length, options.etag, abortSignal), options.signal);
+    const translate = (e: unknown): BlobdiskError => toBlobdiskError(e, { ...ctx, host: this.host, callerAborted: options.signal?.aborted === true, signIn: this.signIn });
+    const first = directBody(response);
+    if (first === undefined) return streamOf(response, translate);
+    // A body cut short is asked for once more from where it stopped, as the SDK's download
+    // does, up to the store's tries; an abort (the deadline, or the caller) ends it.
+    let body = first;
+    let pos = offset;
+    let retries = this.maxTries - 1;
+    const end = offset + length;
+    const pull = async (into: Buffer, at: number, want: number, progress?: (filled: number) => void): Promise<number> => {
+      let got = 0;
+      while (got < want && pos < end) {
+        try {
+          const base = got;
+          const n = await body.pull(into, at + got, want - got, progress && ((filled) => progress(base + filled)));
+          if (n === 0) throw Object.assign(new Error('the body ended early'), { code: 'ECONNRESET' });
+          got += n;
+          pos += n;
+        } catch (e) {
+          if (retries <= 0 || (e as { name?: string }).name === 'AbortError' || options.signal?.aborted) throw translate(e);
+          retries--;
+          const again = await this.call(ctx, (abortSignal) => this.get(ref, pos, end - pos, options.etag, abortSignal), options.signal);
+          const next = directBody(again);
+          if (next === undefined) throw new BlobdiskError('failed', `read of ${ref.name} failed: the retried GET came without a body`);
+          body = next;
         }
-      } catch (e) {
-        throw toBlobdiskError(e, { ...ctx, host, callerAborted: signal?.aborted === true, signIn });
-      } finally {
-        // Stops the transfer when the consumer leaves early.
-        if (body instanceof Readable && !body.destroyed) body.destroy();
       }
-    })();
+      return got;
+    };
+    const direct: DirectRead = { pull, cancel: () => body.cancel() };
+    return {
+      direct,
+      async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
+        try {
+          while (pos < end) {
+            const buf = Buffer.allocUnsafe(Math.min(256 * 1024, end - pos));
+            yield buf.subarray(0, await pull(buf, 0, buf.length));
+          }
+        } finally {
+          if (pos < end) body.cancel();
+        }
+      },
+    };
+  }
+
+  /** One ranged GET through the SDK's pipeline (signing, retries, headers) and our direct
+   *  client; rejects with the SDK's RestError when Azure answers other than 200 or 206. */
+  private async get(ref: BlobRef, offset: number, length: number, etag: string | undefined, abortSignal: AbortSignal): Promise<PipelineResponse> {
+    const request = createPipelineRequest({ url: this.blob(ref).url, method: 'GET', abortSignal, streamResponseStatusCodes: new Set([200, 206]) });
+    request.headers.set('x-ms-range', `bytes=${offset}-${offset + length - 1}`);
+    request.headers.set('x-ms-version', SERVICE_VERSION);
+    if (etag !== undefined) request.headers.set('If-Match', etag);
+    const response = await this.core.sendRequest(this.direct, request);
+    if (response.status === 200 || response.status === 206) return response;
+    response.readableStreamBody?.resume();
+    const code = response.headers.get('x-ms-error-code');
+    throw new RestError(`GET answered ${response.status}${code !== undefined ? ` ${code}` : ''}`, { statusCode: response.status, request, response, ...(code !== undefined ? { code } : {}) });
   }
 
   async pageRanges(ref: BlobRef, start: number, end: number, options: ReadOptions = {}): Promise<ByteRange[]> {
@@ -395,6 +443,22 @@ export class AzureStore implements BlobStore {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.direct.close();
   }
 }
 
+/** The body of an answer that came through the SDK's own client (through a proxy, say). */
+function streamOf(response: PipelineResponse, translate: (e: unknown) => BlobdiskError): ReadBody {
+  const body = response.readableStreamBody;
+  if (body === undefined) throw new BlobdiskError('failed', 'read failed: Azure answered without a body');
+  return (async function* stream(): AsyncGenerator<Buffer> {
+    try {
+      for await (const chunk of body) yield Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string | Uint8Array);
+    } catch (e) {
+      throw translate(e);
+    } finally {
+      // Stops the transfer when the consumer leaves early.
+      if (body instanceof Readable && !body.destroyed) body.destroy();
+    }
+  })();
+}
