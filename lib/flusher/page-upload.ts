@@ -1,8 +1,9 @@
 /* Uploading a page blob: fix the size first (shrink to what still belongs to the image,
  * then grow to the new size; logical size in metadata), then, in windows of dirty grains
  * read just ahead of the requests, Put Page for dirty sector runs (joined across grains,
- * at most 4 MiB) and Clear Pages for runs of zeros, `concurrency` at a time. A window's
- * grains are marked clean once all its requests went through, unless written again. */
+ * at most 4 MiB) and Clear Pages for runs of zeros, `concurrency` at a time, from at most
+ * MAX_WINDOWS windows at once. A window's grains are marked clean once all its requests
+ * went through, unless written again. */
 
 import { SECTOR, runs, sectorsOf } from '../cache/sectors';
 import { BlobdiskError } from '../errors';
@@ -13,8 +14,12 @@ import { BufferPool } from '../image/pool';
 import { PageUpload, planPageUploads } from './plan';
 import { UploaderDeps, mayBeClean, roundDown, roundUp } from './upload';
 
-/** Window buffers kept for the next windows; the uploads in flight hold a few more. */
-const SPARE_WINDOWS = 4;
+/** Windows read and not yet done (their requests in flight or their grains being marked
+ *  clean), and so window buffers in all: 4 of 4 MiB. A sequential writer's window is one
+ *  4 MiB Put Page, so this also bounds its bytes in flight to 16 MiB, which is more than a
+ *  page blob's throughput needs (60 MiB/s on standard storage); scattered writes make many
+ *  small requests per window and keep every worker busy. */
+const MAX_WINDOWS = 4;
 
 export class PageUploader {
   /** Window buffers of finished uploads, for the next ones (let go when uploads pause). */
@@ -69,6 +74,22 @@ export class PageUploader {
     let failure: unknown;
     let nextGrain = 0;
     let reading: Promise<void> | undefined;
+    /** Windows read and not yet done, and the workers waiting for one to be done. */
+    let alive = 0;
+    let waiting: (() => void)[] = [];
+    const wake = (): void => {
+      const waiters = waiting;
+      waiting = [];
+      for (const w of waiters) w();
+    };
+    const finished = (window: Window): void => {
+      marking.push(
+        this.windowDone(image, window).finally(() => {
+          alive--;
+          wake();
+        }),
+      );
+    };
     const readWindow = async (): Promise<void> => {
       const batch = dirty.slice(nextGrain, nextGrain + perWindow);
       nextGrain += batch.length;
@@ -79,6 +100,7 @@ export class PageUploader {
       });
       // One buffer for the window: neighbouring grains' runs join into a Put Page as a view of it.
       const buffer = this.windowBuffer(perWindow * g);
+      alive++;
       const present = await Promise.all(snapshots.map((snap, i) => this.deps.cache.read(image.remote.id, snap.idx, 0, g, buffer, i * g)));
       const window: Window = { left: 0, grains: [] };
       const pieces: { offset: number; data: Buffer }[] = [];
@@ -99,22 +121,26 @@ export class PageUploader {
       const uploads = planPageUploads(pieces);
       window.left = uploads.length;
       window.buffer = buffer;
-      if (uploads.length === 0) marking.push(this.windowDone(image, window));
+      if (uploads.length === 0) finished(window);
       for (const upload of uploads) ready.push({ upload, window });
     };
     const next = async (): Promise<Job | undefined> => {
       for (;;) {
         // Keep a window read ahead of the requests in flight, and no more: each holds up to
         // windowBytes, and a sequential writer's windows are two 4 MiB requests each.
-        if (ready.length <= 1 && nextGrain < dirty.length) {
+        if (ready.length <= 1 && nextGrain < dirty.length && alive < MAX_WINDOWS) {
           reading ??= readWindow()
-            .catch((e: unknown) => void (failure ??= e))
+            .catch((e: unknown) => {
+              failure ??= e;
+              wake();
+            })
             .finally(() => (reading = undefined));
         }
         const job = ready.shift();
         if (job) return job;
-        if (!reading) return undefined;
-        await reading;
+        if (reading) await reading;
+        else if (nextGrain < dirty.length && alive >= MAX_WINDOWS) await new Promise<void>((resolve) => waiting.push(resolve));
+        else return undefined;
         if (failure !== undefined) return undefined;
       }
     };
@@ -133,9 +159,11 @@ export class PageUploader {
           image.counters.uploads++;
           if (u.zero) image.counters.bytesCleared += u.data.length;
           else image.counters.bytesUp += u.data.length;
-          if (--window.left === 0) marking.push(this.windowDone(image, window));
+          if (--window.left === 0) finished(window);
         } catch (e) {
+          // Its window never finishes: the workers waiting for one stop now.
           failure ??= e;
+          wake();
         }
       }
     };
@@ -169,7 +197,7 @@ export class PageUploader {
    *  collector busy for a tenth of a drain. Shared memory, so that the cache checksums
    *  uploaded grains in its worker thread without a copy. */
   private windowBuffer(bytes: number): Buffer {
-    if (this.spareWindows?.size !== bytes) this.spareWindows = new BufferPool(bytes, SPARE_WINDOWS);
+    if (this.spareWindows?.size !== bytes) this.spareWindows = new BufferPool(bytes, MAX_WINDOWS);
     return this.spareWindows.take();
   }
 }

@@ -47,6 +47,8 @@ export interface HarnessOptions {
   bootPrefetch?: boolean;
   /** A fast path table (lib/cache/native.ts), as a mount with the FUSE binding has. */
   fast?: FastTable;
+  /** Requests in flight per upload (a mount's default is 8; here 4 unless given). */
+  uploadConcurrency?: number;
 }
 
 export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
@@ -62,7 +64,7 @@ export function harness(store: BlobStore, o: HarnessOptions = {}): Harness {
       dirtyWaitMs: o.dirtyWaitMs ?? 200,
       ...(o.ioTimeoutMs !== undefined ? { ioTimeoutMs: o.ioTimeoutMs } : {}),
       writeBackDelayMs: o.writeBackDelayMs ?? 10_000,
-      uploadConcurrency: 4,
+      uploadConcurrency: o.uploadConcurrency ?? 4,
       namespace: { container: undefined, attrTtlMs: 5_000, readOnly: false, pageBlobPatterns: ['*.img'] },
       account: 'acct',
       host: 'test-host',

@@ -3,12 +3,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { BlobdiskError } from '../../lib/errors';
+import { StoreDecorator, type StoreOp, type Target } from '../../lib/store/decorator';
 import { FaultyStore, type Fault } from '../../lib/store/faulty';
 import { MeteredStore } from '../../lib/store/metered';
 import { MemoryStore } from '../support/memory-store';
 import { harness } from '../support/image-harness';
 import { ManualClock, until } from '../support/manual-clock';
-import { DEFAULT_TUNABLES } from '../../lib/tunables';
+import { DEFAULT_TUNABLES, SYSTEM_TIMING } from '../../lib/tunables';
 
 const G = 64 * 1024;
 const page = { container: 'c', name: 'disk.img' };
@@ -60,6 +61,36 @@ describe('Image writes and the flusher', () => {
     expect(await image.read(0, data.length)).toEqual(data);
     await h.flusher.flush([image]);
     expect(store.contentOf(page)).toEqual(data);
+    await h.close();
+  });
+
+  it('a sequential writer\'s drain holds at most 4 windows: 4 Put Pages in flight, though 8 may go at once', async () => {
+    const store = new MemoryStore({ containers: ['c'], latencyMs: 20 });
+    await store.createPageBlob(page, 0);
+    let inFlight = 0;
+    let most = 0;
+    class Watch extends StoreDecorator {
+      protected async around<T>(op: StoreOp, _target: Target, call: () => Promise<T>): Promise<T> {
+        if (op !== 'putPages') return call();
+        most = Math.max(most, ++inFlight);
+        try {
+          return await call();
+        } finally {
+          inFlight--;
+        }
+      }
+    }
+    // Windows of 4 grains here, so that eight of them are 2 MiB.
+    const h = harness(new Watch(store), { uploadConcurrency: 8, timing: { ...SYSTEM_TIMING, tunables: { ...DEFAULT_TUNABLES, uploadWindowBytes: 4 * G } } });
+    const image = await h.open(page);
+    const data = crypto.randomBytes(32 * G);
+    await image.write(data, 0);
+    await h.flusher.flush([image]);
+    expect(store.contentOf(page)).toEqual(data);
+    // Eight windows of one Put Page each; before the bound all eight went at once.
+    expect(most).toBeGreaterThanOrEqual(2);
+    expect(most).toBeLessThanOrEqual(4);
+    expect(image.needsUpload()).toBe(false);
     await h.close();
   });
 
