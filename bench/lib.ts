@@ -35,15 +35,26 @@ export function run(cmd: string, args: readonly string[], options: RunOptions = 
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 300_000);
+    let done = false;
+    const finish = (code: number | null, signal: NodeJS.Signals | null): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr, ms: Number(process.hrtime.bigint() - started) / 1e6 });
+    };
+    const timer = setTimeout(() => {
+      // A process the command started (fio's jobs) may hold its output open, stuck in a
+      // request a mount never answers: then the run ends 5 s after the command itself.
+      const later = (code: number | null, signal: NodeJS.Signals | null): void => void setTimeout(() => finish(code, signal), 5000);
+      if (child.exitCode !== null || child.signalCode !== null) later(child.exitCode, child.signalCode);
+      else child.once('exit', later);
+      child.kill('SIGKILL');
+    }, options.timeoutMs ?? 300_000);
     child.once('error', (e) => {
       clearTimeout(timer);
       reject(new Error(`${cmd} could not be started: ${e.message}`));
     });
-    child.once('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr, ms: Number(process.hrtime.bigint() - started) / 1e6 });
-    });
+    child.once('close', finish);
   });
 }
 

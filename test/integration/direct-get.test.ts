@@ -151,3 +151,20 @@ test('a body left unread closes its connection, and the next read is right', asy
     await store.close();
   }
 });
+
+test('a progress listener that throws fails the read, not the process', async () => {
+  const store = storeThroughProxy();
+  try {
+    const body = await store.read(ref, 0, MiB);
+    const buf = Buffer.alloc(MiB);
+    const listener = (): void => {
+      throw new Error('the listener failed');
+    };
+    await expect((body.direct as DirectRead).pull(buf, 0, MiB, listener)).rejects.toMatchObject({ kind: 'unavailable' });
+    // The store goes on serving reads.
+    const next = await pullAll((await store.read(ref, MiB, MiB)).direct as DirectRead, MiB, MiB);
+    expect(next.buf.equals(content.subarray(MiB, 2 * MiB))).toBe(true);
+  } finally {
+    await store.close();
+  }
+});

@@ -237,7 +237,7 @@ class Connection {
       const pull = this.current;
       pull.fill += n;
       this.bodyLeft -= n;
-      pull.progress?.(pull.fill - pull.start);
+      this.tell(pull);
       if (pull.fill === pull.end || this.bodyLeft === 0) this.finishPull();
     } else {
       const from = this.handed === 'spill' ? this.spill : this.handed === 'head' ? this.head : SCRATCH;
@@ -245,6 +245,16 @@ class Connection {
       this.consume(from, at, at + n);
     }
     return this.phase === 'head' || this.phase === 'error-body' || (this.phase === 'body' && this.current !== undefined);
+  }
+
+  /** Tells the pull's caller how far it is. This runs inside the socket's read callback, where
+   *  a throw would bring the process down: a caller's failure fails the connection instead. */
+  private tell(pull: Pull): void {
+    try {
+      pull.progress?.(pull.fill - pull.start);
+    } catch (e) {
+      this.fail(e instanceof Error ? e : new Error(String(e)));
+    }
   }
 
   /** Bytes [start, end) of `from` that were read before the phase wanted them there. */
@@ -268,7 +278,7 @@ class Connection {
           used = Math.min(n, pull.end - pull.fill);
           from.copy(pull.into, pull.fill, start, start + used);
           pull.fill += used;
-          if (used > 0) pull.progress?.(pull.fill - pull.start);
+          if (used > 0) this.tell(pull);
         }
         if (used < n) {
           // Kept for the next pull, after what the spill already holds.
