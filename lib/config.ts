@@ -19,16 +19,14 @@ export const AUTH_MODES: readonly AuthMode[] = ['connection-string', 'key', 'sas
 export const DEFAULTS = Object.freeze({
   grainSize: 1024 * 1024,
   cacheSize: 10 * 1024 ** 3,
-  /** Grains fetched ahead of a sequential reader, at most: two GETs of maxFetchBytes. */
-  readAheadGrains: 32,
+  /** Grains fetched ahead of a sequential reader, at most. */
+  readAheadGrains: 16,
   /** Ranged GETs in flight per mount (demand reads may exceed it by their own count). */
   fetchConcurrency: 8,
   /** Largest single ranged GET: adjacent missing grains are fetched together up to this.
-   *  16 MiB rather than 4 or 8: each GET costs the server and this process far more than
-   *  the bytes it carries (against Azurite a cold read went from about 160 to 210 MB/s at
-   *  8 MiB, and from 235 to 272 MB/s at 16 MiB with a 32 MiB read-ahead, once bodies were
-   *  read straight into grains). */
-  maxFetchBytes: 16 * 1024 * 1024,
+   *  8 MiB rather than 4: each GET costs the server and this process far more than the
+   *  bytes it carries (against Azurite a cold read went from about 160 to 210 MB/s). */
+  maxFetchBytes: 8 * 1024 * 1024,
   maxTries: 4,
   tryTimeoutMs: 30_000,
   /** Every request to Azure ends within this, retries included (--io-timeout): a read of

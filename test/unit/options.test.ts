@@ -10,9 +10,9 @@ describe('defaults', () => {
     expect(DEFAULTS).toEqual({
       grainSize: 1024 * 1024,
       cacheSize: 10 * 1024 ** 3,
-      readAheadGrains: 32,
+      readAheadGrains: 16,
       fetchConcurrency: 8,
-      maxFetchBytes: 16 * 1024 * 1024,
+      maxFetchBytes: 8 * 1024 * 1024,
       maxTries: 4,
       tryTimeoutMs: 30_000,
       ioTimeoutMs: 30_000,
@@ -75,7 +75,7 @@ describe('parseMountOptions', () => {
     expect(o.credentials).toBeUndefined();
     expect(o.dataDir).toBe('/home/u/.local/share/blobdisk');
     expect(o.cache).toEqual({ dir: '/home/u/.local/share/blobdisk/cache', sizeBytes: DEFAULTS.cacheSize, grainSize: DEFAULTS.grainSize });
-    expect(o.read.readAheadGrains).toBe(32);
+    expect(o.read.readAheadGrains).toBe(16);
     expect(o.attrTtlMs).toBe(DEFAULTS.attrTtlMs);
     expect(parseMountOptions({ mountpoint: 'mnt', dirCacheTime: 60 }, env).attrTtlMs).toBe(60_000);
     expect(Object.isFrozen(o)).toBe(true);
