@@ -129,9 +129,9 @@ export class Fetcher {
         for await (const chunk of direct ? [] : stream) {
           let used = 0;
           while (used < chunk.length) {
-            const p = grains[Math.floor(pos / g) - (grains[0]?.idx ?? 0)];
-            const take = p ? Math.min(chunk.length - used, p.idx * g + p.to - pos) : 0;
-            if (!p || take <= 0 || pos >= end) throw new BlobdiskError('failed', `Azure sent more bytes than asked for ${this.ctx.remote.ref.name}`);
+            const p = grainAt(pos);
+            const take = Math.min(chunk.length - used, p.idx * g + p.to - pos);
+            if (pos >= end) throw new BlobdiskError('failed', `Azure sent more bytes than asked for ${this.ctx.remote.ref.name}`);
             p.append(chunk, used, used + take);
             used += take;
             pos += take;

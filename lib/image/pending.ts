@@ -122,18 +122,13 @@ export class PendingGrain {
   }
 
   /** `n` more bytes arrived, read straight into `data` after those before (a direct read
-   *  pulls into `data` from `from + arrivedBytes` up to `to`). */
+   *  pulls into `data` from where the last bytes ended up to `to`). */
   arrived(n: number): void {
     if (n <= 0) return;
     const at = this.from + this.received;
     this.crc = crc32(this.data.subarray(at, at + n), this.crc);
     this.received += n;
     this.release();
-  }
-
-  /** Bytes of [from, to) that arrived. */
-  get arrivedBytes(): number {
-    return this.received;
   }
 
   private release(): void {

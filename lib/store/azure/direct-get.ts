@@ -32,8 +32,8 @@ const SPILL = 16 * 1024;
  *  and taken in the same callback, so one buffer serves every connection. */
 const SCRATCH = Buffer.allocUnsafe(64 * 1024);
 
-/** The body of a 2xx answer: pulled into the caller's buffers, or iterated. */
-export class DirectBody implements AsyncIterable<Buffer> {
+/** The body of a 2xx answer, pulled into the caller's buffers. */
+export class DirectBody {
   /** The connection's request this body answers: once read, the connection serves others. */
   private readonly serial: number;
 
@@ -43,11 +43,6 @@ export class DirectBody implements AsyncIterable<Buffer> {
 
   private get mine(): boolean {
     return this.conn.serial === this.serial;
-  }
-
-  /** Body bytes not yet pulled. */
-  get remaining(): number {
-    return this.mine ? this.conn.bodyLeft + this.conn.spillLen : 0;
   }
 
   /** Fills `into[offset, offset + length)` with the next body bytes (fewer only at the end
@@ -60,19 +55,6 @@ export class DirectBody implements AsyncIterable<Buffer> {
   /** Closes the connection when the caller leaves the body unread. */
   cancel(): void {
     if (this.mine) this.conn.cancel();
-  }
-
-  async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
-    try {
-      while (this.remaining > 0) {
-        const buf = Buffer.allocUnsafe(Math.min(256 * 1024, this.remaining));
-        const n = await this.pull(buf, 0, buf.length);
-        if (n === 0) return;
-        yield n === buf.length ? buf : buf.subarray(0, n);
-      }
-    } finally {
-      if (this.remaining > 0) this.cancel();
-    }
   }
 }
 

@@ -92,7 +92,6 @@ export class AzureStore implements BlobStore {
   private readonly core: CorePipeline;
   private readonly direct = new DirectClient();
 
-
   /** What snapshots.ts uses of this store. */
   private readonly io: StoreIo = {
     call: (ctx, fn, signal) => this.call(ctx, fn, signal),
