@@ -5,6 +5,7 @@
 
 import path from 'node:path';
 import { Daemon, ensureUnmounted, runOk, setFuseReadAhead } from './lib';
+import { MOUNT_NODE_FLAGS } from '../lib/cli/daemon';
 import type { ImageCounters } from '../lib/metrics';
 import type { MountStatus } from '../lib/mount';
 
@@ -46,6 +47,7 @@ export class Mount {
 
   static async blobdisk(o: BlobdiskMountOptions): Promise<Mount> {
     const args = [
+      ...MOUNT_NODE_FLAGS,
       ...(o.nodeArgs ?? []),
       BLOBDISK, 'mount', o.mountpoint,
       '--container', o.container,

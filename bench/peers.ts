@@ -155,8 +155,9 @@ class ColumnMount {
     const started = process.hrtime.bigint();
     let daemon: Daemon;
     if (column === 'blobdisk' || column === 'base') {
-      const args = [column === 'base' ? BASE_BIN : BLOBDISK, 'mount', mnt, '--container', container, '--cache-dir', cache, '--data-dir', cache, '--cache-size', '8G', '--log-level', 'warn'];
-      daemon = await Daemon.start('blobdisk mount', process.execPath, args, /^blobdisk: mounted /m, { ...process.env, AZURE_STORAGE_CONNECTION_STRING: endpoint.connectionString });
+      // The script itself, as a user runs it: its first line gives Node its flags.
+      const args = ['mount', mnt, '--container', container, '--cache-dir', cache, '--data-dir', cache, '--cache-size', '8G', '--log-level', 'warn'];
+      daemon = await Daemon.start('blobdisk mount', column === 'base' ? BASE_BIN : BLOBDISK, args, /^blobdisk: mounted /m, { ...process.env, AZURE_STORAGE_CONNECTION_STRING: endpoint.connectionString });
     } else if (column === 'rclone') {
       const port = await freePort();
       const env = {

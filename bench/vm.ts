@@ -51,10 +51,10 @@ class VmBench {
   async mount(cacheDir: string): Promise<{ mnt: string; daemon: Daemon }> {
     const mnt = path.join(this.work, `mnt${this.seq++}`);
     await fsp.mkdir(mnt);
-    const args = [BLOBDISK, 'mount', mnt, '--container', CONTAINER, '--cache-dir', cacheDir, '--data-dir', path.join(this.work, 'data'), '--log-level', 'warn'];
+    const args = ['mount', mnt, '--container', CONTAINER, '--cache-dir', cacheDir, '--data-dir', path.join(this.work, 'data'), '--log-level', 'warn'];
     args.push('--allow-other', '--uid', 'libvirt-qemu', '--gid', 'libvirt-qemu');
     const env = { ...process.env, AZURE_STORAGE_CONNECTION_STRING: this.azurite.connectionString };
-    return { mnt, daemon: await Daemon.start('blobdisk mount', process.execPath, args, /^blobdisk: mounted /m, env) };
+    return { mnt, daemon: await Daemon.start('blobdisk mount', BLOBDISK, args, /^blobdisk: mounted /m, env) };
   }
 
   async unmount(m: { mnt: string; daemon: Daemon }): Promise<void> {

@@ -5,7 +5,7 @@
  * from the mount's status when Prometheus scrapes, so nothing is counted twice. */
 
 import http from 'node:http';
-import client from 'prom-client';
+import type * as PromClient from 'prom-client';
 import { UsageError } from './errors';
 import type { Logger } from './log';
 import type { ImageCounters } from './metrics';
@@ -36,12 +36,15 @@ export interface RequestOutcome {
 const LATENCY_BUCKETS = [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 export class Metrics {
-  readonly registry = new client.Registry();
-  private readonly requests: client.Counter<'op' | 'outcome'>;
-  private readonly errors: client.Counter<'op' | 'code'>;
-  private readonly latency: client.Histogram<'op'>;
+  readonly registry: PromClient.Registry;
+  private readonly requests: PromClient.Counter<'op' | 'outcome'>;
+  private readonly errors: PromClient.Counter<'op' | 'code'>;
+  private readonly latency: PromClient.Histogram<'op'>;
 
   constructor(snapshot: () => Promise<MetricsSnapshot>) {
+    // Loaded only here: a mount without --metrics-addr never needs it.
+    const client = require('prom-client') as typeof PromClient;
+    this.registry = new client.Registry();
     const registers = [this.registry];
     this.requests = new client.Counter({ name: 'blobdisk_azure_requests_total', help: 'Azure Storage requests by operation and outcome (ok or the error kind)', labelNames: ['op', 'outcome'], registers });
     this.errors = new client.Counter({ name: 'blobdisk_azure_errors_total', help: 'Failed Azure Storage requests by operation and HTTP status / service error code', labelNames: ['op', 'code'], registers });

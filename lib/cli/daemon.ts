@@ -16,6 +16,13 @@ import { splitSecrets } from './secrets';
 export const DAEMON_CHILD_ENV = 'BLOBDISK_DAEMON_CHILD';
 
 const CLI = path.resolve(__dirname, '..', '..', '..', 'bin', 'blobdisk');
+
+/** Node's flags for a mount process, also on bin/blobdisk's first line. V8's young
+ *  generation grows to 32 MiB under the garbage of a mount's requests (a boot-style
+ *  trace's 1,500 GETs took it there) and keeps its pages; at 8 MiB (two semi-spaces of
+ *  4) the mount's peak RSS through the benchmark fell by 15–20 MiB, with nothing else
+ *  changed and no request slower. */
+export const MOUNT_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=4'];
 /** How long the parent waits for the child to mount (the embedded Azurite starts first). */
 const READY_TIMEOUT_MS = 120_000;
 
@@ -69,7 +76,7 @@ export async function detach(argv: readonly string[], logFile: string, io: Io): 
   const from = fs.fstatSync(log).size;
   // Secrets travel in the child's environment, never on its command line.
   const { args, env } = splitSecrets(argv.filter((a) => a !== '--daemon' && !a.startsWith('--daemon=')));
-  const child = spawn(process.execPath, [CLI, ...args], {
+  const child = spawn(process.execPath, [...MOUNT_NODE_FLAGS, CLI, ...args], {
     detached: true,
     stdio: ['ignore', log, log, 'ipc'],
     env: { ...io.env, ...env, [DAEMON_CHILD_ENV]: '1' },

@@ -2,7 +2,6 @@
  * environment, --config file and defaults, as a YAML file that --config accepts again.
  * Secrets show as ***, never as given. */
 
-import YAML from 'yaml';
 import type { MountOptions } from '../config';
 import type { RunSettings } from './daemon';
 import { formatSize } from '../units';
@@ -65,5 +64,7 @@ function runSettings(run: RunSettings): Record<string, unknown> {
 
 export function printConfig(o: MountOptions, run: RunSettings): string {
   const note = o.credentials === undefined ? '# no Azure credentials: the mount would start the embedded Azurite\n' : '';
+  // Loaded only here and for a --config file: a mount without either never needs it.
+  const YAML = require('yaml') as typeof import('yaml');
   return `# blobdisk mount ${o.mountpoint}: flags over BLOBDISK_* environment over --config file over defaults\n${note}${YAML.stringify({ ...effectiveSettings(o), ...runSettings(run) })}`;
 }

@@ -1,7 +1,6 @@
 /* Upload progress for flush and unmount: a bar on a terminal (cli-progress), plain lines
  * (at most one a second) otherwise, so logs and scripts stay readable. */
 
-import cliProgress from 'cli-progress';
 import { FlushProgress } from '../flusher/flusher';
 import { formatSize } from '../units';
 import { Io, say } from './io';
@@ -14,6 +13,8 @@ export interface Progress {
 export function uploadProgress(io: Io, label: string): Progress {
   const stream = io.stderr as NodeJS.WriteStream;
   if (stream.isTTY) {
+    // Loaded only for a terminal: the mount itself and scripts never draw a bar.
+    const cliProgress = require('cli-progress') as typeof import('cli-progress');
     const bar = new cliProgress.SingleBar(
       { stream, format: `${label} [{bar}] {percentage}% | {done} of {total}`, hideCursor: true, clearOnComplete: false },
       cliProgress.Presets.shades_classic,

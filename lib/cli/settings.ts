@@ -4,7 +4,6 @@
  * validates it. The file is read with YAML's failsafe schema, so every value arrives as
  * text and is typed here by its flag: `file-mode: 0644` stays octal, as on the command line. */
 
-import YAML from 'yaml';
 import { UsageError } from '../errors';
 import type { MountArgs } from './options';
 import { Flag, MOUNT_FLAGS, camel, envName } from './flags';
@@ -46,6 +45,8 @@ function typed(flag: Flag, raw: unknown, where: string): Value {
 export function parseConfigFile(text: string, file: string): Partial<Record<string, Value>> {
   let doc: unknown;
   try {
+    // Loaded only when there is a file: a mount without one never needs the parser.
+    const YAML = require('yaml') as typeof import('yaml');
     doc = YAML.parse(text, { schema: 'failsafe' });
   } catch (e) {
     const line = (e as { linePos?: { line: number }[] }).linePos?.[0]?.line;

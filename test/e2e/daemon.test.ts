@@ -8,6 +8,7 @@ import type { ContainerClient } from '@azure/storage-blob';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { startAzurite, type RunningAzurite } from '../../lib/azurite';
+import { MOUNT_NODE_FLAGS } from '../../lib/cli/daemon';
 import { cliEnv, isMounted, makeTempDir, newMountpoint, processesMentioning, randomData, removeTempDirs, ROOT, runCli, sh, statOf, stopAllMounts, waitFor } from '../support/mount';
 import { containerOn, freshCacheDir, mountOn, ok, sdkDownload, scratchFile, unmountClean } from '../support/write-helpers';
 
@@ -51,6 +52,10 @@ describe('--daemon', () => {
     expect(await isMounted(mnt)).toBe(true);
     const pid = Number((await fsp.readFile(pidFile, 'utf8')).trim());
     expect(() => process.kill(pid, 0)).not.toThrow();
+    // The mount child runs with the mount's Node flags, as bin/blobdisk's first line gives them.
+    const argv = (await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+    expect(argv.slice(1, 1 + MOUNT_NODE_FLAGS.length)).toEqual(MOUNT_NODE_FLAGS);
+    expect((await fsp.readFile(path.join(ROOT, 'bin', 'blobdisk'), 'utf8')).split('\n')[0]).toBe(`#!/usr/bin/env -S node ${MOUNT_NODE_FLAGS.join(' ')}`);
     expect(await fsp.readFile(logFile, 'utf8')).toMatch(/blobdisk: mounted container hosts/);
 
     const data = randomData(3 * 1024 * 1024);
