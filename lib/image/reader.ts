@@ -310,7 +310,11 @@ export class Reader {
       warm: false,
       prefetched: this.ctx.deps.cache.prefetch(this.ctx.id, idx).then(
         (ok) => {
-          if (ok && this.staged.get(idx) === staged) staged.warm = true;
+          if (!ok || this.staged.get(idx) !== staged || staged.epoch !== this.ctx.epoch) return;
+          staged.warm = true;
+          // Checked and open: the reader's requests of it are served by the FUSE binding
+          // itself, as after a first read here (within the size: no short reads there).
+          if ((idx + 1) * g <= this.ctx.size && !this.ctx.locks.has(idx)) this.ctx.deps.cache.publishRead(this.ctx.id, idx);
         },
         () => undefined,
       ),

@@ -155,3 +155,30 @@ it('a grain lock stops native service of the grain until JavaScript serves it at
   await s.h.flusher.flush([s.image]);
   expect(s.memory.contentOf(disk).equals(s.model)).toBe(true);
 });
+
+it('a sequential reader\'s read-ahead publishes the cached grains ahead of it, so the kernel\'s next requests of them are served natively', async () => {
+  // Every grain cached and clean, in a second process: nothing is published yet.
+  const first = await setup();
+  const buf = Buffer.alloc(GRAINS * G);
+  expect(await first.image.readInto(buf, 0, GRAINS * G)).toBe(GRAINS * G);
+  await first.image.settled();
+  const dir = first.h.dir;
+  await first.h.close();
+  opened.splice(opened.indexOf(first.h), 1);
+  const s = await setup({ dir, memory: first.memory, model: first.model });
+  for (let idx = 0; idx < GRAINS; idx++) expect(s.fast.published(s.image.id, idx)).toBe(false);
+
+  // A sequential reader of grains 0 and 1 (served by JavaScript).
+  for (let at = 0; at < 2 * G; at += G / 2) {
+    const part = Buffer.alloc(G / 2);
+    expect(await s.image.readInto(part, at, part.length)).toBe(part.length);
+    expect(part.equals(s.model.subarray(at, at + part.length))).toBe(true);
+  }
+  // The grains its read-ahead got ready are published as soon as they are checked and open.
+  const deadline = Date.now() + 5_000;
+  while (!s.fast.published(s.image.id, 3) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  expect(s.fast.published(s.image.id, 2)).toBe(true);
+  expect(s.fast.published(s.image.id, 3)).toBe(true);
+  expect(s.fast.read(FH, 2 * G, 2 * G)).toEqual(s.model.subarray(2 * G, 4 * G));
+  expect(s.h.cache.native.served().reads).toBe(1);
+});
