@@ -275,6 +275,8 @@ export async function mount(options: MountOptions, log: Logger): Promise<Mounted
     });
 
     status = async (): Promise<MountStatus> => {
+      // Reads and writes the FUSE binding served count at once, not at its next settle.
+      cache.native.settle();
       const all = await images.all();
       const totals = await images.totals();
       return {
