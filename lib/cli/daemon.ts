@@ -23,6 +23,7 @@ const CLI = path.resolve(__dirname, '..', '..', '..', 'bin', 'blobdisk');
  *  4) the mount's peak RSS through the benchmark fell by 15–20 MiB, with nothing else
  *  changed and no request slower. */
 export const MOUNT_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=4'];
+
 /** How long the parent waits for the child to mount (the embedded Azurite starts first). */
 const READY_TIMEOUT_MS = 120_000;
 

@@ -136,13 +136,12 @@ test('kill -9 while writes are served natively: the next mount on the cache uplo
   const journal = path.join(cacheDir, 'native.journal');
   // Stopped first: a stopped mount cannot take the records in between this look and the
   // kill (on a busy machine it did, and the kill found an empty journal).
-  const pid = first.child.pid ?? 0;
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
     if (journalBacklog(journal) >= 32) {
-      process.kill(pid, 'SIGSTOP');
+      first.child.kill('SIGSTOP');
       if (journalBacklog(journal) > 0) break;
-      process.kill(pid, 'SIGCONT');
+      first.child.kill('SIGCONT');
     }
     await new Promise((res) => setImmediate(res));
   }
